@@ -1,0 +1,133 @@
+//! The in-process [`EventBus`]: a bounded tokio broadcast channel. Publishing never waits; a
+//! subscriber that falls more than `capacity` updates behind loses the oldest ones, and the
+//! loss is counted.
+
+use std::sync::{
+    Arc,
+    atomic::{AtomicU64, Ordering},
+};
+
+use tokio::sync::broadcast::{self, error::RecvError};
+
+use crate::domain::{EventBus, FlowUpdate};
+
+#[derive(Default)]
+struct Counters {
+    published: AtomicU64,
+    lagged: AtomicU64,
+}
+
+#[derive(Clone)]
+pub struct BroadcastBus {
+    tx: broadcast::Sender<FlowUpdate>,
+    counters: Arc<Counters>,
+}
+
+impl BroadcastBus {
+    pub fn new(capacity: usize) -> Self {
+        let (tx, _) = broadcast::channel(capacity.max(1));
+        Self {
+            tx,
+            counters: Arc::default(),
+        }
+    }
+
+    pub fn subscribe(&self) -> BusSubscriber {
+        BusSubscriber {
+            rx: self.tx.subscribe(),
+            counters: Arc::clone(&self.counters),
+        }
+    }
+
+    pub fn published(&self) -> u64 {
+        self.counters.published.load(Ordering::Relaxed)
+    }
+
+    /// Updates that some subscriber missed because it fell behind.
+    pub fn lagged(&self) -> u64 {
+        self.counters.lagged.load(Ordering::Relaxed)
+    }
+}
+
+impl EventBus for BroadcastBus {
+    fn publish(&self, update: FlowUpdate) {
+        self.counters.published.fetch_add(1, Ordering::Relaxed);
+        // No subscriber is not an error: nobody is listening right now.
+        let _ = self.tx.send(update);
+    }
+}
+
+pub struct BusSubscriber {
+    rx: broadcast::Receiver<FlowUpdate>,
+    counters: Arc<Counters>,
+}
+
+impl BusSubscriber {
+    /// The next update; `None` once every publisher is gone. Lag is counted and skipped.
+    pub async fn recv(&mut self) -> Option<FlowUpdate> {
+        loop {
+            match self.rx.recv().await {
+                Ok(update) => return Some(update),
+                Err(RecvError::Lagged(n)) => {
+                    self.counters.lagged.fetch_add(n, Ordering::Relaxed);
+                    tracing::warn!(missed = n, "flow update subscriber fell behind");
+                }
+                Err(RecvError::Closed) => return None,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{Flow, FlowId, FlowState, FlowUpdateKind};
+
+    fn update(n: u64) -> FlowUpdate {
+        FlowUpdate {
+            kind: FlowUpdateKind::Closed,
+            flow: Flow {
+                id: FlowId {
+                    sock_id: n,
+                    start_mono_ns: 0,
+                },
+                state: FlowState::Closed,
+                outcome: None,
+                pid: 0,
+                tid: 0,
+                comm: String::new(),
+                cgroup_id: 0,
+                local: "127.0.0.1:1".parse().unwrap(),
+                remote: "127.0.0.1:2".parse().unwrap(),
+                start_unix_ns: 0,
+                connect_latency_ns: None,
+                end_unix_ns: None,
+                errno: None,
+                bytes_sent: 0,
+                bytes_received: 0,
+                send_calls: 0,
+                recv_calls: 0,
+                retransmits: 0,
+                resets_sent: 0,
+                resets_received: 0,
+                srtt_us: None,
+                wire: None,
+            },
+        }
+    }
+
+    #[tokio::test]
+    async fn a_slow_subscriber_loses_the_oldest_and_it_is_counted() {
+        let bus = BroadcastBus::new(2);
+        let mut sub = bus.subscribe();
+        for n in 0..5 {
+            bus.publish(update(n));
+        }
+        assert_eq!(sub.recv().await.unwrap().flow.id.sock_id, 3);
+        assert_eq!(bus.lagged(), 3);
+        assert_eq!(bus.published(), 5);
+        drop(bus);
+        assert_eq!(sub.recv().await.unwrap().flow.id.sock_id, 4);
+        assert!(sub.recv().await.is_none());
+    }
+}

@@ -1,0 +1,208 @@
+//! What NetScope knows about one outbound TCP connection.
+
+use std::net::SocketAddr;
+
+use serde::Serialize;
+
+/// Identity of a connection: the kernel reuses socket addresses, so the start time is part of it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub struct FlowId {
+    /// Kernel socket address (serialized as hex: it exceeds JSON's exact integer range).
+    #[serde(serialize_with = "hex_u64")]
+    pub sock_id: u64,
+    /// CLOCK_MONOTONIC ns of the `connect()` that started it.
+    pub start_mono_ns: u64,
+}
+
+fn hex_u64<S: serde::Serializer>(v: &u64, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(&format_args!("{v:#x}"))
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FlowState {
+    Established,
+    Closed,
+    Failed,
+}
+
+/// How a connection ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FlowOutcome {
+    /// Orderly close (FIN).
+    Closed,
+    /// The peer sent a RST.
+    ResetByPeer,
+    /// This host sent a RST (e.g. `SO_LINGER` 0, or unread data at close).
+    ResetLocally,
+    /// Connect refused (RST in answer to the SYN).
+    Refused,
+    /// Connect or retransmission timed out.
+    TimedOut,
+    /// No route / host unreachable.
+    Unreachable,
+    /// The application gave up before the handshake completed.
+    Aborted,
+    /// Failed with another errno.
+    Failed,
+}
+
+const ECONNREFUSED: i32 = 111;
+const ETIMEDOUT: i32 = 110;
+const ECONNRESET: i32 = 104;
+const EHOSTUNREACH: i32 = 113;
+const ENETUNREACH: i32 = 101;
+const EHOSTDOWN: i32 = 112;
+
+impl FlowOutcome {
+    /// Outcome of a connect that never reached ESTABLISHED.
+    pub fn of_failed_connect(errno: Option<i32>, resets_received: u32) -> Self {
+        match errno {
+            Some(ECONNREFUSED) => Self::Refused,
+            Some(ETIMEDOUT) => Self::TimedOut,
+            Some(EHOSTUNREACH | ENETUNREACH | EHOSTDOWN) => Self::Unreachable,
+            Some(0) => Self::Aborted,
+            None if resets_received > 0 => Self::Refused,
+            _ => Self::Failed,
+        }
+    }
+
+    /// Outcome of an established connection that reached CLOSE.
+    pub fn of_close(errno: Option<i32>, resets_received: u32, resets_sent: u32) -> Self {
+        if resets_received > 0 || errno == Some(ECONNRESET) {
+            Self::ResetByPeer
+        } else if resets_sent > 0 {
+            Self::ResetLocally
+        } else if errno == Some(ETIMEDOUT) {
+            Self::TimedOut
+        } else {
+            Self::Closed
+        }
+    }
+}
+
+/// What the TC classifier saw on the wire for a flow (`skb->len`, L2 header included).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct WireStats {
+    pub packets_out: u64,
+    pub bytes_out: u64,
+    pub packets_in: u64,
+    pub bytes_in: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Flow {
+    pub id: FlowId,
+    pub state: FlowState,
+    pub outcome: Option<FlowOutcome>,
+    /// Process (tgid) and thread that called `connect()`, and its command name.
+    pub pid: u32,
+    pub tid: u32,
+    pub comm: String,
+    pub cgroup_id: u64,
+    pub local: SocketAddr,
+    pub remote: SocketAddr,
+    /// Wall-clock time of the `connect()`, ns since the Unix epoch.
+    pub start_unix_ns: u64,
+    /// SYN_SENT → ESTABLISHED.
+    pub connect_latency_ns: Option<u64>,
+    /// Wall-clock time of the close or failure, ns since the Unix epoch.
+    pub end_unix_ns: Option<u64>,
+    /// `sk_err` at the end, when known (a positive errno; 0 for none).
+    pub errno: Option<i32>,
+    pub bytes_sent: u64,
+    pub bytes_received: u64,
+    pub send_calls: u64,
+    pub recv_calls: u64,
+    pub retransmits: u32,
+    pub resets_sent: u32,
+    pub resets_received: u32,
+    /// Smoothed RTT, when the kernel exposes it.
+    pub srtt_us: Option<u32>,
+    /// Only when a TC classifier saw the flow.
+    pub wire: Option<WireStats>,
+}
+
+impl Flow {
+    pub fn is_finished(&self) -> bool {
+        matches!(self.state, FlowState::Closed | FlowState::Failed)
+    }
+
+    /// Lifetime from `connect()` to close, when closed.
+    pub fn duration_ns(&self) -> Option<u64> {
+        self.end_unix_ns
+            .map(|end| end.saturating_sub(self.start_unix_ns))
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FlowUpdateKind {
+    Established,
+    Closed,
+    Failed,
+}
+
+/// A change to a flow, as published on the [`super::EventBus`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct FlowUpdate {
+    pub kind: FlowUpdateKind,
+    pub flow: Flow,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failed_connect_outcomes_follow_errno() {
+        assert_eq!(
+            FlowOutcome::of_failed_connect(Some(111), 1),
+            FlowOutcome::Refused
+        );
+        assert_eq!(
+            FlowOutcome::of_failed_connect(Some(110), 0),
+            FlowOutcome::TimedOut
+        );
+        assert_eq!(
+            FlowOutcome::of_failed_connect(Some(113), 0),
+            FlowOutcome::Unreachable
+        );
+        assert_eq!(
+            FlowOutcome::of_failed_connect(Some(0), 0),
+            FlowOutcome::Aborted
+        );
+        assert_eq!(
+            FlowOutcome::of_failed_connect(None, 1),
+            FlowOutcome::Refused
+        );
+        assert_eq!(FlowOutcome::of_failed_connect(None, 0), FlowOutcome::Failed);
+        assert_eq!(
+            FlowOutcome::of_failed_connect(Some(22), 0),
+            FlowOutcome::Failed
+        );
+    }
+
+    #[test]
+    fn close_outcomes_prefer_resets() {
+        assert_eq!(FlowOutcome::of_close(Some(0), 0, 0), FlowOutcome::Closed);
+        assert_eq!(
+            FlowOutcome::of_close(Some(104), 0, 0),
+            FlowOutcome::ResetByPeer
+        );
+        assert_eq!(
+            FlowOutcome::of_close(Some(0), 1, 0),
+            FlowOutcome::ResetByPeer
+        );
+        assert_eq!(
+            FlowOutcome::of_close(Some(0), 0, 1),
+            FlowOutcome::ResetLocally
+        );
+        assert_eq!(
+            FlowOutcome::of_close(Some(110), 0, 0),
+            FlowOutcome::TimedOut
+        );
+        assert_eq!(FlowOutcome::of_close(None, 0, 0), FlowOutcome::Closed);
+    }
+}

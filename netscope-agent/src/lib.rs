@@ -1,0 +1,10 @@
+//! NetScope's agent. See ARCHITECTURE.md for the map; module boundaries follow the design:
+//! `domain` at the centre, everything else depending inward on it, and `app` as the one
+//! composition root.
+
+pub mod app;
+pub mod bus;
+pub mod config;
+pub mod domain;
+pub mod observability;
+pub mod probe;

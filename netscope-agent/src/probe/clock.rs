@@ -1,0 +1,63 @@
+//! Kernel timestamps are CLOCK_MONOTONIC; people and logs want wall-clock time.
+
+/// Converts CLOCK_MONOTONIC nanoseconds to Unix-epoch nanoseconds, with the offset between the
+/// two clocks taken once (a later wall-clock step does not move past flows).
+#[derive(Clone, Copy, Debug)]
+pub struct MonoClock {
+    offset_ns: i128,
+}
+
+fn clock_ns(clock: libc::clockid_t) -> i128 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid timespec to write to; both clocks always exist on Linux.
+    unsafe { libc::clock_gettime(clock, &mut ts) };
+    i128::from(ts.tv_sec) * 1_000_000_000 + i128::from(ts.tv_nsec)
+}
+
+/// CLOCK_MONOTONIC now, in ns (the clock of `bpf_ktime_get_ns`).
+pub fn monotonic_now_ns() -> u64 {
+    u64::try_from(clock_ns(libc::CLOCK_MONOTONIC)).unwrap_or(0)
+}
+
+impl MonoClock {
+    pub fn new() -> Self {
+        Self {
+            offset_ns: clock_ns(libc::CLOCK_REALTIME) - clock_ns(libc::CLOCK_MONOTONIC),
+        }
+    }
+
+    /// A clock with a fixed offset, for tests.
+    pub fn with_offset(offset_ns: i128) -> Self {
+        Self { offset_ns }
+    }
+
+    pub fn to_unix_ns(&self, mono_ns: u64) -> u64 {
+        u64::try_from(i128::from(mono_ns) + self.offset_ns).unwrap_or(0)
+    }
+}
+
+impl Default for MonoClock {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn maps_monotonic_to_wall_clock() {
+        let clock = MonoClock::new();
+        let wall = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos() as i128;
+        let mapped = i128::from(clock.to_unix_ns(monotonic_now_ns()));
+        assert!((mapped - wall).abs() < 1_000_000_000, "{mapped} vs {wall}");
+        assert_eq!(MonoClock::with_offset(10).to_unix_ns(5), 15);
+    }
+}

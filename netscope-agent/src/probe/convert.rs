@@ -1,0 +1,179 @@
+//! Kernel wire events → domain flows.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+
+use netscope_common::{
+    AF_INET, ConnEvent, EventKind, FlowTuple, SK_ERR_UNKNOWN, SRTT_UNKNOWN, WireCounters,
+};
+
+use super::clock::MonoClock;
+use crate::domain::{Flow, FlowId, FlowOutcome, FlowState, FlowUpdateKind, WireStats};
+
+fn ip(family: u16, bytes: &[u8; 16]) -> IpAddr {
+    if family == AF_INET {
+        IpAddr::V4(Ipv4Addr::new(bytes[0], bytes[1], bytes[2], bytes[3]))
+    } else {
+        // An AF_INET6 socket talking to an IPv4 peer shows ::ffff:a.b.c.d: show a.b.c.d.
+        Ipv6Addr::from(*bytes).to_canonical()
+    }
+}
+
+/// (local, remote) socket addresses of a tuple oriented from the connecting side.
+pub fn endpoints(tuple: &FlowTuple) -> (SocketAddr, SocketAddr) {
+    (
+        SocketAddr::new(ip(tuple.family, &tuple.saddr), tuple.sport),
+        SocketAddr::new(ip(tuple.family, &tuple.daddr), tuple.dport),
+    )
+}
+
+fn comm(raw: &[u8; 16]) -> String {
+    let end = raw.iter().position(|&b| b == 0).unwrap_or(raw.len());
+    String::from_utf8_lossy(&raw[..end]).into_owned()
+}
+
+fn wire(w: &WireCounters) -> Option<WireStats> {
+    (*w != WireCounters::default()).then_some(WireStats {
+        packets_out: w.packets_out,
+        bytes_out: w.bytes_out,
+        packets_in: w.packets_in,
+        bytes_in: w.bytes_in,
+    })
+}
+
+pub fn update_kind(kind: EventKind) -> FlowUpdateKind {
+    match kind {
+        EventKind::Established => FlowUpdateKind::Established,
+        EventKind::ConnectFailed => FlowUpdateKind::Failed,
+        EventKind::Closed => FlowUpdateKind::Closed,
+    }
+}
+
+/// The flow as this one event describes it (every event carries the whole identity).
+pub fn flow_from_event(kind: EventKind, ev: &ConnEvent, clock: &MonoClock) -> Flow {
+    let (local, remote) = endpoints(&ev.tuple);
+    let errno = (ev.sk_err != SK_ERR_UNKNOWN).then_some(ev.sk_err);
+    let (state, outcome, end) = match kind {
+        EventKind::Established => (FlowState::Established, None, None),
+        EventKind::ConnectFailed => (
+            FlowState::Failed,
+            Some(FlowOutcome::of_failed_connect(errno, ev.resets_received)),
+            Some(clock.to_unix_ns(ev.header.ts_ns)),
+        ),
+        EventKind::Closed => (
+            FlowState::Closed,
+            Some(FlowOutcome::of_close(
+                errno,
+                ev.resets_received,
+                ev.resets_sent,
+            )),
+            Some(clock.to_unix_ns(ev.header.ts_ns)),
+        ),
+    };
+    Flow {
+        id: FlowId {
+            sock_id: ev.header.sock_id,
+            start_mono_ns: ev.start_ns,
+        },
+        state,
+        outcome,
+        pid: ev.header.tgid,
+        tid: ev.header.pid,
+        comm: comm(&ev.comm),
+        cgroup_id: ev.header.cgroup_id,
+        local,
+        remote,
+        start_unix_ns: clock.to_unix_ns(ev.start_ns),
+        connect_latency_ns: (ev.established_ns != 0)
+            .then(|| ev.established_ns.saturating_sub(ev.start_ns)),
+        end_unix_ns: end,
+        errno,
+        bytes_sent: ev.bytes_sent,
+        bytes_received: ev.bytes_received,
+        send_calls: ev.send_calls,
+        recv_calls: ev.recv_calls,
+        retransmits: ev.retransmits,
+        resets_sent: ev.resets_sent,
+        resets_received: ev.resets_received,
+        srtt_us: (ev.srtt_us != SRTT_UNKNOWN).then_some(ev.srtt_us),
+        wire: wire(&ev.wire),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use netscope_common::{AF_INET6, EventHeader};
+
+    use super::*;
+
+    fn event(kind: EventKind) -> ConnEvent {
+        let mut saddr = [0u8; 16];
+        saddr[..4].copy_from_slice(&[127, 0, 0, 1]);
+        let mut daddr = [0u8; 16];
+        daddr[..4].copy_from_slice(&[127, 0, 0, 2]);
+        ConnEvent {
+            header: EventHeader {
+                kind: kind as u32,
+                len: 200,
+                ts_ns: 5_000,
+                tgid: 10,
+                pid: 11,
+                cgroup_id: 1,
+                sock_id: 0xabc,
+            },
+            tuple: FlowTuple {
+                family: AF_INET,
+                sport: 40_000,
+                dport: 8080,
+                _pad: 0,
+                saddr,
+                daddr,
+            },
+            comm: *b"curl\0\0\0\0\0\0\0\0\0\0\0\0",
+            start_ns: 1_000,
+            established_ns: 1_250,
+            sk_err: 0,
+            srtt_us: SRTT_UNKNOWN,
+            ..ConnEvent::default()
+        }
+    }
+
+    #[test]
+    fn established_event_gives_latency_and_endpoints() {
+        let flow = flow_from_event(
+            EventKind::Established,
+            &event(EventKind::Established),
+            &MonoClock::with_offset(1_000_000),
+        );
+        assert_eq!(flow.state, FlowState::Established);
+        assert_eq!(flow.connect_latency_ns, Some(250));
+        assert_eq!(flow.local, "127.0.0.1:40000".parse().unwrap());
+        assert_eq!(flow.remote, "127.0.0.2:8080".parse().unwrap());
+        assert_eq!(flow.comm, "curl");
+        assert_eq!(flow.start_unix_ns, 1_001_000);
+        assert_eq!(flow.end_unix_ns, None);
+        assert_eq!(flow.srtt_us, None);
+        assert_eq!(flow.wire, None);
+    }
+
+    #[test]
+    fn failed_connect_is_refused_by_errno() {
+        let mut ev = event(EventKind::ConnectFailed);
+        ev.established_ns = 0;
+        ev.sk_err = 111;
+        let flow = flow_from_event(EventKind::ConnectFailed, &ev, &MonoClock::with_offset(0));
+        assert_eq!(flow.state, FlowState::Failed);
+        assert_eq!(flow.outcome, Some(FlowOutcome::Refused));
+        assert_eq!(flow.connect_latency_ns, None);
+        assert_eq!(flow.end_unix_ns, Some(5_000));
+        assert_eq!(flow.duration_ns(), Some(4_000));
+    }
+
+    #[test]
+    fn v4_mapped_v6_is_shown_as_v4() {
+        let mut ev = event(EventKind::Closed);
+        ev.tuple.family = AF_INET6;
+        ev.tuple.daddr = Ipv4Addr::new(10, 1, 2, 3).to_ipv6_mapped().octets();
+        let flow = flow_from_event(EventKind::Closed, &ev, &MonoClock::with_offset(0));
+        assert_eq!(flow.remote.ip(), IpAddr::V4(Ipv4Addr::new(10, 1, 2, 3)));
+    }
+}

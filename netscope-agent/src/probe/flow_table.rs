@@ -1,0 +1,282 @@
+//! The agent's bounded view of outbound connections: open flows, and finished ones kept for a
+//! retention window so that late readers (request correlation, the API) still find them.
+
+use std::{
+    collections::{HashMap, VecDeque},
+    net::SocketAddr,
+};
+
+use crate::domain::{Flow, FlowId, FlowUpdate, FlowUpdateKind};
+
+/// What the table did, for metrics and the shutdown report.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowTableStats {
+    pub inserted: u64,
+    pub updated: u64,
+    /// Finished flows dropped after their retention window.
+    pub expired: u64,
+    /// Finished flows dropped early to make room.
+    pub evicted_for_room: u64,
+    /// Flows not kept because the table was full of open flows.
+    pub rejected_full: u64,
+}
+
+pub struct FlowTable {
+    flows: HashMap<FlowId, Flow>,
+    by_endpoints: HashMap<(SocketAddr, SocketAddr), FlowId>,
+    /// Finished flows in the order they finished.
+    finished: VecDeque<FlowId>,
+    capacity: usize,
+    retention_ns: u64,
+    stats: FlowTableStats,
+}
+
+impl FlowTable {
+    /// `capacity` ≥ 1 flows at most; finished flows are kept `retention_ns` after their end.
+    pub fn new(capacity: usize, retention_ns: u64) -> Self {
+        Self {
+            flows: HashMap::new(),
+            by_endpoints: HashMap::new(),
+            finished: VecDeque::new(),
+            capacity: capacity.max(1),
+            retention_ns,
+            stats: FlowTableStats::default(),
+        }
+    }
+
+    pub fn stats(&self) -> FlowTableStats {
+        self.stats
+    }
+
+    pub fn len(&self) -> usize {
+        self.flows.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.flows.is_empty()
+    }
+
+    pub fn get(&self, id: &FlowId) -> Option<&Flow> {
+        self.flows.get(id)
+    }
+
+    /// The latest flow between these two endpoints.
+    pub fn find(&self, local: SocketAddr, remote: SocketAddr) -> Option<&Flow> {
+        self.by_endpoints
+            .get(&(local, remote))
+            .and_then(|id| self.flows.get(id))
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Flow> {
+        self.flows.values()
+    }
+
+    /// Records what one kernel event says about a flow and returns the update to publish.
+    pub fn apply(&mut self, kind: FlowUpdateKind, flow: Flow, now_unix_ns: u64) -> FlowUpdate {
+        let id = flow.id;
+        let finished = flow.is_finished();
+        if let Some(slot) = self.flows.get_mut(&id) {
+            *slot = flow.clone();
+            self.stats.updated += 1;
+        } else if self.make_room(now_unix_ns) {
+            self.flows.insert(id, flow.clone());
+            self.stats.inserted += 1;
+        } else {
+            self.stats.rejected_full += 1;
+            return FlowUpdate { kind, flow };
+        }
+        self.by_endpoints.insert((flow.local, flow.remote), id);
+        if finished {
+            self.finished.push_back(id);
+        }
+        FlowUpdate { kind, flow }
+    }
+
+    /// Drops finished flows whose retention window has passed.
+    pub fn evict_expired(&mut self, now_unix_ns: u64) {
+        while let Some(id) = self.finished.front().copied() {
+            let expired = self.flows.get(&id).is_none_or(|f| {
+                f.end_unix_ns
+                    .is_some_and(|end| now_unix_ns.saturating_sub(end) >= self.retention_ns)
+            });
+            if !expired {
+                break;
+            }
+            self.finished.pop_front();
+            if self.remove(&id) {
+                self.stats.expired += 1;
+            }
+        }
+    }
+
+    fn make_room(&mut self, now_unix_ns: u64) -> bool {
+        if self.flows.len() < self.capacity {
+            return true;
+        }
+        self.evict_expired(now_unix_ns);
+        while self.flows.len() >= self.capacity {
+            let Some(id) = self.finished.pop_front() else {
+                return false;
+            };
+            if self.remove(&id) {
+                self.stats.evicted_for_room += 1;
+            }
+        }
+        true
+    }
+
+    fn remove(&mut self, id: &FlowId) -> bool {
+        let Some(flow) = self.flows.remove(id) else {
+            return false;
+        };
+        let key = (flow.local, flow.remote);
+        if self.by_endpoints.get(&key) == Some(id) {
+            self.by_endpoints.remove(&key);
+        }
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{FlowOutcome, FlowState};
+
+    fn flow(sock: u64, port: u16, state: FlowState, end: Option<u64>) -> Flow {
+        Flow {
+            id: FlowId {
+                sock_id: sock,
+                start_mono_ns: 1,
+            },
+            state,
+            outcome: (state != FlowState::Established).then_some(FlowOutcome::Closed),
+            pid: 1,
+            tid: 1,
+            comm: "t".into(),
+            cgroup_id: 0,
+            local: SocketAddr::from(([127, 0, 0, 1], port)),
+            remote: SocketAddr::from(([127, 0, 0, 1], 80)),
+            start_unix_ns: 0,
+            connect_latency_ns: Some(1),
+            end_unix_ns: end,
+            errno: None,
+            bytes_sent: 0,
+            bytes_received: 0,
+            send_calls: 0,
+            recv_calls: 0,
+            retransmits: 0,
+            resets_sent: 0,
+            resets_received: 0,
+            srtt_us: None,
+            wire: None,
+        }
+    }
+
+    #[test]
+    fn close_replaces_the_established_flow() {
+        let mut t = FlowTable::new(10, 1_000);
+        t.apply(
+            FlowUpdateKind::Established,
+            flow(1, 5000, FlowState::Established, None),
+            0,
+        );
+        let mut closed = flow(1, 5000, FlowState::Closed, Some(10));
+        closed.bytes_sent = 42;
+        t.apply(FlowUpdateKind::Closed, closed, 10);
+        assert_eq!(t.len(), 1);
+        let f = t
+            .find(
+                "127.0.0.1:5000".parse().unwrap(),
+                "127.0.0.1:80".parse().unwrap(),
+            )
+            .unwrap();
+        assert_eq!((f.state, f.bytes_sent), (FlowState::Closed, 42));
+        assert_eq!(t.stats().inserted, 1);
+        assert_eq!(t.stats().updated, 1);
+    }
+
+    #[test]
+    fn finished_flows_expire_after_retention() {
+        let mut t = FlowTable::new(10, 1_000);
+        t.apply(
+            FlowUpdateKind::Closed,
+            flow(1, 5000, FlowState::Closed, Some(100)),
+            100,
+        );
+        t.apply(
+            FlowUpdateKind::Established,
+            flow(2, 5001, FlowState::Established, None),
+            100,
+        );
+        t.evict_expired(1_099);
+        assert_eq!(t.len(), 2);
+        t.evict_expired(1_100);
+        assert_eq!(t.len(), 1, "only the open flow stays");
+        assert_eq!(t.stats().expired, 1);
+        assert!(
+            t.find(
+                "127.0.0.1:5000".parse().unwrap(),
+                "127.0.0.1:80".parse().unwrap()
+            )
+            .is_none()
+        );
+    }
+
+    #[test]
+    fn full_table_evicts_finished_before_refusing() {
+        let mut t = FlowTable::new(2, u64::MAX);
+        t.apply(
+            FlowUpdateKind::Closed,
+            flow(1, 5000, FlowState::Closed, Some(1)),
+            1,
+        );
+        t.apply(
+            FlowUpdateKind::Established,
+            flow(2, 5001, FlowState::Established, None),
+            1,
+        );
+        t.apply(
+            FlowUpdateKind::Established,
+            flow(3, 5002, FlowState::Established, None),
+            1,
+        );
+        assert_eq!(t.len(), 2);
+        assert_eq!(t.stats().evicted_for_room, 1);
+        // Now both are open: a third open flow is refused, yet still returned for publishing.
+        let update = t.apply(
+            FlowUpdateKind::Established,
+            flow(4, 5003, FlowState::Established, None),
+            1,
+        );
+        assert_eq!(update.flow.id.sock_id, 4);
+        assert_eq!(t.len(), 2);
+        assert_eq!(t.stats().rejected_full, 1);
+        assert!(t.get(&update.flow.id).is_none());
+    }
+
+    #[test]
+    fn a_reused_tuple_points_at_the_newest_flow() {
+        let mut t = FlowTable::new(10, 5);
+        t.apply(
+            FlowUpdateKind::Closed,
+            flow(1, 5000, FlowState::Closed, Some(1)),
+            1,
+        );
+        t.apply(
+            FlowUpdateKind::Established,
+            flow(2, 5000, FlowState::Established, None),
+            2,
+        );
+        t.evict_expired(100);
+        let f = t
+            .find(
+                "127.0.0.1:5000".parse().unwrap(),
+                "127.0.0.1:80".parse().unwrap(),
+            )
+            .unwrap();
+        assert_eq!(
+            f.id.sock_id, 2,
+            "expiring the old flow must not unlink the new one"
+        );
+    }
+}

@@ -1,0 +1,86 @@
+//! Offsets of the few kernel struct fields the programs read directly (`sock.sk_err`,
+//! `tcp_sock.srtt_us`), found in the running kernel's BTF at load time. Without BTF the probe
+//! still runs; those two facts are then reported as unknown.
+
+use btf_rs::{Btf, Type};
+
+use super::ProbeError;
+
+pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
+
+/// Kernel struct offsets (bytes), `None` when not found.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KernelOffsets {
+    pub sock_sk_err: Option<u32>,
+    pub tcp_sock_srtt_us: Option<u32>,
+}
+
+impl KernelOffsets {
+    pub fn from_btf(btf: &Btf) -> Self {
+        Self {
+            sock_sk_err: member_offset(btf, "sock", "sk_err"),
+            tcp_sock_srtt_us: member_offset(btf, "tcp_sock", "srtt_us"),
+        }
+    }
+
+    pub fn load() -> Result<Self, ProbeError> {
+        let btf = Btf::from_file(VMLINUX_BTF).map_err(|e| ProbeError::Btf(e.to_string()))?;
+        Ok(Self::from_btf(&btf))
+    }
+}
+
+/// Byte offset of `field` in `struct name`, descending into anonymous structs and unions.
+fn member_offset(btf: &Btf, name: &str, field: &str) -> Option<u32> {
+    let types = btf.resolve_types_by_name(name).ok()?;
+    types.iter().find_map(|t| match t {
+        Type::Struct(s) => find_in(btf, s, field, 0),
+        _ => None,
+    })
+}
+
+fn find_in(btf: &Btf, s: &btf_rs::Struct, field: &str, base_bits: u32) -> Option<u32> {
+    for member in &s.members {
+        let bits = base_bits + member.bit_offset();
+        let name = btf.resolve_name(member).unwrap_or_default();
+        if name == field {
+            return (member.bitfield_size().unwrap_or(0) == 0 && bits % 8 == 0).then_some(bits / 8);
+        }
+        if name.is_empty() {
+            let mut ty = btf.resolve_chained_type(member).ok()?;
+            // Skip qualifiers and typedefs to the anonymous aggregate.
+            while let Some(next) = match &ty {
+                Type::Typedef(_) | Type::Const(_) | Type::Volatile(_) => ty
+                    .as_btf_type()
+                    .and_then(|b| btf.resolve_chained_type(b).ok()),
+                _ => None,
+            } {
+                ty = next;
+            }
+            if let Type::Struct(inner) | Type::Union(inner) = &ty
+                && let Some(off) = find_in(btf, inner, field, bits)
+            {
+                return Some(off);
+            }
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn this_kernel_has_the_fields_when_btf_is_present() {
+        if !std::path::Path::new(VMLINUX_BTF).exists() {
+            eprintln!("skipped: {VMLINUX_BTF} missing");
+            return;
+        }
+        let offsets = KernelOffsets::load().unwrap();
+        let sk_err = offsets.sock_sk_err.expect("sock.sk_err in BTF");
+        let srtt = offsets.tcp_sock_srtt_us.expect("tcp_sock.srtt_us in BTF");
+        // Sanity: both lie well inside their structs (struct sock is ~700+ bytes).
+        assert!(sk_err > 0 && sk_err < 4096, "{sk_err}");
+        assert!(srtt > sk_err && srtt < 8192, "{srtt}");
+    }
+}

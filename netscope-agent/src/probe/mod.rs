@@ -1,0 +1,553 @@
+//! The probe: loads NetScope's kernel programs, attaches them, and exposes their ring buffer,
+//! counters and per-socket state. Only this module knows about aya.
+//!
+//! | program            | hook                          | needs                      |
+//! |--------------------|-------------------------------|----------------------------|
+//! | `ns_set_state`     | tracepoint sock/inet_sock_set_state | tracefs, Linux ≥ 4.16 |
+//! | `ns_send_length`   | tracepoint sock/sock_send_length    | Linux ≥ 6.4           |
+//! | `ns_recv_length`   | tracepoint sock/sock_recv_length    | Linux ≥ 6.4           |
+//! | `ns_retransmit`    | tracepoint tcp/tcp_retransmit_skb   | Linux ≥ 4.16          |
+//! | `ns_send_reset`    | tracepoint tcp/tcp_send_reset       | Linux ≥ 4.16          |
+//! | `ns_recv_reset`    | tracepoint tcp/tcp_receive_reset    | Linux ≥ 4.16          |
+//! | `ns_tc_egress/ingress` | TC (TCX ≥ 6.6, clsact before) | per configured interface |
+//! | ring buffer        | BPF_MAP_TYPE_RINGBUF          | Linux ≥ 5.8                |
+//! | `sk_err`, `srtt_us`| kernel BTF (optional)         | `/sys/kernel/btf/vmlinux`  |
+
+pub mod clock;
+pub mod convert;
+pub mod flow_table;
+pub mod kernel_btf;
+pub mod privileges;
+pub mod ring;
+pub mod tracefs;
+
+use std::{
+    ffi::CString,
+    net::IpAddr,
+    path::{Path, PathBuf},
+};
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{HashMap as BpfHashMap, LpmTrie, MapData, PerCpuArray, RingBuf, lpm_trie::Key},
+    programs::{Program, SchedClassifier, TcAttachType, TracePoint, tc},
+    util::KernelVersion,
+};
+use netscope_common::{
+    FILTER_CGROUP, FILTER_DPORT, FILTER_DST, FILTER_TGID, OFFSET_NONE, ProbeConfig, SockState,
+    counter, names,
+};
+
+pub use self::{
+    flow_table::{FlowTable, FlowTableStats},
+    kernel_btf::KernelOffsets,
+    ring::EventReader,
+    tracefs::Tracefs,
+};
+use crate::domain::Cidr;
+
+/// The kernel object built by `cargo xtask build-ebpf` (the agent's build script runs the same
+/// build), embedded so that the agent is one self-contained binary.
+static EMBEDDED_OBJECT: &[u8] = aya::include_bytes_aligned!(env!("NETSCOPE_EBPF_OBJECT"));
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    #[error(
+        "missing privileges: {missing} (run as root, or grant them: setcap cap_bpf,cap_perfmon,cap_net_admin+ep <netscope-agent>)"
+    )]
+    Privileges { missing: String },
+    #[error(
+        "tracefs is not mounted (looked in /sys/kernel/tracing and /sys/kernel/debug/tracing): mount it with `mount -t tracefs tracefs /sys/kernel/tracing`"
+    )]
+    TracefsMissing,
+    #[error("tracepoint {tracepoint} is not available ({path}: {source}); this kernel lacks it")]
+    TracepointMissing {
+        tracepoint: String,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("tracepoint {tracepoint} has an unexpected format: {reason}")]
+    TracepointFormat { tracepoint: String, reason: String },
+    #[error("kernel BTF (/sys/kernel/btf/vmlinux) is unreadable: {0}")]
+    Btf(String),
+    #[error("cannot read the eBPF object {path}: {source}")]
+    Object {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("loading the eBPF object failed: {0}")]
+    Load(#[source] aya::EbpfError),
+    #[error("eBPF program {program}: {source}")]
+    Program {
+        program: &'static str,
+        source: aya::programs::ProgramError,
+    },
+    #[error(
+        "eBPF program {0} is missing from the object (stale build? run cargo xtask build-ebpf)"
+    )]
+    MissingProgram(&'static str),
+    #[error("eBPF map {0} is missing from the object (stale build? run cargo xtask build-ebpf)")]
+    MissingMap(&'static str),
+    #[error("eBPF map {map}: {source}")]
+    Map {
+        map: &'static str,
+        source: aya::maps::MapError,
+    },
+    #[error("interface `{iface}`: {reason}")]
+    Interface { iface: String, reason: String },
+}
+
+/// Which programs to attach: NetScope's, or the empty baseline used by `xtask bench probe`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProgramSet {
+    NetScope,
+    Baseline,
+}
+
+struct TracepointSpec {
+    netscope: &'static str,
+    baseline: &'static str,
+    category: &'static str,
+    name: &'static str,
+}
+
+const TRACEPOINTS: [TracepointSpec; 6] = [
+    TracepointSpec {
+        netscope: "ns_set_state",
+        baseline: "nop_set_state",
+        category: "sock",
+        name: "inet_sock_set_state",
+    },
+    TracepointSpec {
+        netscope: "ns_send_length",
+        baseline: "nop_send_length",
+        category: "sock",
+        name: "sock_send_length",
+    },
+    TracepointSpec {
+        netscope: "ns_recv_length",
+        baseline: "nop_recv_length",
+        category: "sock",
+        name: "sock_recv_length",
+    },
+    TracepointSpec {
+        netscope: "ns_retransmit",
+        baseline: "nop_retransmit",
+        category: "tcp",
+        name: "tcp_retransmit_skb",
+    },
+    TracepointSpec {
+        netscope: "ns_send_reset",
+        baseline: "nop_send_reset",
+        category: "tcp",
+        name: "tcp_send_reset",
+    },
+    TracepointSpec {
+        netscope: "ns_recv_reset",
+        baseline: "nop_recv_reset",
+        category: "tcp",
+        name: "tcp_receive_reset",
+    },
+];
+
+/// (egress, ingress) classifier programs of each set.
+const fn tc_programs(set: ProgramSet) -> (&'static str, &'static str) {
+    match set {
+        ProgramSet::NetScope => ("ns_tc_egress", "ns_tc_ingress"),
+        ProgramSet::Baseline => ("nop_tc_egress", "nop_tc_ingress"),
+    }
+}
+
+/// Which new connections the kernel tracks. Empty lists mean "no condition"; every non-empty
+/// list is a condition that must hold.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Filters {
+    pub tgids: Vec<u32>,
+    pub cgroup_ids: Vec<u64>,
+    pub dports: Vec<u16>,
+    pub destinations: Vec<Cidr>,
+}
+
+impl Filters {
+    fn bits(&self) -> u32 {
+        let mut bits = 0;
+        if !self.tgids.is_empty() {
+            bits |= FILTER_TGID;
+        }
+        if !self.cgroup_ids.is_empty() {
+            bits |= FILTER_CGROUP;
+        }
+        if !self.dports.is_empty() {
+            bits |= FILTER_DPORT;
+        }
+        if !self.destinations.is_empty() {
+            bits |= FILTER_DST;
+        }
+        bits
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct ProbeOptions {
+    pub programs: ProgramSet,
+    pub filters: Filters,
+    /// Ring buffer size in bytes (a power of two, multiple of the page size).
+    pub ring_bytes: u32,
+    /// Unread bytes at which the kernel wakes the reader; below it the reader polls.
+    pub wakeup_bytes: u64,
+    /// Outbound connections tracked at once in the kernel.
+    pub max_connections: u32,
+    /// Flows the TC classifier counts at once (LRU).
+    pub max_wire_flows: u32,
+    /// Interfaces on which to attach the TC classifier.
+    pub tc_interfaces: Vec<String>,
+    /// Load this object file instead of the embedded one.
+    pub object: Option<PathBuf>,
+}
+
+impl Default for ProbeOptions {
+    fn default() -> Self {
+        Self {
+            programs: ProgramSet::NetScope,
+            filters: Filters::default(),
+            ring_bytes: 16 << 20,
+            wakeup_bytes: 1 << 20,
+            max_connections: 65_536,
+            max_wire_flows: 65_536,
+            tc_interfaces: Vec::new(),
+            object: None,
+        }
+    }
+}
+
+/// Kernel-side counters summed over CPUs, indexed by `netscope_common::counter`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KernelCounters(pub [u64; counter::COUNT as usize]);
+
+impl KernelCounters {
+    pub fn get(&self, index: u32) -> u64 {
+        self.0[index as usize]
+    }
+
+    pub fn emitted(&self) -> u64 {
+        self.get(counter::EVENTS_EMITTED)
+    }
+
+    pub fn dropped(&self) -> u64 {
+        self.get(counter::EVENTS_DROPPED)
+    }
+
+    pub fn named(&self) -> impl Iterator<Item = (&'static str, u64)> + '_ {
+        counter::NAMES.iter().copied().zip(self.0.iter().copied())
+    }
+}
+
+/// Run statistics of one loaded program (needs `bpf_stats` enabled to move).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProgramStats {
+    pub program: &'static str,
+    pub run_count: u64,
+    pub run_time_ns: u64,
+}
+
+/// Loaded and attached kernel programs. Dropping it detaches everything.
+pub struct Probe {
+    ebpf: Ebpf,
+    loaded: Vec<&'static str>,
+    kernel_offsets: KernelOffsets,
+}
+
+impl Probe {
+    /// Checks privileges and kernel support, loads the object, fills the filters and attaches.
+    pub fn load(options: &ProbeOptions) -> Result<Self, ProbeError> {
+        let missing = privileges::missing_capabilities();
+        if !missing.is_empty() {
+            return Err(ProbeError::Privileges {
+                missing: missing.join(", "),
+            });
+        }
+        let tracefs = Tracefs::locate()?;
+        let kernel_offsets = match KernelOffsets::load() {
+            Ok(o) => o,
+            Err(e) => {
+                tracing::warn!(error = %e, "srtt and sk_err will be reported as unknown");
+                KernelOffsets::default()
+            }
+        };
+        let config = probe_config(&tracefs, &kernel_offsets, options)?;
+
+        let owned;
+        let object: &[u8] = match &options.object {
+            Some(path) => {
+                owned = read_object(path)?;
+                &owned
+            }
+            None => EMBEDDED_OBJECT,
+        };
+        let ebpf = EbpfLoader::new()
+            .override_global(names::GLOBAL_CONFIG, &config, true)
+            .map_max_entries(names::MAP_EVENTS, options.ring_bytes)
+            .map_max_entries(names::MAP_SOCKS, options.max_connections)
+            .map_max_entries(names::MAP_WIRE, options.max_wire_flows)
+            .load(object)
+            .map_err(ProbeError::Load)?;
+        let mut probe = Self {
+            ebpf,
+            loaded: Vec::new(),
+            kernel_offsets,
+        };
+        probe.fill_filters(&options.filters)?;
+        probe.attach(options)?;
+        Ok(probe)
+    }
+
+    pub fn kernel_offsets(&self) -> KernelOffsets {
+        self.kernel_offsets
+    }
+
+    fn fill_filters(&mut self, filters: &Filters) -> Result<(), ProbeError> {
+        const PRESENT: u8 = 1;
+        let map_err = |map| move |source| ProbeError::Map { map, source };
+        let mut tgids: BpfHashMap<_, u32, u8> = self.map_mut(names::MAP_FILTER_TGID)?;
+        for tgid in &filters.tgids {
+            tgids
+                .insert(tgid, &PRESENT, 0)
+                .map_err(map_err(names::MAP_FILTER_TGID))?;
+        }
+        let mut cgroups: BpfHashMap<_, u64, u8> = self.map_mut(names::MAP_FILTER_CGROUP)?;
+        for id in &filters.cgroup_ids {
+            cgroups
+                .insert(id, &PRESENT, 0)
+                .map_err(map_err(names::MAP_FILTER_CGROUP))?;
+        }
+        let mut dports: BpfHashMap<_, u16, u8> = self.map_mut(names::MAP_FILTER_DPORT)?;
+        for port in &filters.dports {
+            dports
+                .insert(port, &PRESENT, 0)
+                .map_err(map_err(names::MAP_FILTER_DPORT))?;
+        }
+        let mut v4: LpmTrie<_, [u8; 4], u8> = self.map_mut(names::MAP_FILTER_DST_V4)?;
+        for cidr in &filters.destinations {
+            if let IpAddr::V4(a) = cidr.addr {
+                v4.insert(&Key::new(cidr.prefix_len.into(), a.octets()), &PRESENT, 0)
+                    .map_err(map_err(names::MAP_FILTER_DST_V4))?;
+            }
+        }
+        let mut v6: LpmTrie<_, [u8; 16], u8> = self.map_mut(names::MAP_FILTER_DST_V6)?;
+        for cidr in &filters.destinations {
+            if let IpAddr::V6(a) = cidr.addr {
+                v6.insert(&Key::new(cidr.prefix_len.into(), a.octets()), &PRESENT, 0)
+                    .map_err(map_err(names::MAP_FILTER_DST_V6))?;
+            }
+        }
+        Ok(())
+    }
+
+    fn map_mut<'a, T>(&'a mut self, name: &'static str) -> Result<T, ProbeError>
+    where
+        T: TryFrom<&'a mut aya::maps::Map, Error = aya::maps::MapError>,
+    {
+        let map = self
+            .ebpf
+            .map_mut(name)
+            .ok_or(ProbeError::MissingMap(name))?;
+        T::try_from(map).map_err(|source| ProbeError::Map { map: name, source })
+    }
+
+    fn attach(&mut self, options: &ProbeOptions) -> Result<(), ProbeError> {
+        for spec in &TRACEPOINTS {
+            let name = match options.programs {
+                ProgramSet::NetScope => spec.netscope,
+                ProgramSet::Baseline => spec.baseline,
+            };
+            let program: &mut TracePoint = self.program_mut(name)?;
+            let err = |source| ProbeError::Program {
+                program: name,
+                source,
+            };
+            program.load().map_err(err)?;
+            self.loaded.push(name);
+            let program: &mut TracePoint = self.program_mut(name)?;
+            program.attach(spec.category, spec.name).map_err(err)?;
+        }
+        if options.tc_interfaces.is_empty() {
+            return Ok(());
+        }
+        let (egress, ingress) = tc_programs(options.programs);
+        let tcx = KernelVersion::current().is_ok_and(|v| v >= KernelVersion::new(6, 6, 0));
+        for name in [egress, ingress] {
+            let program: &mut SchedClassifier = self.program_mut(name)?;
+            program.load().map_err(|source| ProbeError::Program {
+                program: name,
+                source,
+            })?;
+            self.loaded.push(name);
+        }
+        for iface in &options.tc_interfaces {
+            let c_iface = CString::new(iface.as_str()).map_err(|_| ProbeError::Interface {
+                iface: iface.clone(),
+                reason: "interface names cannot contain NUL".to_owned(),
+            })?;
+            if !tcx {
+                // Before TCX, classifiers hang off a clsact qdisc; one that exists is fine.
+                if let Err(e) = tc::qdisc_add_clsact(&c_iface) {
+                    let exists = matches!(&e, tc::TcError::NetlinkError(n) if n.raw_os_error() == Some(libc::EEXIST));
+                    if !exists {
+                        return Err(ProbeError::Interface {
+                            iface: iface.clone(),
+                            reason: format!("cannot add clsact qdisc: {e}"),
+                        });
+                    }
+                }
+            }
+            for (name, direction) in [
+                (egress, TcAttachType::Egress),
+                (ingress, TcAttachType::Ingress),
+            ] {
+                let program: &mut SchedClassifier = self.program_mut(name)?;
+                program
+                    .attach(&c_iface, direction)
+                    .map_err(|e| ProbeError::Interface {
+                        iface: iface.clone(),
+                        reason: format!("cannot attach {name}: {e}"),
+                    })?;
+            }
+        }
+        Ok(())
+    }
+
+    fn program_mut<'a, T>(&'a mut self, name: &'static str) -> Result<&'a mut T, ProbeError>
+    where
+        &'a mut T: TryFrom<&'a mut Program, Error = aya::programs::ProgramError>,
+    {
+        let program = self
+            .ebpf
+            .program_mut(name)
+            .ok_or(ProbeError::MissingProgram(name))?;
+        program.try_into().map_err(|source| ProbeError::Program {
+            program: name,
+            source,
+        })
+    }
+
+    /// Takes the ring buffer out of the probe (once).
+    pub fn take_events(&mut self) -> Result<EventReader, ProbeError> {
+        let map = self
+            .ebpf
+            .take_map(names::MAP_EVENTS)
+            .ok_or(ProbeError::MissingMap(names::MAP_EVENTS))?;
+        let ring = RingBuf::try_from(map).map_err(|source| ProbeError::Map {
+            map: names::MAP_EVENTS,
+            source,
+        })?;
+        Ok(EventReader::new(ring))
+    }
+
+    /// Kernel counters summed over CPUs.
+    pub fn kernel_counters(&self) -> Result<KernelCounters, ProbeError> {
+        let err = |source| ProbeError::Map {
+            map: names::MAP_COUNTERS,
+            source,
+        };
+        let map = self
+            .ebpf
+            .map(names::MAP_COUNTERS)
+            .ok_or(ProbeError::MissingMap(names::MAP_COUNTERS))?;
+        let array: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(map).map_err(err)?;
+        let mut counters = KernelCounters::default();
+        for index in 0..counter::COUNT {
+            let per_cpu = array.get(&index, 0).map_err(err)?;
+            counters.0[index as usize] = per_cpu.iter().sum();
+        }
+        Ok(counters)
+    }
+
+    /// The kernel's live state of a tracked connection (counters so far), if still tracked.
+    pub fn sock_state(&self, sock_id: u64) -> Result<Option<SockState>, ProbeError> {
+        let err = |source| ProbeError::Map {
+            map: names::MAP_SOCKS,
+            source,
+        };
+        let map = self
+            .ebpf
+            .map(names::MAP_SOCKS)
+            .ok_or(ProbeError::MissingMap(names::MAP_SOCKS))?;
+        let socks: BpfHashMap<&MapData, u64, SockState> = BpfHashMap::try_from(map).map_err(err)?;
+        match socks.get(&sock_id, 0) {
+            Ok(state) => Ok(Some(state)),
+            Err(aya::maps::MapError::KeyNotFound) => Ok(None),
+            Err(e) => Err(err(e)),
+        }
+    }
+
+    /// Run count and run time of every loaded program.
+    pub fn program_stats(&self) -> Result<Vec<ProgramStats>, ProbeError> {
+        self.loaded
+            .iter()
+            .map(|&name| {
+                let program = self
+                    .ebpf
+                    .program(name)
+                    .ok_or(ProbeError::MissingProgram(name))?;
+                let info = program.info().map_err(|source| ProbeError::Program {
+                    program: name,
+                    source,
+                })?;
+                Ok(ProgramStats {
+                    program: name,
+                    run_count: info.run_count(),
+                    run_time_ns: u64::try_from(info.run_time().as_nanos()).unwrap_or(u64::MAX),
+                })
+            })
+            .collect()
+    }
+
+    /// Detaches and unloads every program; maps stay readable so that the last events can be
+    /// drained and the counters reconciled.
+    pub fn detach(&mut self) {
+        for name in std::mem::take(&mut self.loaded) {
+            let result = match self.ebpf.program_mut(name) {
+                Some(Program::TracePoint(p)) => p.unload(),
+                Some(Program::SchedClassifier(p)) => p.unload(),
+                _ => Ok(()),
+            };
+            if let Err(e) = result {
+                tracing::warn!(program = name, error = %e, "detach failed");
+            }
+        }
+    }
+}
+
+fn read_object(path: &Path) -> Result<Vec<u8>, ProbeError> {
+    std::fs::read(path).map_err(|source| ProbeError::Object {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// Builds the programs' load-time configuration from this kernel's tracepoint formats and BTF.
+fn probe_config(
+    tracefs: &Tracefs,
+    offsets: &KernelOffsets,
+    options: &ProbeOptions,
+) -> Result<ProbeConfig, ProbeError> {
+    let skaddr = |category, name| tracefs.format(category, name)?.offset("skaddr", 8);
+    Ok(ProbeConfig {
+        set_state: tracefs
+            .format("sock", "inet_sock_set_state")?
+            .set_state_offsets()?,
+        send_length: tracefs
+            .format("sock", "sock_send_length")?
+            .sock_length_offsets()?,
+        recv_length: tracefs
+            .format("sock", "sock_recv_length")?
+            .sock_length_offsets()?,
+        retransmit_skaddr: skaddr("tcp", "tcp_retransmit_skb")?,
+        send_reset_skaddr: skaddr("tcp", "tcp_send_reset")?,
+        receive_reset_skaddr: skaddr("tcp", "tcp_receive_reset")?,
+        sock_sk_err: offsets.sock_sk_err.unwrap_or(OFFSET_NONE),
+        tcp_srtt_us: offsets.tcp_sock_srtt_us.unwrap_or(OFFSET_NONE),
+        filters: options.filters.bits(),
+        wakeup_bytes: options.wakeup_bytes,
+    })
+}

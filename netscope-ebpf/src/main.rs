@@ -1,0 +1,22 @@
+//! NetScope's kernel programs. Every entry point is a thin wrapper over a `try_*` function that
+//! returns a `Result`; an error is counted and never changes what happens to the traffic.
+#![no_std]
+#![no_main]
+// Atomic adds on map values: `core::sync::atomic` has no RMW operations for the BPF target.
+#![allow(internal_features)]
+#![feature(core_intrinsics)]
+
+mod maps;
+mod probes;
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    // SAFETY: the verifier rejects any program from which a panic would be reachable.
+    unsafe { core::hint::unreachable_unchecked() }
+}
+
+/// bpf_probe_read_kernel is a GPL-only helper.
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

@@ -1,0 +1,256 @@
+//! `sock:inet_sock_set_state`: the life of an outbound TCP connection.
+//!
+//! - CLOSE → SYN_SENT (process context, inside `connect()`): apply the filters, remember pid,
+//!   comm, cgroup and the start time in `SOCKS`. Nothing is emitted.
+//! - SYN_SENT → ESTABLISHED (softirq): emit `Established` (the connect latency is its timestamp
+//!   minus the start).
+//! - SYN_SENT → CLOSE: emit `ConnectFailed` with `sk_err` (refused, timed out, …).
+//! - anything else → CLOSE: emit `Closed` with the final counters, then forget the socket.
+
+use aya_ebpf::{
+    EbpfContext as _,
+    bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
+    helpers::{
+        bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_ktime_get_ns,
+        bpf_probe_read_kernel,
+    },
+    macros::tracepoint,
+    maps::lpm_trie::Key,
+    programs::TracePointContext,
+};
+use netscope_common::{
+    AF_INET, AF_INET6, ConnEvent, EventHeader, EventKind, FILTER_CGROUP, FILTER_DPORT, FILTER_DST,
+    FILTER_TGID, FlowTuple, OFFSET_NONE, SK_ERR_UNKNOWN, SRTT_UNKNOWN, SockState, WireCounters,
+    counter, tcp_state,
+};
+
+use super::{Error, field};
+use crate::maps::{
+    EVENTS, FILTER_CGROUP as CGROUPS, FILTER_DPORT as DPORTS, FILTER_DST_V4 as DST_V4,
+    FILTER_DST_V6 as DST_V6, FILTER_TGID as TGIDS, SOCKS, WIRE, bump, config,
+};
+
+const IPPROTO_TCP: u16 = 6;
+
+#[tracepoint(category = "sock", name = "inet_sock_set_state")]
+pub fn ns_set_state(ctx: TracePointContext) -> u32 {
+    if let Err(e) = try_set_state(&ctx) {
+        e.count();
+    }
+    0
+}
+
+fn try_set_state(ctx: &TracePointContext) -> Result<(), Error> {
+    let protocol: u16 = field(ctx, config!(set_state.protocol))?;
+    if protocol != IPPROTO_TCP {
+        return Ok(());
+    }
+    let old: i32 = field(ctx, config!(set_state.oldstate))?;
+    let new: i32 = field(ctx, config!(set_state.newstate))?;
+    let (old, new) = (old as u32, new as u32);
+    match (old, new) {
+        (tcp_state::CLOSE, tcp_state::SYN_SENT) => on_connect(ctx),
+        (tcp_state::SYN_SENT, tcp_state::ESTABLISHED) => {
+            on_transition(ctx, old, EventKind::Established)
+        }
+        (tcp_state::SYN_SENT, tcp_state::CLOSE) => {
+            on_transition(ctx, old, EventKind::ConnectFailed)
+        }
+        (_, tcp_state::CLOSE) => on_transition(ctx, old, EventKind::Closed),
+        _ => Ok(()),
+    }
+}
+
+fn on_connect(ctx: &TracePointContext) -> Result<(), Error> {
+    let sk: u64 = field(ctx, config!(set_state.skaddr))?;
+    let pid_tgid = bpf_get_current_pid_tgid();
+    // SAFETY: helper without arguments.
+    let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
+    if !admitted(ctx, pid_tgid, cgroup_id)? {
+        bump(counter::CONNECTS_FILTERED);
+        return Ok(());
+    }
+    let state = SockState {
+        // SAFETY: helper without arguments.
+        start_ns: unsafe { bpf_ktime_get_ns() },
+        established_ns: 0,
+        pid_tgid,
+        cgroup_id,
+        comm: ctx.command().unwrap_or_default(),
+        bytes_sent: 0,
+        bytes_received: 0,
+        send_calls: 0,
+        recv_calls: 0,
+        retransmits: 0,
+        resets_sent: 0,
+        resets_received: 0,
+        _pad: 0,
+    };
+    // BPF_ANY: a socket address reused after a close, or a second connect() on the same socket,
+    // starts a new connection.
+    SOCKS
+        .insert(&sk, &state, 0)
+        .map_err(|_| Error::SockTableFull)?;
+    bump(counter::CONNECTS_TRACKED);
+    Ok(())
+}
+
+/// Every set filter must admit the connection.
+#[inline(always)]
+fn admitted(ctx: &TracePointContext, pid_tgid: u64, cgroup_id: u64) -> Result<bool, Error> {
+    let filters = config!(filters);
+    if filters == 0 {
+        return Ok(true);
+    }
+    // SAFETY (all `get`s below): the values are only tested for presence, never held.
+    if filters & FILTER_TGID != 0 && unsafe { TGIDS.get(&((pid_tgid >> 32) as u32)) }.is_none() {
+        return Ok(false);
+    }
+    if filters & FILTER_CGROUP != 0 && unsafe { CGROUPS.get(&cgroup_id) }.is_none() {
+        return Ok(false);
+    }
+    if filters & FILTER_DPORT != 0 {
+        let dport: u16 = field(ctx, config!(set_state.dport))?;
+        if unsafe { DPORTS.get(&dport) }.is_none() {
+            return Ok(false);
+        }
+    }
+    if filters & FILTER_DST != 0 {
+        let family: u16 = field(ctx, config!(set_state.family))?;
+        let hit = if family == AF_INET {
+            let daddr: [u8; 4] = field(ctx, config!(set_state.daddr))?;
+            DST_V4.get(&Key::new(32, daddr)).is_some()
+        } else if family == AF_INET6 {
+            let daddr: [u8; 16] = field(ctx, config!(set_state.daddr_v6))?;
+            DST_V6.get(&Key::new(128, daddr)).is_some()
+        } else {
+            false
+        };
+        if !hit {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+fn on_transition(ctx: &TracePointContext, old: u32, kind: EventKind) -> Result<(), Error> {
+    let sk: u64 = field(ctx, config!(set_state.skaddr))?;
+    let Some(state) = SOCKS.get_ptr_mut(&sk) else {
+        return Ok(()); // not an outbound connection we track
+    };
+    // SAFETY: helper without arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let tuple = read_tuple(ctx)?;
+    let wire = match kind {
+        EventKind::Established => {
+            // SAFETY: `state` points into a live SOCKS value.
+            unsafe { (*state).established_ns = now };
+            WireCounters::default()
+        }
+        EventKind::ConnectFailed | EventKind::Closed => take_wire(&tuple),
+    };
+    let emitted = emit(kind, now, sk, state, &tuple, &wire, old);
+    if !matches!(kind, EventKind::Established) {
+        let _ = SOCKS.remove(&sk);
+    }
+    emitted
+}
+
+fn read_tuple(ctx: &TracePointContext) -> Result<FlowTuple, Error> {
+    let family: u16 = field(ctx, config!(set_state.family))?;
+    let mut tuple = FlowTuple {
+        family,
+        sport: field(ctx, config!(set_state.sport))?,
+        dport: field(ctx, config!(set_state.dport))?,
+        _pad: 0,
+        saddr: [0; 16],
+        daddr: [0; 16],
+    };
+    if family == AF_INET {
+        let saddr: [u8; 4] = field(ctx, config!(set_state.saddr))?;
+        let daddr: [u8; 4] = field(ctx, config!(set_state.daddr))?;
+        tuple.saddr[..4].copy_from_slice(&saddr);
+        tuple.daddr[..4].copy_from_slice(&daddr);
+    } else {
+        tuple.saddr = field(ctx, config!(set_state.saddr_v6))?;
+        tuple.daddr = field(ctx, config!(set_state.daddr_v6))?;
+    }
+    Ok(tuple)
+}
+
+/// Takes (reads and forgets) what the TC classifier counted for this flow.
+fn take_wire(tuple: &FlowTuple) -> WireCounters {
+    // SAFETY: the value is copied out before the entry is removed.
+    match unsafe { WIRE.get(tuple) } {
+        Some(w) => {
+            let w = *w;
+            let _ = WIRE.remove(tuple);
+            w
+        }
+        None => WireCounters::default(),
+    }
+}
+
+/// Reads a kernel struct field at an offset found in BTF by the agent.
+#[inline(always)]
+fn read_kernel<T: Default>(sk: u64, offset: u32) -> Option<T> {
+    if offset == OFFSET_NONE {
+        return None;
+    }
+    // SAFETY: bpf_probe_read_kernel faults safely; `sk` is the live socket of this tracepoint.
+    unsafe { bpf_probe_read_kernel((sk + offset as u64) as *const T) }.ok()
+}
+
+fn emit(
+    kind: EventKind,
+    now: u64,
+    sk: u64,
+    state: *const SockState,
+    tuple: &FlowTuple,
+    wire: &WireCounters,
+    old: u32,
+) -> Result<(), Error> {
+    let Some(mut entry) = EVENTS.reserve::<ConnEvent>(0) else {
+        return Err(Error::RingFull);
+    };
+    // SAFETY: `state` points into a live SOCKS value; the reservation is exclusively ours.
+    let st = unsafe { &*state };
+    let srtt = read_kernel::<u32>(sk, config!(tcp_srtt_us)).map_or(SRTT_UNKNOWN, |v| v >> 3);
+    let sk_err = read_kernel::<i32>(sk, config!(sock_sk_err)).unwrap_or(SK_ERR_UNKNOWN);
+    entry.write(ConnEvent {
+        header: EventHeader {
+            kind: kind as u32,
+            len: size_of::<ConnEvent>() as u32,
+            ts_ns: now,
+            tgid: (st.pid_tgid >> 32) as u32,
+            pid: st.pid_tgid as u32,
+            cgroup_id: st.cgroup_id,
+            sock_id: sk,
+        },
+        tuple: *tuple,
+        comm: st.comm,
+        start_ns: st.start_ns,
+        established_ns: st.established_ns,
+        bytes_sent: st.bytes_sent,
+        bytes_received: st.bytes_received,
+        send_calls: st.send_calls,
+        recv_calls: st.recv_calls,
+        wire: *wire,
+        retransmits: st.retransmits,
+        resets_sent: st.resets_sent,
+        resets_received: st.resets_received,
+        srtt_us: srtt,
+        sk_err,
+        old_state: old,
+    });
+    // Wake user space only when enough is waiting; otherwise it polls on a timer.
+    let waiting = EVENTS.query(BPF_RB_AVAIL_DATA as u64);
+    let flags = if waiting >= config!(wakeup_bytes) {
+        BPF_RB_FORCE_WAKEUP
+    } else {
+        BPF_RB_NO_WAKEUP
+    };
+    entry.submit(flags as u64);
+    bump(counter::EVENTS_EMITTED);
+    Ok(())
+}

@@ -1,0 +1,97 @@
+#!/usr/bin/env bash
+# NetScope one-step setup for a fresh Debian 12 machine (root).
+# Idempotent: every step checks whether its result is already there and says so.
+#
+#   - pinned stable Rust (+clippy, rustfmt) and a dated nightly with rust-src (for the eBPF crate)
+#   - bpf-linker, built against the libLLVM shipped inside that nightly (no system LLVM needed)
+#   - the apt packages the kernel tests and benches use (nftables, iproute2, bpftool)
+#   - tracefs and bpffs mounted
+set -euo pipefail
+
+STABLE="${NETSCOPE_STABLE:-1.99.1}"
+NIGHTLY="${NETSCOPE_NIGHTLY:-nightly-2026-10-29}"
+BPF_LINKER_VERSION="0.13.0"
+APT_PACKAGES=(nftables iproute2 bpftool)
+
+say() { printf 'setup: %s\n' "$*"; }
+
+if [ "$(id -u)" -ne 0 ]; then
+  say "warning: not root; apt packages and mounts are skipped (the kernel tests need root anyway)"
+fi
+
+# --- Rust toolchains -------------------------------------------------------------------------------
+if ! command -v rustup >/dev/null 2>&1; then
+  say "rustup is missing: install it from your distribution or rustup.rs first" >&2
+  exit 1
+fi
+if rustup toolchain list | grep -q "^${STABLE}-"; then
+  say "stable ${STABLE}: present"
+else
+  say "stable ${STABLE}: installing"
+  rustup toolchain install "${STABLE}" --profile minimal -c clippy,rustfmt
+fi
+if rustup toolchain list | grep -q "^${NIGHTLY}-"; then
+  say "${NIGHTLY}: present"
+else
+  say "${NIGHTLY}: installing (with rust-src)"
+  rustup toolchain install "${NIGHTLY}" --profile minimal -c rust-src
+fi
+if ! rustup component list --toolchain "${NIGHTLY}" --installed | grep -q '^rust-src'; then
+  say "${NIGHTLY}: adding rust-src"
+  rustup component add rust-src --toolchain "${NIGHTLY}"
+fi
+
+# --- bpf-linker against the nightly's own libLLVM ----------------------------------------------------
+nightly_sysroot="$(rustup run "${NIGHTLY}" rustc --print sysroot)"
+llvm_so="$(find "${nightly_sysroot}/lib" -maxdepth 1 -name 'libLLVM.so.*' | head -n 1)"
+if [ -z "${llvm_so}" ]; then
+  say "no libLLVM.so.* inside ${nightly_sysroot}/lib: cannot build bpf-linker" >&2
+  exit 1
+fi
+llvm_major="$(basename "${llvm_so}" | sed -E 's/^libLLVM\.so\.([0-9]+).*/\1/')"
+prefix="${NETSCOPE_LLVM_PREFIX:-${HOME}/.local/share/netscope/llvm-${llvm_major}}"
+linker_ok=0
+if command -v bpf-linker >/dev/null 2>&1 && bpf-linker --version 2>/dev/null | grep -q "${BPF_LINKER_VERSION}"; then
+  linker_ok=1
+fi
+if [ "${linker_ok}" = 1 ]; then
+  say "bpf-linker ${BPF_LINKER_VERSION}: present ($(command -v bpf-linker))"
+else
+  say "bpf-linker ${BPF_LINKER_VERSION}: building against LLVM ${llvm_major} from ${NIGHTLY} (~2 min)"
+  mkdir -p "${prefix}/lib"
+  # Copy, don't link: a later nightly update must not pull the library from under the linker.
+  cp -f "${llvm_so}" "${prefix}/lib/$(basename "${llvm_so}")"
+  cp -f "${llvm_so}" "${prefix}/lib/libLLVM.so"
+  LLVM_PREFIX="${prefix}" rustup run "${STABLE}" cargo install bpf-linker \
+    --version "${BPF_LINKER_VERSION}" --locked --no-default-features --features "llvm-${llvm_major}"
+fi
+
+# --- apt packages --------------------------------------------------------------------------------------
+if [ "$(id -u)" -eq 0 ]; then
+  missing=()
+  for p in "${APT_PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+  done
+  if [ "${#missing[@]}" -eq 0 ]; then
+    say "apt packages (${APT_PACKAGES[*]}): present"
+  else
+    say "apt packages: installing ${missing[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
+  fi
+
+  # --- kernel filesystems ------------------------------------------------------------------------------
+  if [ -e /sys/kernel/tracing/events ]; then
+    say "tracefs: mounted"
+  else
+    say "tracefs: mounting on /sys/kernel/tracing"
+    mount -t tracefs tracefs /sys/kernel/tracing
+  fi
+  if mount | grep -q ' /sys/fs/bpf type bpf'; then
+    say "bpffs: mounted"
+  else
+    say "bpffs: mounting on /sys/fs/bpf"
+    mount -t bpf bpf /sys/fs/bpf
+  fi
+fi
+say "done"
