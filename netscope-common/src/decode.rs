@@ -100,6 +100,7 @@ mod tests {
             comm: *b"curl\0\0\0\0\0\0\0\0\0\0\0\0",
             start_ns: 1,
             established_ns: 2,
+            closed_ns: 3,
             bytes_sent: 3,
             bytes_received: 4,
             send_calls: 5,
@@ -143,15 +144,15 @@ mod tests {
         assert_eq!(
             ConnEvent::from_bytes(&bytes[..bytes.len() - 1]),
             Err(DecodeError::Size {
-                expected: 200,
-                actual: 199
+                expected: 208,
+                actual: 207
             })
         );
         let mut long = bytes.to_vec();
         long.push(0);
         assert!(matches!(
             ConnEvent::from_bytes(&long),
-            Err(DecodeError::Size { actual: 201, .. })
+            Err(DecodeError::Size { actual: 209, .. })
         ));
     }
 

@@ -18,7 +18,8 @@ pub enum EventKind {
     Established = 1,
     /// SYN_SENT → CLOSE: an outbound connect failed (refused, timed out, aborted…).
     ConnectFailed = 2,
-    /// Any other state → CLOSE for a tracked connection: final counters.
+    /// A tracked connection's socket was destroyed (`tcp:tcp_destroy_sock`), after it reached
+    /// CLOSE and the application let go of it: final counters, nothing can change them after.
     Closed = 3,
 }
 
@@ -92,6 +93,10 @@ const _: () = assert!(size_of::<WireCounters>() == 32);
 pub struct SockState {
     pub start_ns: u64,
     pub established_ns: u64,
+    /// When the socket reached CLOSE; 0 while it has not.
+    pub closed_ns: u64,
+    /// The 4-tuple, complete from ESTABLISHED on (the source port is 0 before).
+    pub tuple: FlowTuple,
     /// `bpf_get_current_pid_tgid()` at connect time: tgid in the high half.
     pub pid_tgid: u64,
     pub cgroup_id: u64,
@@ -103,9 +108,10 @@ pub struct SockState {
     pub retransmits: u32,
     pub resets_sent: u32,
     pub resets_received: u32,
-    pub _pad: u32,
+    /// The state the socket left for CLOSE; 0 while it has not.
+    pub close_from_state: u32,
 }
-const _: () = assert!(size_of::<SockState>() == 96);
+const _: () = assert!(size_of::<SockState>() == 144);
 
 /// The one event type on the ring buffer: the connection's identity and, for `Closed` and
 /// `ConnectFailed`, its final counters (zero for `Established`).
@@ -119,6 +125,8 @@ pub struct ConnEvent {
     pub start_ns: u64,
     /// CLOCK_MONOTONIC ns of SYN_SENT → ESTABLISHED; 0 if never established.
     pub established_ns: u64,
+    /// CLOCK_MONOTONIC ns of the transition to CLOSE.
+    pub closed_ns: u64,
     pub bytes_sent: u64,
     pub bytes_received: u64,
     pub send_calls: u64,
@@ -131,10 +139,11 @@ pub struct ConnEvent {
     pub srtt_us: u32,
     /// `sk->sk_err` (positive errno) at the time of the event; `-1` when unknown.
     pub sk_err: i32,
-    /// TCP state the socket left (`TCP_*` numbering of the kernel).
+    /// TCP state the socket left for CLOSE (`TCP_*` numbering of the kernel); for
+    /// `Established`, SYN_SENT.
     pub old_state: u32,
 }
-const _: () = assert!(size_of::<ConnEvent>() == 200);
+const _: () = assert!(size_of::<ConnEvent>() == 208);
 
 /// Value of an unknown `srtt_us`.
 pub const SRTT_UNKNOWN: u32 = u32::MAX;
@@ -188,10 +197,13 @@ pub struct ProbeConfig {
     pub set_state: SetStateOffsets,
     pub send_length: SockLengthOffsets,
     pub recv_length: SockLengthOffsets,
-    /// `skaddr` in `tcp:tcp_retransmit_skb`, `tcp:tcp_send_reset`, `tcp:tcp_receive_reset`.
+    /// `skaddr` in `tcp:tcp_retransmit_skb`, `tcp:tcp_send_reset`, `tcp:tcp_receive_reset`,
+    /// `tcp:tcp_destroy_sock`.
     pub retransmit_skaddr: u32,
     pub send_reset_skaddr: u32,
     pub receive_reset_skaddr: u32,
+    pub destroy_skaddr: u32,
+    pub _pad: u32,
     /// Offset of `sk_err` in `struct sock` (from kernel BTF), or `OFFSET_NONE`.
     pub sock_sk_err: u32,
     /// Offset of `srtt_us` in `struct tcp_sock` (from kernel BTF), or `OFFSET_NONE`.
@@ -202,7 +214,7 @@ pub struct ProbeConfig {
     /// below it events are submitted without wake-up and user space polls on a timer.
     pub wakeup_bytes: u64,
 }
-const _: () = assert!(size_of::<ProbeConfig>() == 112);
+const _: () = assert!(size_of::<ProbeConfig>() == 120);
 
 impl ProbeConfig {
     /// A configuration in which every offset is unknown: the programs do nothing until user
@@ -237,6 +249,8 @@ impl ProbeConfig {
         retransmit_skaddr: OFFSET_NONE,
         send_reset_skaddr: OFFSET_NONE,
         receive_reset_skaddr: OFFSET_NONE,
+        destroy_skaddr: OFFSET_NONE,
+        _pad: 0,
         sock_sk_err: OFFSET_NONE,
         tcp_srtt_us: OFFSET_NONE,
         filters: 0,

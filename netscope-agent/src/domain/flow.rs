@@ -70,10 +70,14 @@ impl FlowOutcome {
 
     /// Outcome of an established connection that reached CLOSE.
     pub fn of_close(errno: Option<i32>, resets_received: u32, resets_sent: u32) -> Self {
-        if resets_received > 0 || errno == Some(ECONNRESET) {
+        // The reset counters come first: an abortive local close (SO_LINGER 0) also leaves
+        // ECONNRESET in sk_err.
+        if resets_received > 0 {
             Self::ResetByPeer
         } else if resets_sent > 0 {
             Self::ResetLocally
+        } else if errno == Some(ECONNRESET) {
+            Self::ResetByPeer
         } else if errno == Some(ETIMEDOUT) {
             Self::TimedOut
         } else {

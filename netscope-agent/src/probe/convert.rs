@@ -40,6 +40,16 @@ fn wire(w: &WireCounters) -> Option<WireStats> {
     })
 }
 
+/// The end of a connection is its transition to CLOSE; a socket destroyed without one (never
+/// seen closing) ends at its destruction.
+fn end_ns(ev: &ConnEvent) -> u64 {
+    if ev.closed_ns != 0 {
+        ev.closed_ns
+    } else {
+        ev.header.ts_ns
+    }
+}
+
 pub fn update_kind(kind: EventKind) -> FlowUpdateKind {
     match kind {
         EventKind::Established => FlowUpdateKind::Established,
@@ -57,7 +67,7 @@ pub fn flow_from_event(kind: EventKind, ev: &ConnEvent, clock: &MonoClock) -> Fl
         EventKind::ConnectFailed => (
             FlowState::Failed,
             Some(FlowOutcome::of_failed_connect(errno, ev.resets_received)),
-            Some(clock.to_unix_ns(ev.header.ts_ns)),
+            Some(clock.to_unix_ns(end_ns(ev))),
         ),
         EventKind::Closed => (
             FlowState::Closed,
@@ -66,7 +76,7 @@ pub fn flow_from_event(kind: EventKind, ev: &ConnEvent, clock: &MonoClock) -> Fl
                 ev.resets_received,
                 ev.resets_sent,
             )),
-            Some(clock.to_unix_ns(ev.header.ts_ns)),
+            Some(clock.to_unix_ns(end_ns(ev))),
         ),
     };
     Flow {
@@ -113,7 +123,7 @@ mod tests {
         ConnEvent {
             header: EventHeader {
                 kind: kind as u32,
-                len: 200,
+                len: 208,
                 ts_ns: 5_000,
                 tgid: 10,
                 pid: 11,
@@ -159,13 +169,18 @@ mod tests {
     fn failed_connect_is_refused_by_errno() {
         let mut ev = event(EventKind::ConnectFailed);
         ev.established_ns = 0;
+        ev.closed_ns = 4_000;
         ev.sk_err = 111;
         let flow = flow_from_event(EventKind::ConnectFailed, &ev, &MonoClock::with_offset(0));
         assert_eq!(flow.state, FlowState::Failed);
         assert_eq!(flow.outcome, Some(FlowOutcome::Refused));
         assert_eq!(flow.connect_latency_ns, None);
-        assert_eq!(flow.end_unix_ns, Some(5_000));
-        assert_eq!(flow.duration_ns(), Some(4_000));
+        assert_eq!(
+            flow.end_unix_ns,
+            Some(4_000),
+            "ends at CLOSE, not at the event"
+        );
+        assert_eq!(flow.duration_ns(), Some(3_000));
     }
 
     #[test]

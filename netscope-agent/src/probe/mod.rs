@@ -9,6 +9,7 @@
 //! | `ns_retransmit`    | tracepoint tcp/tcp_retransmit_skb   | Linux ≥ 4.16          |
 //! | `ns_send_reset`    | tracepoint tcp/tcp_send_reset       | Linux ≥ 4.16          |
 //! | `ns_recv_reset`    | tracepoint tcp/tcp_receive_reset    | Linux ≥ 4.16          |
+//! | `ns_destroy_sock`  | tracepoint tcp/tcp_destroy_sock     | Linux ≥ 5.2           |
 //! | `ns_tc_egress/ingress` | TC (TCX ≥ 6.6, clsact before) | per configured interface |
 //! | ring buffer        | BPF_MAP_TYPE_RINGBUF          | Linux ≥ 5.8                |
 //! | `sk_err`, `srtt_us`| kernel BTF (optional)         | `/sys/kernel/btf/vmlinux`  |
@@ -111,7 +112,7 @@ struct TracepointSpec {
     name: &'static str,
 }
 
-const TRACEPOINTS: [TracepointSpec; 6] = [
+const TRACEPOINTS: [TracepointSpec; 7] = [
     TracepointSpec {
         netscope: "ns_set_state",
         baseline: "nop_set_state",
@@ -147,6 +148,12 @@ const TRACEPOINTS: [TracepointSpec; 6] = [
         baseline: "nop_recv_reset",
         category: "tcp",
         name: "tcp_receive_reset",
+    },
+    TracepointSpec {
+        netscope: "ns_destroy_sock",
+        baseline: "nop_destroy_sock",
+        category: "tcp",
+        name: "tcp_destroy_sock",
     },
 ];
 
@@ -545,6 +552,8 @@ fn probe_config(
         retransmit_skaddr: skaddr("tcp", "tcp_retransmit_skb")?,
         send_reset_skaddr: skaddr("tcp", "tcp_send_reset")?,
         receive_reset_skaddr: skaddr("tcp", "tcp_receive_reset")?,
+        destroy_skaddr: skaddr("tcp", "tcp_destroy_sock")?,
+        _pad: 0,
         sock_sk_err: offsets.sock_sk_err.unwrap_or(OFFSET_NONE),
         tcp_srtt_us: offsets.tcp_sock_srtt_us.unwrap_or(OFFSET_NONE),
         filters: options.filters.bits(),

@@ -37,6 +37,11 @@ pub fn nop_recv_reset(_ctx: TracePointContext) -> u32 {
     0
 }
 
+#[tracepoint(category = "tcp", name = "tcp_destroy_sock")]
+pub fn nop_destroy_sock(_ctx: TracePointContext) -> u32 {
+    0
+}
+
 #[classifier]
 pub fn nop_tc_egress(_ctx: TcContext) -> i32 {
     TC_ACT_UNSPEC

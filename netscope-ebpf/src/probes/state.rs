@@ -1,11 +1,15 @@
-//! `sock:inet_sock_set_state`: the life of an outbound TCP connection.
+//! The life of an outbound TCP connection.
 //!
+//! `sock:inet_sock_set_state`:
 //! - CLOSE → SYN_SENT (process context, inside `connect()`): apply the filters, remember pid,
 //!   comm, cgroup and the start time in `SOCKS`. Nothing is emitted.
-//! - SYN_SENT → ESTABLISHED (softirq): emit `Established` (the connect latency is its timestamp
-//!   minus the start).
-//! - SYN_SENT → CLOSE: emit `ConnectFailed` with `sk_err` (refused, timed out, …).
-//! - anything else → CLOSE: emit `Closed` with the final counters, then forget the socket.
+//! - SYN_SENT → ESTABLISHED (softirq): keep the tuple, emit `Established` (connect latency =
+//!   its time minus the start).
+//! - SYN_SENT → CLOSE: emit `ConnectFailed` with `sk_err` (refused, timed out, …), forget it.
+//! - anything else → CLOSE: note the time and the state left. Nothing is emitted yet: after a
+//!   half-close the application may still read buffered data.
+//!
+//! `tcp:tcp_destroy_sock`: the socket is gone, its counters final: emit `Closed`, forget it.
 
 use aya_ebpf::{
     EbpfContext as _,
@@ -50,15 +54,32 @@ fn try_set_state(ctx: &TracePointContext) -> Result<(), Error> {
     let (old, new) = (old as u32, new as u32);
     match (old, new) {
         (tcp_state::CLOSE, tcp_state::SYN_SENT) => on_connect(ctx),
-        (tcp_state::SYN_SENT, tcp_state::ESTABLISHED) => {
-            on_transition(ctx, old, EventKind::Established)
-        }
-        (tcp_state::SYN_SENT, tcp_state::CLOSE) => {
-            on_transition(ctx, old, EventKind::ConnectFailed)
-        }
-        (_, tcp_state::CLOSE) => on_transition(ctx, old, EventKind::Closed),
+        (tcp_state::SYN_SENT, tcp_state::ESTABLISHED) => on_established(ctx),
+        (tcp_state::SYN_SENT, tcp_state::CLOSE) => on_connect_failed(ctx),
+        (_, tcp_state::CLOSE) => on_close(ctx, old),
         _ => Ok(()),
     }
+}
+
+#[tracepoint(category = "tcp", name = "tcp_destroy_sock")]
+pub fn ns_destroy_sock(ctx: TracePointContext) -> u32 {
+    if let Err(e) = try_destroy(&ctx) {
+        e.count();
+    }
+    0
+}
+
+fn try_destroy(ctx: &TracePointContext) -> Result<(), Error> {
+    let sk: u64 = field(ctx, config!(destroy_skaddr))?;
+    let Some(state) = SOCKS.get_ptr_mut(&sk) else {
+        return Ok(());
+    };
+    // SAFETY: `state` points into a live SOCKS value.
+    let (tuple, old) = unsafe { ((*state).tuple, (*state).close_from_state) };
+    let wire = take_wire(&tuple);
+    let emitted = emit(EventKind::Closed, sk, state, &wire, old);
+    let _ = SOCKS.remove(&sk);
+    emitted
 }
 
 fn on_connect(ctx: &TracePointContext) -> Result<(), Error> {
@@ -74,6 +95,8 @@ fn on_connect(ctx: &TracePointContext) -> Result<(), Error> {
         // SAFETY: helper without arguments.
         start_ns: unsafe { bpf_ktime_get_ns() },
         established_ns: 0,
+        closed_ns: 0,
+        tuple: FlowTuple::default(),
         pid_tgid,
         cgroup_id,
         comm: ctx.command().unwrap_or_default(),
@@ -84,7 +107,7 @@ fn on_connect(ctx: &TracePointContext) -> Result<(), Error> {
         retransmits: 0,
         resets_sent: 0,
         resets_received: 0,
-        _pad: 0,
+        close_from_state: 0,
     };
     // BPF_ANY: a socket address reused after a close, or a second connect() on the same socket,
     // starts a new connection.
@@ -133,27 +156,61 @@ fn admitted(ctx: &TracePointContext, pid_tgid: u64, cgroup_id: u64) -> Result<bo
     Ok(true)
 }
 
-fn on_transition(ctx: &TracePointContext, old: u32, kind: EventKind) -> Result<(), Error> {
+fn on_established(ctx: &TracePointContext) -> Result<(), Error> {
     let sk: u64 = field(ctx, config!(set_state.skaddr))?;
     let Some(state) = SOCKS.get_ptr_mut(&sk) else {
         return Ok(()); // not an outbound connection we track
     };
-    // SAFETY: helper without arguments.
-    let now = unsafe { bpf_ktime_get_ns() };
     let tuple = read_tuple(ctx)?;
-    let wire = match kind {
-        EventKind::Established => {
-            // SAFETY: `state` points into a live SOCKS value.
-            unsafe { (*state).established_ns = now };
-            WireCounters::default()
-        }
-        EventKind::ConnectFailed | EventKind::Closed => take_wire(&tuple),
-    };
-    let emitted = emit(kind, now, sk, state, &tuple, &wire, old);
-    if !matches!(kind, EventKind::Established) {
-        let _ = SOCKS.remove(&sk);
+    // SAFETY: `state` points into a live SOCKS value; helper without arguments.
+    unsafe {
+        (*state).established_ns = bpf_ktime_get_ns();
+        (*state).tuple = tuple;
     }
+    emit(
+        EventKind::Established,
+        sk,
+        state,
+        &WireCounters::default(),
+        tcp_state::SYN_SENT,
+    )
+}
+
+fn on_connect_failed(ctx: &TracePointContext) -> Result<(), Error> {
+    let sk: u64 = field(ctx, config!(set_state.skaddr))?;
+    let Some(state) = SOCKS.get_ptr_mut(&sk) else {
+        return Ok(());
+    };
+    // The source port is known by now (it is 0 at SYN_SENT).
+    let tuple = read_tuple(ctx)?;
+    // SAFETY: `state` points into a live SOCKS value; helper without arguments.
+    unsafe {
+        (*state).closed_ns = bpf_ktime_get_ns();
+        (*state).close_from_state = tcp_state::SYN_SENT;
+        (*state).tuple = tuple;
+    }
+    let wire = take_wire(&tuple);
+    let emitted = emit(
+        EventKind::ConnectFailed,
+        sk,
+        state,
+        &wire,
+        tcp_state::SYN_SENT,
+    );
+    let _ = SOCKS.remove(&sk);
     emitted
+}
+
+fn on_close(ctx: &TracePointContext, old: u32) -> Result<(), Error> {
+    let sk: u64 = field(ctx, config!(set_state.skaddr))?;
+    if let Some(state) = SOCKS.get_ptr_mut(&sk) {
+        // SAFETY: `state` points into a live SOCKS value; helper without arguments.
+        unsafe {
+            (*state).closed_ns = bpf_ktime_get_ns();
+            (*state).close_from_state = old;
+        }
+    }
+    Ok(())
 }
 
 fn read_tuple(ctx: &TracePointContext) -> Result<FlowTuple, Error> {
@@ -203,10 +260,8 @@ fn read_kernel<T: Default>(sk: u64, offset: u32) -> Option<T> {
 
 fn emit(
     kind: EventKind,
-    now: u64,
     sk: u64,
     state: *const SockState,
-    tuple: &FlowTuple,
     wire: &WireCounters,
     old: u32,
 ) -> Result<(), Error> {
@@ -221,16 +276,18 @@ fn emit(
         header: EventHeader {
             kind: kind as u32,
             len: size_of::<ConnEvent>() as u32,
-            ts_ns: now,
+            // SAFETY: helper without arguments.
+            ts_ns: unsafe { bpf_ktime_get_ns() },
             tgid: (st.pid_tgid >> 32) as u32,
             pid: st.pid_tgid as u32,
             cgroup_id: st.cgroup_id,
             sock_id: sk,
         },
-        tuple: *tuple,
+        tuple: st.tuple,
         comm: st.comm,
         start_ns: st.start_ns,
         established_ns: st.established_ns,
+        closed_ns: st.closed_ns,
         bytes_sent: st.bytes_sent,
         bytes_received: st.bytes_received,
         send_calls: st.send_calls,

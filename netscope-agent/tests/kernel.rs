@@ -1,0 +1,433 @@
+//! Root-only tests against this machine's kernel: real programs attached, real traffic in a
+//! network namespace per test, ground truth from the application itself, from TCP_INFO, or
+//! from nftables counters. Without root they print why they are skipped (and fail when
+//! NETSCOPE_REQUIRE_KERNEL_TESTS=1, as in CI).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::{
+    io::{Read, Write},
+    net::{Shutdown, TcpListener, TcpStream},
+    os::fd::AsRawFd,
+    thread,
+    time::{Duration, Instant},
+};
+
+use netscope_agent::{
+    domain::{FlowOutcome, FlowState},
+    probe::ProbeOptions,
+};
+use netscope_common::{EventKind, counter};
+use support::{Harness, NetNs, kernel_test, spawn_in};
+
+/// Writes all of `data` with plain `write()` calls; returns how many calls it took.
+fn write_counting(stream: &mut TcpStream, data: &[u8]) -> u64 {
+    let (mut off, mut calls) = (0, 0);
+    while off < data.len() {
+        let end = (off + 256 * 1024).min(data.len());
+        off += stream.write(&data[off..end]).unwrap();
+        calls += 1;
+    }
+    calls
+}
+
+/// Reads until EOF with plain `read()` calls; returns (bytes, calls including the EOF read).
+fn read_counting(stream: &mut TcpStream) -> (u64, u64) {
+    let mut buf = vec![0u8; 64 * 1024];
+    let (mut bytes, mut calls) = (0, 0);
+    loop {
+        let n = stream.read(&mut buf).unwrap();
+        calls += 1;
+        if n == 0 {
+            return (bytes, calls);
+        }
+        bytes += n as u64;
+    }
+}
+
+fn set_linger_zero(stream: &TcpStream) {
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: valid socket fd and a correctly sized option value.
+    let rc = unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&raw const linger).cast(),
+            size_of::<libc::linger>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(rc, 0);
+}
+
+fn tcp_info(stream: &TcpStream) -> libc::tcp_info {
+    // SAFETY: tcp_info is plain data; getsockopt fills at most `len` bytes of it.
+    unsafe {
+        let mut info: libc::tcp_info = std::mem::zeroed();
+        let mut len = size_of::<libc::tcp_info>() as libc::socklen_t;
+        let rc = libc::getsockopt(
+            stream.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            (&raw mut info).cast(),
+            &mut len,
+        );
+        assert_eq!(rc, 0);
+        info
+    }
+}
+
+#[test]
+fn bytes_and_calls_equal_what_the_application_wrote_and_read() {
+    let Some(_serial) = kernel_test("bytes") else {
+        return;
+    };
+    const PORT: u16 = 7101;
+    let ns = NetNs::new("bytes");
+    let _in = ns.enter();
+    let probe = Harness::start(&Harness::for_dport(PORT));
+    let listener = TcpListener::bind(("127.0.0.1", PORT)).unwrap();
+    let cases: [(usize, usize); 5] = [
+        (0, 1),
+        (1, 0),
+        (1_000, 2_000),
+        (65_536, 100),
+        (3 << 20, 1_500_000),
+    ];
+    // Server: an 8-byte header says how much to send back; read the rest to EOF, reply, close.
+    let server = thread::spawn(move || {
+        for _ in 0..cases.len() {
+            let (mut s, _) = listener.accept().unwrap();
+            let mut header = [0u8; 8];
+            s.read_exact(&mut header).unwrap();
+            std::io::copy(&mut s, &mut std::io::sink()).unwrap();
+            s.write_all(&vec![7u8; u64::from_be_bytes(header) as usize])
+                .unwrap();
+        }
+    });
+    for (up, down) in cases {
+        let mut client = TcpStream::connect(("127.0.0.1", PORT)).unwrap();
+        let sport = client.local_addr().unwrap().port();
+        let mut payload = (down as u64).to_be_bytes().to_vec();
+        payload.resize(8 + up, 1);
+        let write_calls = write_counting(&mut client, &payload);
+        client.shutdown(Shutdown::Write).unwrap();
+        let (read, read_calls) = read_counting(&mut client);
+        assert_eq!(read, down as u64);
+        drop(client);
+
+        let flow = probe.finished_flow(sport);
+        assert_eq!(flow.state, FlowState::Closed);
+        assert_eq!(flow.outcome, Some(FlowOutcome::Closed), "{flow:?}");
+        assert_eq!(
+            flow.bytes_sent,
+            payload.len() as u64,
+            "sent, case {up}/{down}"
+        );
+        assert_eq!(flow.send_calls, write_calls, "send calls, case {up}/{down}");
+        assert_eq!(flow.bytes_received, read, "received, case {up}/{down}");
+        assert_eq!(flow.recv_calls, read_calls, "recv calls, case {up}/{down}");
+        assert_eq!(flow.retransmits, 0);
+        assert_eq!(flow.pid, std::process::id());
+    }
+    server.join().unwrap();
+    let (_, counters, delivered) = probe.finish();
+    assert_eq!(counters.emitted(), delivered);
+    assert_eq!(counters.dropped(), 0);
+}
+
+/// |kernel − application| ≤ max(2 %, 200 µs), and the kernel's interval lies inside the
+/// application's (it starts inside `connect()` and ends before `connect()` returns).
+fn assert_latency_agrees(kernel_ns: u64, app: Duration) {
+    let app_ns = app.as_nanos() as u64;
+    let tolerance = (app_ns / 50).max(200_000);
+    assert!(
+        kernel_ns <= app_ns,
+        "kernel {kernel_ns} ns > application {app_ns} ns"
+    );
+    assert!(
+        app_ns - kernel_ns <= tolerance,
+        "kernel {kernel_ns} ns vs application {app_ns} ns: off by more than {tolerance} ns"
+    );
+}
+
+#[test]
+fn connect_latency_agrees_with_the_application_including_a_slow_connect() {
+    let Some(_serial) = kernel_test("latency") else {
+        return;
+    };
+    const PORT: u16 = 7102;
+    let ns = NetNs::new("latency");
+    let _in = ns.enter();
+    let probe = Harness::start(&Harness::for_dport(PORT));
+    let listener = TcpListener::bind(("127.0.0.1", PORT)).unwrap();
+
+    for _ in 0..20 {
+        let started = Instant::now();
+        let client = TcpStream::connect(("127.0.0.1", PORT)).unwrap();
+        let app = started.elapsed();
+        let sport = client.local_addr().unwrap().port();
+        drop(listener.accept().unwrap());
+        drop(client);
+        let flow = probe.finished_flow(sport);
+        assert_latency_agrees(flow.connect_latency_ns.unwrap(), app);
+    }
+
+    // Slow connect: every SYN is dropped until the rule goes; the kernel resends after its 1 s
+    // initial RTO and the handshake completes on that retransmission.
+    ns.nft(&format!(
+        "table inet slow {{\n chain out {{\n type filter hook output priority 0;\n tcp dport {PORT} tcp flags syn / syn,ack drop\n }}\n}}\n"
+    ));
+    let connector = thread::spawn(move || {
+        let started = Instant::now();
+        let client = TcpStream::connect(("127.0.0.1", PORT)).unwrap();
+        (client, started.elapsed())
+    });
+    thread::sleep(Duration::from_millis(300));
+    ns.nft("delete table inet slow");
+    let (client, app) = connector.join().unwrap();
+    let sport = client.local_addr().unwrap().port();
+    drop(listener.accept().unwrap());
+    drop(client);
+    let flow = probe.finished_flow(sport);
+    let kernel = flow.connect_latency_ns.unwrap();
+    assert!(
+        kernel >= 900_000_000,
+        "the SYN was dropped: ~1 s expected, got {kernel} ns"
+    );
+    assert_latency_agrees(kernel, app);
+    assert_eq!(flow.retransmits, 1, "the retransmitted SYN is counted");
+}
+
+#[test]
+fn refused_and_reset_connections_have_the_right_outcome() {
+    let Some(_serial) = kernel_test("outcomes") else {
+        return;
+    };
+    const CLOSED: u16 = 7103;
+    const OPEN: u16 = 7104;
+    let ns = NetNs::new("outcomes");
+    let _in = ns.enter();
+    let mut options = ProbeOptions::default();
+    options.filters.dports = vec![CLOSED, OPEN];
+    let probe = Harness::start(&options);
+
+    // Refused: nothing listens.
+    let err = TcpStream::connect(("127.0.0.1", CLOSED)).unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused);
+    let failed = probe.wait_for("the refused connect", |evs| {
+        evs.iter().any(|s| s.kind == EventKind::ConnectFailed)
+    });
+    let refused = &failed
+        .iter()
+        .find(|s| s.kind == EventKind::ConnectFailed)
+        .unwrap()
+        .flow;
+    assert_eq!(refused.state, FlowState::Failed);
+    assert_eq!(refused.outcome, Some(FlowOutcome::Refused));
+    assert_eq!(refused.errno, Some(libc::ECONNREFUSED));
+    assert_eq!(refused.connect_latency_ns, None);
+    assert_eq!(refused.remote.port(), CLOSED);
+
+    // Reset by the peer: the server closes with SO_LINGER 0.
+    let listener = TcpListener::bind(("127.0.0.1", OPEN)).unwrap();
+    let mut client = TcpStream::connect(("127.0.0.1", OPEN)).unwrap();
+    let sport = client.local_addr().unwrap().port();
+    let (server_side, _) = listener.accept().unwrap();
+    set_linger_zero(&server_side);
+    drop(server_side);
+    let mut buf = [0u8; 16];
+    let err = client.read(&mut buf).unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::ConnectionReset);
+    drop(client);
+    let flow = probe.finished_flow(sport);
+    assert_eq!(flow.outcome, Some(FlowOutcome::ResetByPeer), "{flow:?}");
+    assert_eq!(flow.resets_received, 1);
+    assert_eq!(flow.resets_sent, 0);
+
+    // Reset locally: the client closes with SO_LINGER 0.
+    let client = TcpStream::connect(("127.0.0.1", OPEN)).unwrap();
+    let sport = client.local_addr().unwrap().port();
+    let (_server_side, _) = listener.accept().unwrap();
+    set_linger_zero(&client);
+    drop(client);
+    let flow = probe.finished_flow(sport);
+    assert_eq!(flow.outcome, Some(FlowOutcome::ResetLocally), "{flow:?}");
+    assert_eq!(flow.resets_sent, 1);
+    assert_eq!(flow.resets_received, 0);
+}
+
+#[test]
+fn retransmits_equal_the_kernels_own_tcp_info() {
+    let Some(_serial) = kernel_test("retransmits") else {
+        return;
+    };
+    const PORT: u16 = 7105;
+    let ns = NetNs::new("retrans");
+    let _in = ns.enter();
+    let probe = Harness::start(&Harness::for_dport(PORT));
+    let listener = TcpListener::bind(("127.0.0.1", PORT)).unwrap();
+    let mut client = TcpStream::connect(("127.0.0.1", PORT)).unwrap();
+    let sport = client.local_addr().unwrap().port();
+    let (mut server_side, _) = listener.accept().unwrap();
+
+    // Lose the client's data segments on arrival for a while (a drop at the output hook would
+    // fail the send locally, which TCP does not count as a retransmission): the kernel
+    // retransmits them on its RTO (≥ 200 ms).
+    ns.nft(&format!(
+        "table inet lossy {{\n chain in {{\n type filter hook input priority 0;\n tcp dport {PORT} meta length > 100 drop\n }}\n}}\n"
+    ));
+    client.write_all(&[5u8; 10_000]).unwrap();
+    thread::sleep(Duration::from_millis(1_200));
+    ns.nft("delete table inet lossy");
+    let mut got = vec![0u8; 10_000];
+    server_side.read_exact(&mut got).unwrap();
+    let info = tcp_info(&client);
+    assert!(
+        info.tcpi_total_retrans >= 1,
+        "the drop rule caused no retransmission"
+    );
+    drop(server_side);
+    let _ = read_counting(&mut client);
+    drop(client);
+
+    let flow = probe.finished_flow(sport);
+    assert_eq!(flow.retransmits, info.tcpi_total_retrans, "{flow:?}");
+    assert_eq!(flow.bytes_sent, 10_000);
+}
+
+#[test]
+fn a_burst_of_20000_connections_is_seen_whole_and_counters_reconcile() {
+    let Some(_serial) = kernel_test("burst") else {
+        return;
+    };
+    const PORT: u16 = 7106;
+    const CONNECTIONS: usize = 20_000;
+    let ns = NetNs::new("burst");
+    let _in = ns.enter();
+    // Default options: default ring size, no filter beyond the port.
+    let probe = Harness::start(&Harness::for_dport(PORT));
+    let listener = TcpListener::bind(("127.0.0.1", PORT)).unwrap();
+    // The server closes first, so TIME_WAIT lands on its side and client ports stay free.
+    let server = thread::spawn(move || {
+        for _ in 0..CONNECTIONS {
+            drop(listener.accept().unwrap());
+        }
+    });
+    for _ in 0..CONNECTIONS {
+        let mut client = TcpStream::connect(("127.0.0.1", PORT)).unwrap();
+        let mut buf = [0u8; 1];
+        assert_eq!(client.read(&mut buf).unwrap(), 0);
+    }
+    server.join().unwrap();
+    probe.wait_for("every close", |evs| {
+        evs.iter().filter(|s| s.kind == EventKind::Closed).count() >= CONNECTIONS
+    });
+    let (events, counters, delivered) = probe.finish();
+    let established = events
+        .iter()
+        .filter(|s| s.kind == EventKind::Established)
+        .count();
+    let closed = events
+        .iter()
+        .filter(|s| s.kind == EventKind::Closed)
+        .count();
+    assert_eq!(established, CONNECTIONS);
+    assert_eq!(closed, CONNECTIONS);
+    assert_eq!(counters.get(counter::CONNECTS_TRACKED), CONNECTIONS as u64);
+    assert_eq!(counters.dropped(), 0, "ring drops with the default size");
+    assert_eq!(counters.get(counter::SOCK_TABLE_FULL), 0);
+    assert_eq!(counters.get(counter::READ_ERRORS), 0);
+    assert_eq!(
+        counters.emitted(),
+        delivered,
+        "kernel emitted = user delivered"
+    );
+    assert_eq!(delivered, 2 * CONNECTIONS as u64);
+    // Client ports are reused (the server side holds TIME_WAIT): identity is (socket, start).
+    let mut ids: Vec<_> = events
+        .iter()
+        .filter(|s| s.kind == EventKind::Closed)
+        .map(|s| s.flow.id)
+        .collect();
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids.len(), CONNECTIONS, "every connection seen exactly once");
+}
+
+#[test]
+fn tc_counters_see_the_flows_packets_on_a_veth_pair() {
+    let Some(_serial) = kernel_test("tc") else {
+        return;
+    };
+    const PORT: u16 = 7107;
+    // Two namespaces joined by a veth pair (benchmark-range addresses, RFC 2544).
+    let client_ns = NetNs::new("tcc");
+    let server_ns = NetNs::new("tcs");
+    client_ns.ip(&[
+        "link",
+        "add",
+        "vc",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "vs",
+        "netns",
+        &server_ns.name,
+    ]);
+    client_ns.ip(&["addr", "add", "198.18.0.1/24", "dev", "vc"]);
+    client_ns.ip(&["link", "set", "vc", "up"]);
+    server_ns.ip(&["addr", "add", "198.18.0.2/24", "dev", "vs"]);
+    server_ns.ip(&["link", "set", "vs", "up"]);
+    // Ground truth: nftables counts the same flow at the IP layer on the client side.
+    client_ns.nft(&format!(
+        "table inet truth {{
+            counter out {{}}
+            counter in {{}}
+            chain o {{ type filter hook output priority 0; oif \"vc\" tcp dport {PORT} counter name out; }}
+            chain i {{ type filter hook input priority 0; iif \"vc\" tcp sport {PORT} counter name in; }}
+        }}"
+    ));
+    let _in = client_ns.enter();
+    let mut options = Harness::for_dport(PORT);
+    options.tc_interfaces = vec!["vc".to_owned()];
+    let probe = Harness::start(&options);
+
+    // One connection only: nft counts by port, so no refused early attempt may add packets.
+    let (listening_tx, listening) = std::sync::mpsc::channel();
+    let server = spawn_in(&server_ns, move || {
+        let listener = TcpListener::bind(("198.18.0.2", PORT)).unwrap();
+        listening_tx.send(()).unwrap();
+        let (mut s, _) = listener.accept().unwrap();
+        std::io::copy(&mut s, &mut std::io::sink()).unwrap();
+        s.write_all(&[9u8; 300_000]).unwrap();
+    });
+    listening.recv().unwrap();
+    let mut client = TcpStream::connect(("198.18.0.2", PORT)).unwrap();
+    let sport = client.local_addr().unwrap().port();
+    client.write_all(&[3u8; 200_000]).unwrap();
+    client.shutdown(Shutdown::Write).unwrap();
+    let (read, _) = read_counting(&mut client);
+    assert_eq!(read, 300_000);
+    drop(client);
+    server.join().unwrap();
+
+    let flow = probe.finished_flow(sport);
+    let wire = flow.wire.expect("the classifier saw the flow");
+    let (out_packets, out_bytes) = client_ns.nft_counter("truth", "out");
+    let (in_packets, in_bytes) = client_ns.nft_counter("truth", "in");
+    let truth =
+        format!("nft out {out_packets}/{out_bytes} in {in_packets}/{in_bytes}, tc {wire:?}");
+    assert!(out_packets > 0 && in_packets > 0, "{truth}");
+    // TC sees the same skbs as netfilter, with the 14-byte Ethernet header on top.
+    assert_eq!(wire.packets_out, out_packets, "{truth}");
+    assert_eq!(wire.packets_in, in_packets, "{truth}");
+    assert_eq!(wire.bytes_out, out_bytes + 14 * out_packets, "{truth}");
+    assert_eq!(wire.bytes_in, in_bytes + 14 * in_packets, "{truth}");
+    assert!(wire.bytes_out > 200_000 && wire.bytes_in > 300_000);
+}

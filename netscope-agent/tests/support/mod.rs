@@ -1,0 +1,287 @@
+//! Shared plumbing of the root-only kernel tests: privilege gate, per-test network namespaces,
+//! nftables rules, and a harness around the real probe, reader and event conversion.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::{
+    fs::File,
+    os::fd::AsRawFd,
+    process::Command,
+    sync::{
+        Arc, Mutex, MutexGuard,
+        atomic::{AtomicBool, AtomicU32, Ordering},
+    },
+    thread::JoinHandle,
+    time::Duration,
+};
+
+use netscope_agent::{
+    domain::Flow,
+    probe::{EventReader, KernelCounters, Probe, ProbeOptions, clock::MonoClock, convert},
+};
+use netscope_common::{ConnEvent, EventKind};
+
+/// Kernel tests run one at a time: they measure latencies and counts that a concurrent burst
+/// would disturb, and every probe sees every connection on the host.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+/// Returns a guard when kernel tests can run here; otherwise explains why they are skipped, or
+/// fails when `NETSCOPE_REQUIRE_KERNEL_TESTS=1` (CI) says they must run.
+pub fn kernel_test(name: &str) -> Option<MutexGuard<'static, ()>> {
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    let required = std::env::var("NETSCOPE_REQUIRE_KERNEL_TESTS").is_ok_and(|v| v == "1");
+    if !root {
+        assert!(
+            !required,
+            "{name}: kernel tests are required (NETSCOPE_REQUIRE_KERNEL_TESTS=1) but this is not root"
+        );
+        eprintln!("{name}: SKIPPED: kernel tests need root (run ./xtask.sh test as root)");
+        return None;
+    }
+    Some(
+        SERIAL
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner),
+    )
+}
+
+fn run(cmd: &str, args: &[&str]) {
+    let out = Command::new(cmd).args(args).output().unwrap_or_else(|e| {
+        panic!("cannot run {cmd}: {e} (is it installed? ./xtask.sh setup installs it)")
+    });
+    assert!(
+        out.status.success(),
+        "`{cmd} {}` failed: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+static NETNS_SEQ: AtomicU32 = AtomicU32::new(0);
+
+/// A named network namespace with `lo` up, deleted on drop.
+pub struct NetNs {
+    pub name: String,
+}
+
+impl NetNs {
+    pub fn new(tag: &str) -> Self {
+        let name = format!(
+            "nstest-{tag}-{}-{}",
+            std::process::id(),
+            NETNS_SEQ.fetch_add(1, Ordering::Relaxed)
+        );
+        run("ip", &["netns", "add", &name]);
+        run("ip", &["-n", &name, "link", "set", "lo", "up"]);
+        Self { name }
+    }
+
+    /// Moves the calling thread into this namespace until the guard drops. Threads spawned
+    /// meanwhile start in it too.
+    pub fn enter(&self) -> NetNsGuard {
+        let original = File::open("/proc/thread-self/ns/net").unwrap();
+        let target = File::open(format!("/var/run/netns/{}", self.name)).unwrap();
+        // SAFETY: valid namespace fds; setns only affects the calling thread.
+        let rc = unsafe { libc::setns(target.as_raw_fd(), libc::CLONE_NEWNET) };
+        assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+        NetNsGuard { original }
+    }
+
+    /// Runs `nft -f -` inside the namespace.
+    pub fn nft(&self, script: &str) {
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", &self.name, "nft", "-f", "-"])
+            .stdin(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("nft (apt package nftables)");
+        use std::io::Write as _;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(script.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "nft failed: {}\n{script}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// `nft` JSON listing of a named counter: (packets, bytes).
+    pub fn nft_counter(&self, table: &str, counter: &str) -> (u64, u64) {
+        let out = Command::new("ip")
+            .args([
+                "netns", "exec", &self.name, "nft", "-j", "list", "counter", "inet", table, counter,
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let c = v["nftables"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find_map(|o| o.get("counter"))
+            .unwrap();
+        (c["packets"].as_u64().unwrap(), c["bytes"].as_u64().unwrap())
+    }
+
+    pub fn ip(&self, args: &[&str]) {
+        let mut full = vec!["-n", self.name.as_str()];
+        full.extend_from_slice(args);
+        run("ip", &full);
+    }
+}
+
+impl Drop for NetNs {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}
+
+pub struct NetNsGuard {
+    original: File,
+}
+
+impl Drop for NetNsGuard {
+    fn drop(&mut self) {
+        // SAFETY: valid namespace fd of this thread's original namespace.
+        unsafe { libc::setns(self.original.as_raw_fd(), libc::CLONE_NEWNET) };
+    }
+}
+
+/// Runs `f` on a new thread inside `ns` (e.g. a server on the far side of a veth pair).
+pub fn spawn_in<T: Send + 'static>(
+    ns: &NetNs,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> JoinHandle<T> {
+    let path = format!("/var/run/netns/{}", ns.name);
+    std::thread::spawn(move || {
+        let target = File::open(path).unwrap();
+        // SAFETY: valid namespace fd; affects only this new thread.
+        let rc = unsafe { libc::setns(target.as_raw_fd(), libc::CLONE_NEWNET) };
+        assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+        f()
+    })
+}
+
+/// One decoded event as the agent sees it.
+#[derive(Clone, Debug)]
+pub struct Seen {
+    pub kind: EventKind,
+    pub raw: ConnEvent,
+    pub flow: Flow,
+}
+
+/// The real probe plus a background thread draining its ring the way the agent does.
+pub struct Harness {
+    pub probe: Probe,
+    events: Arc<Mutex<Vec<Seen>>>,
+    stop: Arc<AtomicBool>,
+    drainer: Option<JoinHandle<EventReader>>,
+}
+
+impl Harness {
+    pub fn start(options: &ProbeOptions) -> Self {
+        let mut probe = Probe::load(options).unwrap_or_else(|e| panic!("probe load: {e}"));
+        let mut reader = probe.take_events().unwrap();
+        let events = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (ev, st) = (Arc::clone(&events), Arc::clone(&stop));
+        let drainer = std::thread::spawn(move || {
+            let clock = MonoClock::new();
+            while !st.load(Ordering::Relaxed) {
+                drain_into(&mut reader, &clock, &ev);
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            reader
+        });
+        Self {
+            probe,
+            events,
+            stop,
+            drainer: Some(drainer),
+        }
+    }
+
+    /// Options that track only connections to `dport`.
+    pub fn for_dport(dport: u16) -> ProbeOptions {
+        let mut options = ProbeOptions::default();
+        options.filters.dports = vec![dport];
+        options
+    }
+
+    pub fn events(&self) -> Vec<Seen> {
+        self.events.lock().unwrap().clone()
+    }
+
+    /// Waits (bounded) until `pred` holds over the events seen so far.
+    pub fn wait_for(&self, what: &str, pred: impl Fn(&[Seen]) -> bool) -> Vec<Seen> {
+        for _ in 0..400 {
+            let events = self.events();
+            if pred(&events) {
+                return events;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        panic!("timed out waiting for {what}; seen: {:#?}", self.events());
+    }
+
+    /// The one finished (closed or failed) flow whose local port is `sport`.
+    pub fn finished_flow(&self, sport: u16) -> Flow {
+        let events = self.wait_for(&format!("the end of the flow from port {sport}"), |evs| {
+            evs.iter()
+                .any(|s| s.kind != EventKind::Established && s.flow.local.port() == sport)
+        });
+        let mut matching: Vec<_> = events
+            .into_iter()
+            .filter(|s| s.kind != EventKind::Established && s.flow.local.port() == sport)
+            .collect();
+        assert_eq!(matching.len(), 1, "one end per flow: {matching:#?}");
+        matching.remove(0).flow
+    }
+
+    /// Detaches, drains what is left, and returns (events, kernel counters, delivered).
+    pub fn finish(mut self) -> (Vec<Seen>, KernelCounters, u64) {
+        self.probe.detach();
+        self.stop.store(true, Ordering::Relaxed);
+        let mut reader = self.drainer.take().unwrap().join().unwrap();
+        drain_into(&mut reader, &MonoClock::new(), &self.events);
+        let counters = self.probe.kernel_counters().unwrap();
+        let stats = reader.stats();
+        assert_eq!(stats.malformed, 0, "malformed records");
+        (self.events(), counters, stats.delivered)
+    }
+}
+
+fn drain_into(reader: &mut EventReader, clock: &MonoClock, out: &Mutex<Vec<Seen>>) {
+    let mut batch = Vec::new();
+    reader.drain(|kind, raw| {
+        batch.push(Seen {
+            kind,
+            flow: convert::flow_from_event(kind, &raw, clock),
+            raw,
+        })
+    });
+    if !batch.is_empty() {
+        out.lock().unwrap().extend(batch);
+    }
+}
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(d) = self.drainer.take() {
+            let _ = d.join();
+        }
+    }
+}
