@@ -1,1 +1,154 @@
-fn main() {}
+//! `cargo xtask <task>`: NetScope's developer tasks. On a fresh machine use `./xtask.sh <task>`,
+//! which runs `scripts/setup.sh` first (toolchains, bpf-linker, apt packages, mounts).
+
+use std::{
+    env,
+    path::{Path, PathBuf},
+    process::{Command, ExitCode},
+};
+
+const USAGE: &str = "usage: cargo xtask <task>
+
+tasks:
+  setup                 install toolchains, bpf-linker, apt packages; mount tracefs/bpffs
+  build-ebpf [--out F]  build the kernel object (BTF included); copy it to F if given
+  probe [ARGS…]         build (release) and run `netscope-agent probe ARGS…` (root)
+  test                  fmt check, clippy -D warnings, then every test; as root the kernel
+                        tests are required to run (NETSCOPE_REQUIRE_KERNEL_TESTS=1)
+  bench probe [ARGS…]   kernel cost and connection rate: none vs NetScope vs empty programs";
+
+fn workspace() -> PathBuf {
+    let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    manifest
+        .parent()
+        .map_or(manifest.clone(), Path::to_path_buf)
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+}
+
+/// Runs a command in the workspace, echoing it; Err carries a one-line reason.
+fn run(program: &str, args: &[&str], envs: &[(&str, &str)]) -> Result<(), String> {
+    eprintln!("xtask: $ {program} {}", args.join(" "));
+    let status = Command::new(program)
+        .args(args)
+        .envs(envs.iter().copied())
+        .current_dir(workspace())
+        .status()
+        .map_err(|e| format!("cannot run {program}: {e}"))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("`{program} {}` failed ({status})", args.join(" ")))
+    }
+}
+
+fn build_ebpf(args: &[String]) -> Result<(), String> {
+    let object = xtask::build_ebpf(&workspace()).map_err(|e| e.to_string())?;
+    match args {
+        [] => println!("{}", object.display()),
+        [flag, out] if flag == "--out" => {
+            std::fs::copy(&object, out).map_err(|e| format!("copy to {out}: {e}"))?;
+            println!("{out}");
+        }
+        _ => {
+            return Err(format!(
+                "build-ebpf: unexpected arguments {args:?}\n{USAGE}"
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn test() -> Result<(), String> {
+    run("cargo", &["fmt", "--all", "--check"], &[])?;
+    run(
+        "cargo",
+        &["clippy", "--all-targets", "--", "-D", "warnings"],
+        &[],
+    )?;
+    let require = if is_root() {
+        "1"
+    } else {
+        eprintln!("xtask: not root: the kernel tests will be SKIPPED (each says why)");
+        "0"
+    };
+    run(
+        "cargo",
+        &["test", "--workspace", "--no-fail-fast"],
+        &[("NETSCOPE_REQUIRE_KERNEL_TESTS", require)],
+    )
+}
+
+fn probe(args: &[String]) -> Result<(), String> {
+    run(
+        "cargo",
+        &["build", "--release", "-p", "netscope-agent"],
+        &[],
+    )?;
+    let binary = workspace().join("target/release/netscope-agent");
+    let mut full = vec!["probe".to_owned()];
+    full.extend_from_slice(args);
+    let status = Command::new(&binary)
+        .args(&full)
+        .status()
+        .map_err(|e| format!("cannot run {}: {e}", binary.display()))?;
+    status
+        .success()
+        .then_some(())
+        .ok_or_else(|| format!("netscope-agent probe exited with {status}"))
+}
+
+fn bench(args: &[String]) -> Result<(), String> {
+    let Some((which, rest)) = args.split_first() else {
+        return Err(format!("bench: which one?\n{USAGE}"));
+    };
+    match which.as_str() {
+        "probe" => {
+            let mut full = vec![
+                "run",
+                "--release",
+                "-p",
+                "netscope-agent",
+                "--bin",
+                "netscope-bench",
+                "--",
+                "probe",
+            ];
+            full.extend(rest.iter().map(String::as_str));
+            run("cargo", &full, &[])
+        }
+        other => Err(format!("bench: unknown benchmark `{other}`\n{USAGE}")),
+    }
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = env::args().skip(1).collect();
+    let Some((task, rest)) = args.split_first() else {
+        eprintln!("{USAGE}");
+        return ExitCode::from(2);
+    };
+    let result = match task.as_str() {
+        "setup" => run("bash", &["scripts/setup.sh"], &[]),
+        "build-ebpf" => build_ebpf(rest),
+        "probe" => probe(rest),
+        "test" => test(),
+        "bench" => bench(rest),
+        "help" | "--help" | "-h" => {
+            println!("{USAGE}");
+            Ok(())
+        }
+        other => Err(format!("unknown task `{other}`\n{USAGE}")),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -43,7 +43,8 @@ fn find_in(btf: &Btf, s: &btf_rs::Struct, field: &str, base_bits: u32) -> Option
         let bits = base_bits + member.bit_offset();
         let name = btf.resolve_name(member).unwrap_or_default();
         if name == field {
-            return (member.bitfield_size().unwrap_or(0) == 0 && bits % 8 == 0).then_some(bits / 8);
+            return (member.bitfield_size().unwrap_or(0) == 0 && bits.is_multiple_of(8))
+                .then_some(bits / 8);
         }
         if name.is_empty() {
             let mut ty = btf.resolve_chained_type(member).ok()?;

@@ -45,13 +45,21 @@ pub fn ns_set_state(ctx: TracePointContext) -> u32 {
 }
 
 fn try_set_state(ctx: &TracePointContext) -> Result<(), Error> {
+    // Most transitions matter to nobody: one read settles them.
+    let new: i32 = field(ctx, config!(set_state.newstate))?;
+    let new = new as u32;
+    if !matches!(
+        new,
+        tcp_state::SYN_SENT | tcp_state::ESTABLISHED | tcp_state::CLOSE
+    ) {
+        return Ok(());
+    }
     let protocol: u16 = field(ctx, config!(set_state.protocol))?;
     if protocol != IPPROTO_TCP {
         return Ok(());
     }
     let old: i32 = field(ctx, config!(set_state.oldstate))?;
-    let new: i32 = field(ctx, config!(set_state.newstate))?;
-    let (old, new) = (old as u32, new as u32);
+    let old = old as u32;
     match (old, new) {
         (tcp_state::CLOSE, tcp_state::SYN_SENT) => on_connect(ctx),
         (tcp_state::SYN_SENT, tcp_state::ESTABLISHED) => on_established(ctx),

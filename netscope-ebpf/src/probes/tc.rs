@@ -1,10 +1,14 @@
-//! TC classifier, egress and ingress: wire packets and bytes per TCP flow in `WIRE`.
+//! TC classifier, egress and ingress: wire packets and bytes per outbound TCP flow in `WIRE`.
 //! Always returns `TC_ACT_UNSPEC` (TCX "next"): the probe never decides a packet's fate and lets
 //! any program after it run. Ethernet-framed devices only (lo, veth, physical NICs).
+//!
+//! Cost control: headers are read with direct packet access, and only an outbound SYN creates
+//! an entry; every other packet is one lookup. Flows this host did not open (the server side of
+//! an inbound connection) never enter the map. The socket's destruction takes the entry.
 
 use aya_ebpf::{
     EbpfContext as _,
-    bindings::{__sk_buff, BPF_NOEXIST, TC_ACT_UNSPEC},
+    bindings::{__sk_buff, TC_ACT_UNSPEC},
     macros::classifier,
     programs::TcContext,
 };
@@ -34,6 +38,27 @@ pub fn ns_tc_ingress(ctx: TcContext) -> i32 {
     TC_ACT_UNSPEC
 }
 
+/// A pointer to a `T` at `offset` in the packet, if the packet's linear part holds it.
+#[inline(always)]
+fn at<T>(ctx: &TcContext, offset: usize) -> Option<*const T> {
+    let start = ctx.data();
+    if start + offset + size_of::<T>() > ctx.data_end() {
+        return None;
+    }
+    Some((start + offset) as *const T)
+}
+
+#[inline(always)]
+fn read<T: Copy>(ctx: &TcContext, offset: usize) -> Result<T, Error> {
+    // SAFETY: `at` checked the bounds against data_end; reads may be unaligned.
+    at::<T>(ctx, offset)
+        .map(|p| unsafe { p.read_unaligned() })
+        .ok_or(Error::Read)
+}
+
+const TCP_SYN: u8 = 0x02;
+const TCP_ACK: u8 = 0x10;
+
 fn try_count(ctx: &TcContext, egress: bool) -> Result<(), Error> {
     let skb = ctx.as_ptr().cast::<__sk_buff>();
     // SAFETY: the context of a classifier is its __sk_buff.
@@ -41,13 +66,13 @@ fn try_count(ctx: &TcContext, egress: bool) -> Result<(), Error> {
     let mut key = FlowTuple::default();
     let l4 = match protocol {
         ETH_P_IP => {
-            let version_ihl: u8 = ctx.load(ETH_HLEN).map_err(|_| Error::Read)?;
-            let proto: u8 = ctx.load(ETH_HLEN + 9).map_err(|_| Error::Read)?;
+            let version_ihl: u8 = read(ctx, ETH_HLEN)?;
+            let proto: u8 = read(ctx, ETH_HLEN + 9)?;
             if version_ihl >> 4 != 4 || proto != IPPROTO_TCP {
                 return Ok(());
             }
-            let src: [u8; 4] = ctx.load(ETH_HLEN + 12).map_err(|_| Error::Read)?;
-            let dst: [u8; 4] = ctx.load(ETH_HLEN + 16).map_err(|_| Error::Read)?;
+            let src: [u8; 4] = read(ctx, ETH_HLEN + 12)?;
+            let dst: [u8; 4] = read(ctx, ETH_HLEN + 16)?;
             key.family = AF_INET;
             let (local, remote) = if egress { (src, dst) } else { (dst, src) };
             key.saddr[..4].copy_from_slice(&local);
@@ -56,42 +81,46 @@ fn try_count(ctx: &TcContext, egress: bool) -> Result<(), Error> {
         }
         ETH_P_IPV6 => {
             // Extension headers before TCP are not followed.
-            let next: u8 = ctx.load(ETH_HLEN + 6).map_err(|_| Error::Read)?;
+            let next: u8 = read(ctx, ETH_HLEN + 6)?;
             if next != IPPROTO_TCP {
                 return Ok(());
             }
-            let src: [u8; 16] = ctx.load(ETH_HLEN + 8).map_err(|_| Error::Read)?;
-            let dst: [u8; 16] = ctx.load(ETH_HLEN + 24).map_err(|_| Error::Read)?;
+            let src: [u8; 16] = read(ctx, ETH_HLEN + 8)?;
+            let dst: [u8; 16] = read(ctx, ETH_HLEN + 24)?;
             key.family = AF_INET6;
             (key.saddr, key.daddr) = if egress { (src, dst) } else { (dst, src) };
             ETH_HLEN + 40
         }
         _ => return Ok(()),
     };
-    let sport = u16::from_be(ctx.load::<u16>(l4).map_err(|_| Error::Read)?);
-    let dport = u16::from_be(ctx.load::<u16>(l4 + 2).map_err(|_| Error::Read)?);
+    let sport = u16::from_be(read::<u16>(ctx, l4)?);
+    let dport = u16::from_be(read::<u16>(ctx, l4 + 2)?);
+    let flags: u8 = read(ctx, l4 + 13)?;
     (key.sport, key.dport) = if egress {
         (sport, dport)
     } else {
         (dport, sport)
     };
     let len = u64::from(ctx.len());
+    let outbound_syn = egress && flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
 
-    if let Some(counters) = WIRE.get_ptr_mut(&key) {
-        add(counters, egress, len);
-        return Ok(());
-    }
-    let mut fresh = WireCounters::default();
-    if egress {
-        (fresh.packets_out, fresh.bytes_out) = (1, len);
-    } else {
-        (fresh.packets_in, fresh.bytes_in) = (1, len);
-    }
-    if WIRE.insert(&key, &fresh, u64::from(BPF_NOEXIST)).is_err() {
-        // Another CPU created the entry first: add to it instead.
-        if let Some(counters) = WIRE.get_ptr_mut(&key) {
+    match WIRE.get_ptr_mut(&key) {
+        // A SYN on a tuple whose previous flow got answers starts a new flow; a SYN without
+        // answer so far is a retransmission of the current one.
+        // SAFETY: `counters` points into a live WIRE value.
+        Some(counters) if !(outbound_syn && unsafe { (*counters).packets_in } != 0) => {
             add(counters, egress, len);
         }
+        Some(_) | None if outbound_syn => {
+            let fresh = WireCounters {
+                packets_out: 1,
+                bytes_out: len,
+                packets_in: 0,
+                bytes_in: 0,
+            };
+            let _ = WIRE.insert(&key, &fresh, 0);
+        }
+        _ => {}
     }
     Ok(())
 }

@@ -1,0 +1,286 @@
+//! `netscope-bench probe` (run through `cargo xtask bench probe`): what the kernel probe costs.
+//!
+//! A fixed loopback workload (connect, send a payload, get it back, close) runs in a private
+//! network namespace, in interleaved rounds of three phases: no programs, NetScope's programs,
+//! and empty programs on the same hooks (the hook-dispatch floor). `bpf_stats` gives each
+//! program's run count and run time. Prints a table and ends with
+//! `bench probe: ns_ratio=<x> conn_rate_ratio=<y>`.
+
+use std::{
+    fs::File,
+    io::{Read, Write},
+    net::{TcpListener, TcpStream},
+    os::fd::AsRawFd,
+    process::{Command, ExitCode},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    thread,
+    time::{Duration, Instant},
+};
+
+use aya::sys::{Stats, enable_stats};
+use clap::{Parser, Subcommand};
+use netscope_agent::probe::{Probe, ProbeOptions, ProgramSet, ProgramStats};
+
+#[derive(Parser)]
+#[command(name = "netscope-bench")]
+struct Cli {
+    #[command(subcommand)]
+    bench: Bench,
+}
+
+#[derive(Subcommand)]
+enum Bench {
+    /// Kernel cost and connection rate of the probe.
+    Probe {
+        /// Connections per phase and round.
+        #[arg(long, default_value_t = 5_000)]
+        connections: usize,
+        /// Bytes sent each way per connection.
+        #[arg(long, default_value_t = 4_096)]
+        payload: usize,
+        /// Measured rounds (after one warm-up round).
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
+    },
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Phase {
+    None,
+    NetScope,
+    Baseline,
+}
+
+struct PhaseResult {
+    rate: f64,
+    stats: Vec<ProgramStats>,
+}
+
+const PORT: u16 = 7301;
+
+fn main() -> ExitCode {
+    let Cli {
+        bench:
+            Bench::Probe {
+                connections,
+                payload,
+                rounds,
+            },
+    } = Cli::parse();
+    match run(connections, payload, rounds.max(1)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("netscope-bench: error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// A fresh network namespace entered by the calling thread (threads spawned later inherit it);
+/// each phase gets its own, so no phase inherits another's TIME_WAIT sockets.
+struct BenchNetns {
+    name: String,
+    original: File,
+}
+
+impl BenchNetns {
+    fn enter() -> Result<Self, String> {
+        let name = format!("nsbench-{}", std::process::id());
+        let ok = |args: &[&str]| {
+            Command::new("ip")
+                .args(args)
+                .status()
+                .map_err(|e| format!("ip: {e}"))?
+                .success()
+                .then_some(())
+                .ok_or_else(|| format!("`ip {}` failed", args.join(" ")))
+        };
+        let original = File::open("/proc/thread-self/ns/net").map_err(|e| format!("netns: {e}"))?;
+        ok(&["netns", "add", &name])?;
+        let ns = Self {
+            name: name.clone(),
+            original,
+        };
+        ok(&["-n", &name, "link", "set", "lo", "up"])?;
+        let file =
+            File::open(format!("/var/run/netns/{name}")).map_err(|e| format!("netns: {e}"))?;
+        // SAFETY: a valid namespace fd; affects the calling thread only.
+        if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+            return Err(format!("setns: {}", std::io::Error::last_os_error()));
+        }
+        Ok(ns)
+    }
+}
+
+impl Drop for BenchNetns {
+    fn drop(&mut self) {
+        // SAFETY: a valid namespace fd: back to where this thread was.
+        unsafe { libc::setns(self.original.as_raw_fd(), libc::CLONE_NEWNET) };
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}
+
+/// Connections per second for `connections` request/response exchanges of `payload` bytes.
+fn workload(connections: usize, payload: usize) -> Result<f64, String> {
+    let listener = TcpListener::bind(("127.0.0.1", PORT)).map_err(|e| format!("bind: {e}"))?;
+    let server = thread::spawn(move || -> std::io::Result<()> {
+        let mut buf = vec![0u8; payload];
+        for _ in 0..connections {
+            let (mut s, _) = listener.accept()?;
+            s.read_exact(&mut buf)?;
+            s.write_all(&buf)?;
+        }
+        Ok(())
+    });
+    let data = vec![0x5au8; payload];
+    let mut back = vec![0u8; payload];
+    let started = Instant::now();
+    for _ in 0..connections {
+        let mut c = TcpStream::connect(("127.0.0.1", PORT)).map_err(|e| format!("connect: {e}"))?;
+        c.write_all(&data).map_err(|e| e.to_string())?;
+        c.read_exact(&mut back).map_err(|e| e.to_string())?;
+        let mut eof = [0u8; 1];
+        let _ = c.read(&mut eof);
+    }
+    let elapsed = started.elapsed();
+    server
+        .join()
+        .map_err(|_| "server thread panicked".to_owned())?
+        .map_err(|e| format!("server: {e}"))?;
+    Ok(connections as f64 / elapsed.as_secs_f64())
+}
+
+fn run_phase(phase: Phase, connections: usize, payload: usize) -> Result<PhaseResult, String> {
+    let _netns = BenchNetns::enter()?;
+    let set = match phase {
+        Phase::None => {
+            return Ok(PhaseResult {
+                rate: workload(connections, payload)?,
+                stats: Vec::new(),
+            });
+        }
+        Phase::NetScope => ProgramSet::NetScope,
+        Phase::Baseline => ProgramSet::Baseline,
+    };
+    let options = ProbeOptions {
+        programs: set,
+        tc_interfaces: vec!["lo".to_owned()],
+        ..ProbeOptions::default()
+    };
+    let mut probe = Probe::load(&options).map_err(|e| e.to_string())?;
+    // Consume the ring as the agent would, so NetScope's phase pays for the whole path.
+    let mut reader = probe.take_events().map_err(|e| e.to_string())?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let stop_reader = Arc::clone(&stop);
+    let drainer = thread::spawn(move || {
+        let mut events = 0u64;
+        while !stop_reader.load(Ordering::Relaxed) {
+            reader.drain(|_, _| events += 1);
+            thread::sleep(Duration::from_millis(50));
+        }
+        reader.drain(|_, _| events += 1);
+        events
+    });
+    let rate = workload(connections, payload);
+    let stats = probe.program_stats().map_err(|e| e.to_string());
+    probe.detach();
+    stop.store(true, Ordering::Relaxed);
+    let delivered = drainer.join().map_err(|_| "reader panicked".to_owned())?;
+    let counters = probe.kernel_counters().map_err(|e| e.to_string())?;
+    if phase == Phase::NetScope && (counters.emitted() != delivered || counters.dropped() != 0) {
+        return Err(format!(
+            "events: emitted {} delivered {delivered} dropped {}",
+            counters.emitted(),
+            counters.dropped()
+        ));
+    }
+    Ok(PhaseResult {
+        rate: rate?,
+        stats: stats?,
+    })
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// Sums per-program stats over rounds, in program order.
+fn sum_stats(rounds: &[Vec<ProgramStats>]) -> Vec<ProgramStats> {
+    let mut total: Vec<ProgramStats> = Vec::new();
+    for round in rounds {
+        for s in round {
+            match total.iter_mut().find(|t| t.program == s.program) {
+                Some(t) => {
+                    t.run_count += s.run_count;
+                    t.run_time_ns += s.run_time_ns;
+                }
+                None => total.push(s.clone()),
+            }
+        }
+    }
+    total
+}
+
+fn print_table(set: &str, stats: &[ProgramStats]) -> u64 {
+    let mut total_ns = 0;
+    for s in stats {
+        let per_run = s.run_time_ns.checked_div(s.run_count).unwrap_or(0);
+        println!(
+            "{:<18} {:<9} {:>12} {:>14} {:>8}",
+            s.program, set, s.run_count, s.run_time_ns, per_run
+        );
+        total_ns += s.run_time_ns;
+    }
+    total_ns
+}
+
+fn run(connections: usize, payload: usize, rounds: usize) -> Result<(), String> {
+    let phases = [Phase::None, Phase::NetScope, Phase::Baseline];
+    eprintln!(
+        "bench probe: {connections} connections × {payload} B each way; 1 warm-up + {rounds} rate \
+         rounds (bpf_stats off), then {rounds} cost rounds (bpf_stats on)"
+    );
+    for phase in phases {
+        run_phase(phase, connections / 5, payload)?;
+    }
+    // Connection rate without bpf_stats: its two clock reads per program run are not NetScope's.
+    let mut rates: [Vec<f64>; 3] = Default::default();
+    for round in 0..rounds {
+        for (i, phase) in phases.into_iter().enumerate() {
+            let r = run_phase(phase, connections, payload)?;
+            eprintln!("  rate round {round} {phase:?}: {:.0} conn/s", r.rate);
+            rates[i].push(r.rate);
+        }
+    }
+    // Kernel cost with bpf_stats on (it stays enabled while this fd lives).
+    let stats_fd = enable_stats(Stats::RunTime).map_err(|e| format!("enable bpf_stats: {e}"))?;
+    let mut stats: [Vec<Vec<ProgramStats>>; 2] = Default::default();
+    for _ in 0..rounds {
+        stats[0].push(run_phase(Phase::NetScope, connections, payload)?.stats);
+        stats[1].push(run_phase(Phase::Baseline, connections, payload)?.stats);
+    }
+    drop(stats_fd);
+
+    let [none_rate, ns_rate, base_rate] = rates.map(median);
+    println!(
+        "{:<18} {:<9} {:>12} {:>14} {:>8}",
+        "program", "set", "runs", "total_ns", "ns/run"
+    );
+    let ns_total = print_table("netscope", &sum_stats(&stats[0]));
+    let base_total = print_table("empty", &sum_stats(&stats[1]));
+    println!();
+    println!("{:<10} {:>12}", "phase", "conn/s (median)");
+    println!("{:<10} {:>12.0}", "none", none_rate);
+    println!("{:<10} {:>12.0}", "netscope", ns_rate);
+    println!("{:<10} {:>12.0}", "empty", base_rate);
+    let ns_ratio = ns_total as f64 / base_total.max(1) as f64;
+    let conn_rate_ratio = ns_rate / none_rate;
+    println!("bench probe: ns_ratio={ns_ratio:.2} conn_rate_ratio={conn_rate_ratio:.3}");
+    Ok(())
+}
