@@ -77,11 +77,70 @@ fn test() -> Result<(), String> {
         eprintln!("xtask: not root: the kernel tests will be SKIPPED (each says why)");
         "0"
     };
-    run(
-        "cargo",
-        &["test", "--workspace", "--no-fail-fast"],
-        &[("NETSCOPE_REQUIRE_KERNEL_TESTS", require)],
-    )
+    run_tests(require)
+}
+
+/// Totals of libtest's `test result:` lines.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Totals {
+    passed: u64,
+    failed: u64,
+    ignored: u64,
+}
+
+impl Totals {
+    /// Adds one `test result: ok. 3 passed; 0 failed; 1 ignored; …` line (others are ignored).
+    fn add_line(&mut self, line: &str) {
+        let Some(rest) = line.trim().strip_prefix("test result:") else {
+            return;
+        };
+        for part in rest.split(';') {
+            let mut words = part.split_whitespace().rev();
+            let (Some(what), Some(n)) = (words.next(), words.next()) else {
+                continue;
+            };
+            let Ok(n) = n.parse::<u64>() else { continue };
+            match what {
+                "passed" => self.passed += n,
+                "failed" => self.failed += n,
+                "ignored" => self.ignored += n,
+                _ => {}
+            }
+        }
+    }
+}
+
+/// `cargo test --workspace`, echoing its output, then one closing line over every test binary.
+fn run_tests(require_kernel: &str) -> Result<(), String> {
+    use std::io::{BufRead as _, BufReader};
+    let args = ["test", "--workspace", "--no-fail-fast"];
+    eprintln!("xtask: $ cargo {}", args.join(" "));
+    let mut child = Command::new("cargo")
+        .args(args)
+        .env("NETSCOPE_REQUIRE_KERNEL_TESTS", require_kernel)
+        .current_dir(workspace())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cannot run cargo: {e}"))?;
+    let mut totals = Totals::default();
+    if let Some(stdout) = child.stdout.take() {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            println!("{line}");
+            totals.add_line(&line);
+        }
+    }
+    let status = child.wait().map_err(|e| format!("cargo test: {e}"))?;
+    println!(
+        "summary: {} passed, {} failed, {} skipped",
+        totals.passed, totals.failed, totals.ignored
+    );
+    if !status.success() {
+        return Err(format!("cargo test failed ({status})"));
+    }
+    if totals.passed == 0 {
+        return Err("cargo test ran no test".to_owned());
+    }
+    Ok(())
 }
 
 fn probe(args: &[String]) -> Result<(), String> {
@@ -150,5 +209,29 @@ fn main() -> ExitCode {
             eprintln!("xtask: error: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Totals;
+
+    #[test]
+    fn sums_libtest_result_lines() {
+        let mut t = Totals::default();
+        t.add_line("test result: ok. 24 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out; finished in 0.73s");
+        t.add_line(
+            "test result: FAILED. 5 passed; 1 failed; 2 ignored; 0 measured; 0 filtered out",
+        );
+        t.add_line("running 3 tests");
+        t.add_line("test foo ... ok");
+        assert_eq!(
+            t,
+            Totals {
+                passed: 29,
+                failed: 1,
+                ignored: 2
+            }
+        );
     }
 }
