@@ -140,6 +140,37 @@ fn bytes_and_calls_equal_what_the_application_wrote_and_read() {
     assert_eq!(counters.dropped(), 0);
 }
 
+#[test]
+fn per_field_reads_give_the_same_facts_as_whole_record_reads() {
+    let Some(_serial) = kernel_test("field-reads") else {
+        return;
+    };
+    const PORT: u16 = 7108;
+    let ns = NetNs::new("fields");
+    let _in = ns.enter();
+    let mut options = Harness::for_dport(PORT);
+    options.field_reads_only = true;
+    let probe = Harness::start(&options);
+    let listener = TcpListener::bind(("127.0.0.1", PORT)).unwrap();
+    let mut client = TcpStream::connect(("127.0.0.1", PORT)).unwrap();
+    let (mut server, _) = listener.accept().unwrap();
+    let sport = client.local_addr().unwrap().port();
+    let writes = write_counting(&mut client, &[1u8; 70_000]);
+    client.shutdown(Shutdown::Write).unwrap();
+    std::io::copy(&mut server, &mut std::io::sink()).unwrap();
+    server.write_all(&[2u8; 5_000]).unwrap();
+    drop(server);
+    let (read, reads) = read_counting(&mut client);
+    drop(client);
+    let flow = probe.finished_flow(sport);
+    assert_eq!(flow.local, format!("127.0.0.1:{sport}").parse().unwrap());
+    assert_eq!(flow.remote, format!("127.0.0.1:{PORT}").parse().unwrap());
+    assert_eq!((flow.bytes_sent, flow.send_calls), (70_000, writes));
+    assert_eq!((flow.bytes_received, flow.recv_calls), (read, reads));
+    assert_eq!(flow.outcome, Some(FlowOutcome::Closed));
+    assert!(flow.connect_latency_ns.is_some_and(|ns| ns > 0));
+}
+
 /// |kernel − application| ≤ max(2 %, 200 µs), and the kernel's interval lies inside the
 /// application's (it starts inside `connect()` and ends before `connect()` returns).
 fn assert_latency_agrees(kernel_ns: u64, app: Duration) {

@@ -110,8 +110,11 @@ pub struct SockState {
     pub resets_received: u32,
     /// The state the socket left for CLOSE; 0 while it has not.
     pub close_from_state: u32,
+    /// Egress wire counters of the TC classifier (ingress ones are in the `WIRE` map, keyed by
+    /// tuple, because an arriving packet has no socket yet at TC ingress). Only `*_out` is used.
+    pub wire_out: WireCounters,
 }
-const _: () = assert!(size_of::<SockState>() == 144);
+const _: () = assert!(size_of::<SockState>() == 176);
 
 /// The one event type on the ring buffer: the connection's identity and, for `Closed` and
 /// `ConnectFailed`, its final counters (zero for `Established`).
@@ -166,9 +169,30 @@ pub struct SetStateOffsets {
     pub daddr: u32,
     pub saddr_v6: u32,
     pub daddr_v6: u32,
-    pub _pad: u32,
+    /// 1 when this kernel's record, from `skaddr` on, is laid out exactly as
+    /// [`SetStateRecord`]: the programs then read it with one helper call.
+    pub record: u32,
 }
 const _: () = assert!(size_of::<SetStateOffsets>() == 48);
+
+/// The usual layout of `sock:inet_sock_set_state` from `skaddr` on. Used only when tracefs
+/// says this kernel has exactly this layout (see `SetStateOffsets::record`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SetStateRecord {
+    pub skaddr: u64,
+    pub oldstate: i32,
+    pub newstate: i32,
+    pub sport: u16,
+    pub dport: u16,
+    pub family: u16,
+    pub protocol: u16,
+    pub saddr: [u8; 4],
+    pub daddr: [u8; 4],
+    pub saddr_v6: [u8; 16],
+    pub daddr_v6: [u8; 16],
+}
+const _: () = assert!(size_of::<SetStateRecord>() == 64);
 
 /// Offsets of `sock:sock_send_length` / `sock:sock_recv_length` records.
 #[repr(C)]
@@ -177,9 +201,30 @@ pub struct SockLengthOffsets {
     pub sk: u32,
     pub ret: u32,
     pub flags: u32,
-    pub _pad: u32,
+    /// 1 when the record, from `sk` on, is laid out exactly as [`SockLengthRecord`].
+    pub record: u32,
 }
 const _: () = assert!(size_of::<SockLengthOffsets>() == 16);
+
+/// The usual layout of `sock:sock_{send,recv}_length` from `sk` on (20 bytes: the pointer is
+/// split so that the struct does not extend past the record).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SockLengthRecord {
+    pub sk_lo: u32,
+    pub sk_hi: u32,
+    pub family: u16,
+    pub protocol: u16,
+    pub ret: i32,
+    pub flags: i32,
+}
+const _: () = assert!(size_of::<SockLengthRecord>() == 20);
+
+impl SockLengthRecord {
+    pub const fn sk(&self) -> u64 {
+        ((self.sk_hi as u64) << 32) | self.sk_lo as u64
+    }
+}
 
 pub const OFFSET_NONE: u32 = u32::MAX;
 
@@ -203,7 +248,8 @@ pub struct ProbeConfig {
     pub send_reset_skaddr: u32,
     pub receive_reset_skaddr: u32,
     pub destroy_skaddr: u32,
-    pub _pad: u32,
+    /// 1 when a TC classifier is attached somewhere (otherwise `WIRE` is never consulted).
+    pub tc_attached: u32,
     /// Offset of `sk_err` in `struct sock` (from kernel BTF), or `OFFSET_NONE`.
     pub sock_sk_err: u32,
     /// Offset of `srtt_us` in `struct tcp_sock` (from kernel BTF), or `OFFSET_NONE`.
@@ -232,25 +278,25 @@ impl ProbeConfig {
             daddr: OFFSET_NONE,
             saddr_v6: OFFSET_NONE,
             daddr_v6: OFFSET_NONE,
-            _pad: 0,
+            record: 0,
         },
         send_length: SockLengthOffsets {
             sk: OFFSET_NONE,
             ret: OFFSET_NONE,
             flags: OFFSET_NONE,
-            _pad: 0,
+            record: 0,
         },
         recv_length: SockLengthOffsets {
             sk: OFFSET_NONE,
             ret: OFFSET_NONE,
             flags: OFFSET_NONE,
-            _pad: 0,
+            record: 0,
         },
         retransmit_skaddr: OFFSET_NONE,
         send_reset_skaddr: OFFSET_NONE,
         receive_reset_skaddr: OFFSET_NONE,
         destroy_skaddr: OFFSET_NONE,
-        _pad: 0,
+        tc_attached: 0,
         sock_sk_err: OFFSET_NONE,
         tcp_srtt_us: OFFSET_NONE,
         filters: 0,

@@ -5,7 +5,7 @@ use core::intrinsics::{AtomicOrdering, atomic_xadd};
 
 use aya_ebpf::{
     macros::map,
-    maps::{HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
+    maps::{HashMap, LpmTrie, PerCpuArray, RingBuf},
 };
 use netscope_common::{ConnEvent, FlowTuple, ProbeConfig, SockState, WireCounters};
 
@@ -23,9 +23,10 @@ pub static SOCKS: HashMap<u64, SockState> = HashMap::with_max_entries(65_536, 0)
 pub static COUNTERS: PerCpuArray<u64> =
     PerCpuArray::with_max_entries(netscope_common::counter::COUNT, 0);
 
-/// Wire counters from the TC classifier, keyed by the tuple oriented from the connecting side.
+/// Ingress wire counters of tracked flows, keyed by the tuple oriented from the connecting side.
+/// An entry is created by the tracked socket's SYN at TC egress and removed with the socket.
 #[map]
-pub static WIRE: LruHashMap<FlowTuple, WireCounters> = LruHashMap::with_max_entries(65_536, 0);
+pub static WIRE: HashMap<FlowTuple, WireCounters> = HashMap::with_max_entries(65_536, 0);
 
 /// Filters, filled by user space; consulted only when the matching `FILTER_*` bit is set.
 #[map]

@@ -36,7 +36,7 @@ enum Bench {
     /// Kernel cost and connection rate of the probe.
     Probe {
         /// Connections per phase and round.
-        #[arg(long, default_value_t = 5_000)]
+        #[arg(long, default_value_t = 10_000)]
         connections: usize,
         /// Bytes sent each way per connection.
         #[arg(long, default_value_t = 4_096)]
@@ -44,6 +44,9 @@ enum Bench {
         /// Measured rounds (after one warm-up round).
         #[arg(long, default_value_t = 5)]
         rounds: usize,
+        /// Only the default configuration (skip the one with TC on lo).
+        #[arg(long)]
+        no_tc: bool,
     },
 }
 
@@ -68,15 +71,37 @@ fn main() -> ExitCode {
                 connections,
                 payload,
                 rounds,
+                no_tc,
             },
     } = Cli::parse();
-    match run(connections, payload, rounds.max(1)) {
+    match bench_probe(connections, payload, rounds.max(1), no_tc) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("netscope-bench: error: {e}");
             ExitCode::FAILURE
         }
     }
+}
+
+/// The default configuration of `netscope-agent probe` (TC is opt-in per interface) gives the
+/// closing line; the same with the classifier on lo, where every packet crosses egress and
+/// ingress, is printed before it.
+fn bench_probe(
+    connections: usize,
+    payload: usize,
+    rounds: usize,
+    no_tc: bool,
+) -> Result<(), String> {
+    let default = run(connections, payload, rounds, false)?;
+    if !no_tc {
+        let (ns, rate) = run(connections, payload, rounds, true)?;
+        println!("with TC on lo: ns_ratio={ns:.2} conn_rate_ratio={rate:.3}");
+    }
+    println!(
+        "bench probe: ns_ratio={:.2} conn_rate_ratio={:.3}",
+        default.0, default.1
+    );
+    Ok(())
 }
 
 /// A fresh network namespace entered by the calling thread (threads spawned later inherit it);
@@ -155,7 +180,12 @@ fn workload(connections: usize, payload: usize) -> Result<f64, String> {
     Ok(connections as f64 / elapsed.as_secs_f64())
 }
 
-fn run_phase(phase: Phase, connections: usize, payload: usize) -> Result<PhaseResult, String> {
+fn run_phase(
+    phase: Phase,
+    connections: usize,
+    payload: usize,
+    tc: bool,
+) -> Result<PhaseResult, String> {
     let _netns = BenchNetns::enter()?;
     let set = match phase {
         Phase::None => {
@@ -169,7 +199,11 @@ fn run_phase(phase: Phase, connections: usize, payload: usize) -> Result<PhaseRe
     };
     let options = ProbeOptions {
         programs: set,
-        tc_interfaces: vec!["lo".to_owned()],
+        tc_interfaces: if tc {
+            vec!["lo".to_owned()]
+        } else {
+            Vec::new()
+        },
         ..ProbeOptions::default()
     };
     let mut probe = Probe::load(&options).map_err(|e| e.to_string())?;
@@ -240,20 +274,27 @@ fn print_table(set: &str, stats: &[ProgramStats]) -> u64 {
     total_ns
 }
 
-fn run(connections: usize, payload: usize, rounds: usize) -> Result<(), String> {
+/// Returns (ns_ratio, conn_rate_ratio) for one configuration.
+fn run(connections: usize, payload: usize, rounds: usize, tc: bool) -> Result<(f64, f64), String> {
     let phases = [Phase::None, Phase::NetScope, Phase::Baseline];
+    let config = if tc {
+        "tracepoints + TC on lo"
+    } else {
+        "tracepoints (default)"
+    };
     eprintln!(
-        "bench probe: {connections} connections × {payload} B each way; 1 warm-up + {rounds} rate \
-         rounds (bpf_stats off), then {rounds} cost rounds (bpf_stats on)"
+        "bench probe [{config}]: {connections} connections × {payload} B each way; 1 warm-up + \
+         {rounds} rate rounds (bpf_stats off), then {rounds} cost rounds (bpf_stats on)"
     );
+    println!("== {config}");
     for phase in phases {
-        run_phase(phase, connections / 5, payload)?;
+        run_phase(phase, connections / 5, payload, tc)?;
     }
     // Connection rate without bpf_stats: its two clock reads per program run are not NetScope's.
     let mut rates: [Vec<f64>; 3] = Default::default();
     for round in 0..rounds {
         for (i, phase) in phases.into_iter().enumerate() {
-            let r = run_phase(phase, connections, payload)?;
+            let r = run_phase(phase, connections, payload, tc)?;
             eprintln!("  rate round {round} {phase:?}: {:.0} conn/s", r.rate);
             rates[i].push(r.rate);
         }
@@ -262,8 +303,8 @@ fn run(connections: usize, payload: usize, rounds: usize) -> Result<(), String> 
     let stats_fd = enable_stats(Stats::RunTime).map_err(|e| format!("enable bpf_stats: {e}"))?;
     let mut stats: [Vec<Vec<ProgramStats>>; 2] = Default::default();
     for _ in 0..rounds {
-        stats[0].push(run_phase(Phase::NetScope, connections, payload)?.stats);
-        stats[1].push(run_phase(Phase::Baseline, connections, payload)?.stats);
+        stats[0].push(run_phase(Phase::NetScope, connections, payload, tc)?.stats);
+        stats[1].push(run_phase(Phase::Baseline, connections, payload, tc)?.stats);
     }
     drop(stats_fd);
 
@@ -281,6 +322,6 @@ fn run(connections: usize, payload: usize, rounds: usize) -> Result<(), String> 
     println!("{:<10} {:>12.0}", "empty", base_rate);
     let ns_ratio = ns_total as f64 / base_total.max(1) as f64;
     let conn_rate_ratio = ns_rate / none_rate;
-    println!("bench probe: ns_ratio={ns_ratio:.2} conn_rate_ratio={conn_rate_ratio:.3}");
-    Ok(())
+    println!();
+    Ok((ns_ratio, conn_rate_ratio))
 }

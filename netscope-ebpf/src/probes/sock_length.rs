@@ -2,7 +2,7 @@
 //! aggregated in `SOCKS` (no ring event per call).
 
 use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
-use netscope_common::SockState;
+use netscope_common::{SockLengthRecord, SockState};
 
 use super::{Error, field};
 use crate::maps::{SOCKS, add_u64, config};
@@ -26,25 +26,56 @@ pub fn ns_recv_length(ctx: TracePointContext) -> u32 {
     0
 }
 
+/// The record: one read when this kernel has the usual layout, else one read per field.
+#[inline(always)]
+fn read_record(
+    ctx: &TracePointContext,
+    sk: u32,
+    ret: u32,
+    flags: u32,
+    record: u32,
+) -> Result<SockLengthRecord, Error> {
+    if record != 0 {
+        return field(ctx, sk);
+    }
+    let sk: u64 = field(ctx, sk)?;
+    Ok(SockLengthRecord {
+        sk_lo: sk as u32,
+        sk_hi: (sk >> 32) as u32,
+        family: 0,
+        protocol: 0,
+        ret: field(ctx, ret)?,
+        flags: field(ctx, flags)?,
+    })
+}
+
 fn try_send(ctx: &TracePointContext) -> Result<(), Error> {
-    let sk: u64 = field(ctx, config!(send_length.sk))?;
-    let Some(state) = SOCKS.get_ptr_mut(&sk) else {
-        return Ok(());
-    };
-    let ret: i32 = field(ctx, config!(send_length.ret))?;
-    account(state, ret, true);
+    let rec = read_record(
+        ctx,
+        config!(send_length.sk),
+        config!(send_length.ret),
+        config!(send_length.flags),
+        config!(send_length.record),
+    )?;
+    if let Some(state) = SOCKS.get_ptr_mut(&rec.sk()) {
+        account(state, rec.ret, true);
+    }
     Ok(())
 }
 
 fn try_recv(ctx: &TracePointContext) -> Result<(), Error> {
-    let sk: u64 = field(ctx, config!(recv_length.sk))?;
-    let Some(state) = SOCKS.get_ptr_mut(&sk) else {
+    let rec = read_record(
+        ctx,
+        config!(recv_length.sk),
+        config!(recv_length.ret),
+        config!(recv_length.flags),
+        config!(recv_length.record),
+    )?;
+    if rec.flags & MSG_PEEK != 0 {
         return Ok(());
-    };
-    let ret: i32 = field(ctx, config!(recv_length.ret))?;
-    let flags: i32 = field(ctx, config!(recv_length.flags))?;
-    if flags & MSG_PEEK == 0 {
-        account(state, ret, false);
+    }
+    if let Some(state) = SOCKS.get_ptr_mut(&rec.sk()) {
+        account(state, rec.ret, false);
     }
     Ok(())
 }

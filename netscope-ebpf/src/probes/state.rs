@@ -12,11 +12,10 @@
 //! `tcp:tcp_destroy_sock`: the socket is gone, its counters final: emit `Closed`, forget it.
 
 use aya_ebpf::{
-    EbpfContext as _,
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::{
-        bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_ktime_get_ns,
-        bpf_probe_read_kernel,
+        bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
+        bpf_ktime_get_ns, bpf_probe_read_kernel,
     },
     macros::tracepoint,
     maps::lpm_trie::Key,
@@ -24,8 +23,8 @@ use aya_ebpf::{
 };
 use netscope_common::{
     AF_INET, AF_INET6, ConnEvent, EventHeader, EventKind, FILTER_CGROUP, FILTER_DPORT, FILTER_DST,
-    FILTER_TGID, FlowTuple, OFFSET_NONE, SK_ERR_UNKNOWN, SRTT_UNKNOWN, SockState, WireCounters,
-    counter, tcp_state,
+    FILTER_TGID, FlowTuple, OFFSET_NONE, SK_ERR_UNKNOWN, SRTT_UNKNOWN, SetStateRecord, SockState,
+    WireCounters, counter, tcp_state,
 };
 
 use super::{Error, field};
@@ -44,27 +43,44 @@ pub fn ns_set_state(ctx: TracePointContext) -> u32 {
     0
 }
 
+/// The tracepoint record: one read when this kernel has the usual layout (the agent checked it
+/// against tracefs), else one read per field at the offsets tracefs gave.
+#[inline(always)]
+fn read_record(ctx: &TracePointContext) -> Result<SetStateRecord, Error> {
+    if config!(set_state.record) != 0 {
+        return field(ctx, config!(set_state.skaddr));
+    }
+    Ok(SetStateRecord {
+        skaddr: field(ctx, config!(set_state.skaddr))?,
+        oldstate: field(ctx, config!(set_state.oldstate))?,
+        newstate: field(ctx, config!(set_state.newstate))?,
+        sport: field(ctx, config!(set_state.sport))?,
+        dport: field(ctx, config!(set_state.dport))?,
+        family: field(ctx, config!(set_state.family))?,
+        protocol: field(ctx, config!(set_state.protocol))?,
+        saddr: field(ctx, config!(set_state.saddr))?,
+        daddr: field(ctx, config!(set_state.daddr))?,
+        saddr_v6: field(ctx, config!(set_state.saddr_v6))?,
+        daddr_v6: field(ctx, config!(set_state.daddr_v6))?,
+    })
+}
+
 fn try_set_state(ctx: &TracePointContext) -> Result<(), Error> {
-    // Most transitions matter to nobody: one read settles them.
-    let new: i32 = field(ctx, config!(set_state.newstate))?;
-    let new = new as u32;
+    let rec = read_record(ctx)?;
+    let (old, new) = (rec.oldstate as u32, rec.newstate as u32);
+    // Most transitions matter to nobody.
     if !matches!(
         new,
         tcp_state::SYN_SENT | tcp_state::ESTABLISHED | tcp_state::CLOSE
-    ) {
+    ) || rec.protocol != IPPROTO_TCP
+    {
         return Ok(());
     }
-    let protocol: u16 = field(ctx, config!(set_state.protocol))?;
-    if protocol != IPPROTO_TCP {
-        return Ok(());
-    }
-    let old: i32 = field(ctx, config!(set_state.oldstate))?;
-    let old = old as u32;
     match (old, new) {
-        (tcp_state::CLOSE, tcp_state::SYN_SENT) => on_connect(ctx),
-        (tcp_state::SYN_SENT, tcp_state::ESTABLISHED) => on_established(ctx),
-        (tcp_state::SYN_SENT, tcp_state::CLOSE) => on_connect_failed(ctx),
-        (_, tcp_state::CLOSE) => on_close(ctx, old),
+        (tcp_state::CLOSE, tcp_state::SYN_SENT) => on_connect(&rec),
+        (tcp_state::SYN_SENT, tcp_state::ESTABLISHED) => on_established(&rec),
+        (tcp_state::SYN_SENT, tcp_state::CLOSE) => on_connect_failed(&rec),
+        (_, tcp_state::CLOSE) => on_close(&rec, old),
         _ => Ok(()),
     }
 }
@@ -84,18 +100,18 @@ fn try_destroy(ctx: &TracePointContext) -> Result<(), Error> {
     };
     // SAFETY: `state` points into a live SOCKS value.
     let (tuple, old) = unsafe { ((*state).tuple, (*state).close_from_state) };
-    let wire = take_wire(&tuple);
+    let wire = take_wire(state, &tuple);
     let emitted = emit(EventKind::Closed, sk, state, &wire, old);
     let _ = SOCKS.remove(&sk);
     emitted
 }
 
-fn on_connect(ctx: &TracePointContext) -> Result<(), Error> {
-    let sk: u64 = field(ctx, config!(set_state.skaddr))?;
+fn on_connect(rec: &SetStateRecord) -> Result<(), Error> {
+    let sk = rec.skaddr;
     let pid_tgid = bpf_get_current_pid_tgid();
     // SAFETY: helper without arguments.
     let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
-    if !admitted(ctx, pid_tgid, cgroup_id)? {
+    if !admitted(rec, pid_tgid, cgroup_id) {
         bump(counter::CONNECTS_FILTERED);
         return Ok(());
     }
@@ -107,7 +123,7 @@ fn on_connect(ctx: &TracePointContext) -> Result<(), Error> {
         tuple: FlowTuple::default(),
         pid_tgid,
         cgroup_id,
-        comm: ctx.command().unwrap_or_default(),
+        comm: bpf_get_current_comm().unwrap_or_default(),
         bytes_sent: 0,
         bytes_received: 0,
         send_calls: 0,
@@ -116,6 +132,7 @@ fn on_connect(ctx: &TracePointContext) -> Result<(), Error> {
         resets_sent: 0,
         resets_received: 0,
         close_from_state: 0,
+        wire_out: WireCounters::default(),
     };
     // BPF_ANY: a socket address reused after a close, or a second connect() on the same socket,
     // starts a new connection.
@@ -128,48 +145,42 @@ fn on_connect(ctx: &TracePointContext) -> Result<(), Error> {
 
 /// Every set filter must admit the connection.
 #[inline(always)]
-fn admitted(ctx: &TracePointContext, pid_tgid: u64, cgroup_id: u64) -> Result<bool, Error> {
+fn admitted(rec: &SetStateRecord, pid_tgid: u64, cgroup_id: u64) -> bool {
     let filters = config!(filters);
     if filters == 0 {
-        return Ok(true);
+        return true;
     }
     // SAFETY (all `get`s below): the values are only tested for presence, never held.
     if filters & FILTER_TGID != 0 && unsafe { TGIDS.get(&((pid_tgid >> 32) as u32)) }.is_none() {
-        return Ok(false);
+        return false;
     }
     if filters & FILTER_CGROUP != 0 && unsafe { CGROUPS.get(&cgroup_id) }.is_none() {
-        return Ok(false);
+        return false;
     }
-    if filters & FILTER_DPORT != 0 {
-        let dport: u16 = field(ctx, config!(set_state.dport))?;
-        if unsafe { DPORTS.get(&dport) }.is_none() {
-            return Ok(false);
-        }
+    if filters & FILTER_DPORT != 0 && unsafe { DPORTS.get(&rec.dport) }.is_none() {
+        return false;
     }
     if filters & FILTER_DST != 0 {
-        let family: u16 = field(ctx, config!(set_state.family))?;
-        let hit = if family == AF_INET {
-            let daddr: [u8; 4] = field(ctx, config!(set_state.daddr))?;
-            DST_V4.get(&Key::new(32, daddr)).is_some()
-        } else if family == AF_INET6 {
-            let daddr: [u8; 16] = field(ctx, config!(set_state.daddr_v6))?;
-            DST_V6.get(&Key::new(128, daddr)).is_some()
+        let hit = if rec.family == AF_INET {
+            DST_V4.get(&Key::new(32, rec.daddr)).is_some()
+        } else if rec.family == AF_INET6 {
+            DST_V6.get(&Key::new(128, rec.daddr_v6)).is_some()
         } else {
             false
         };
         if !hit {
-            return Ok(false);
+            return false;
         }
     }
-    Ok(true)
+    true
 }
 
-fn on_established(ctx: &TracePointContext) -> Result<(), Error> {
-    let sk: u64 = field(ctx, config!(set_state.skaddr))?;
+fn on_established(rec: &SetStateRecord) -> Result<(), Error> {
+    let sk = rec.skaddr;
     let Some(state) = SOCKS.get_ptr_mut(&sk) else {
         return Ok(()); // not an outbound connection we track
     };
-    let tuple = read_tuple(ctx)?;
+    let tuple = tuple_of(rec);
     // SAFETY: `state` points into a live SOCKS value; helper without arguments.
     unsafe {
         (*state).established_ns = bpf_ktime_get_ns();
@@ -184,20 +195,20 @@ fn on_established(ctx: &TracePointContext) -> Result<(), Error> {
     )
 }
 
-fn on_connect_failed(ctx: &TracePointContext) -> Result<(), Error> {
-    let sk: u64 = field(ctx, config!(set_state.skaddr))?;
+fn on_connect_failed(rec: &SetStateRecord) -> Result<(), Error> {
+    let sk = rec.skaddr;
     let Some(state) = SOCKS.get_ptr_mut(&sk) else {
         return Ok(());
     };
     // The source port is known by now (it is 0 at SYN_SENT).
-    let tuple = read_tuple(ctx)?;
+    let tuple = tuple_of(rec);
     // SAFETY: `state` points into a live SOCKS value; helper without arguments.
     unsafe {
         (*state).closed_ns = bpf_ktime_get_ns();
         (*state).close_from_state = tcp_state::SYN_SENT;
         (*state).tuple = tuple;
     }
-    let wire = take_wire(&tuple);
+    let wire = take_wire(state, &tuple);
     let emitted = emit(
         EventKind::ConnectFailed,
         sk,
@@ -209,9 +220,8 @@ fn on_connect_failed(ctx: &TracePointContext) -> Result<(), Error> {
     emitted
 }
 
-fn on_close(ctx: &TracePointContext, old: u32) -> Result<(), Error> {
-    let sk: u64 = field(ctx, config!(set_state.skaddr))?;
-    if let Some(state) = SOCKS.get_ptr_mut(&sk) {
+fn on_close(rec: &SetStateRecord, old: u32) -> Result<(), Error> {
+    if let Some(state) = SOCKS.get_ptr_mut(&rec.skaddr) {
         // SAFETY: `state` points into a live SOCKS value; helper without arguments.
         unsafe {
             (*state).closed_ns = bpf_ktime_get_ns();
@@ -221,39 +231,41 @@ fn on_close(ctx: &TracePointContext, old: u32) -> Result<(), Error> {
     Ok(())
 }
 
-fn read_tuple(ctx: &TracePointContext) -> Result<FlowTuple, Error> {
-    let family: u16 = field(ctx, config!(set_state.family))?;
+#[inline(always)]
+fn tuple_of(rec: &SetStateRecord) -> FlowTuple {
     let mut tuple = FlowTuple {
-        family,
-        sport: field(ctx, config!(set_state.sport))?,
-        dport: field(ctx, config!(set_state.dport))?,
+        family: rec.family,
+        sport: rec.sport,
+        dport: rec.dport,
         _pad: 0,
         saddr: [0; 16],
         daddr: [0; 16],
     };
-    if family == AF_INET {
-        let saddr: [u8; 4] = field(ctx, config!(set_state.saddr))?;
-        let daddr: [u8; 4] = field(ctx, config!(set_state.daddr))?;
-        tuple.saddr[..4].copy_from_slice(&saddr);
-        tuple.daddr[..4].copy_from_slice(&daddr);
+    if rec.family == AF_INET {
+        tuple.saddr[..4].copy_from_slice(&rec.saddr);
+        tuple.daddr[..4].copy_from_slice(&rec.daddr);
     } else {
-        tuple.saddr = field(ctx, config!(set_state.saddr_v6))?;
-        tuple.daddr = field(ctx, config!(set_state.daddr_v6))?;
+        tuple.saddr = rec.saddr_v6;
+        tuple.daddr = rec.daddr_v6;
     }
-    Ok(tuple)
+    tuple
 }
 
-/// Takes (reads and forgets) what the TC classifier counted for this flow.
-fn take_wire(tuple: &FlowTuple) -> WireCounters {
-    // SAFETY: the value is copied out before the entry is removed.
-    match unsafe { WIRE.get(tuple) } {
-        Some(w) => {
-            let w = *w;
-            let _ = WIRE.remove(tuple);
-            w
-        }
-        None => WireCounters::default(),
+/// Takes what the TC classifier counted for this flow: egress from the socket's state,
+/// ingress from `WIRE` (whose entry is removed).
+fn take_wire(state: *const SockState, tuple: &FlowTuple) -> WireCounters {
+    // SAFETY: `state` points into a live SOCKS value.
+    let mut wire = unsafe { (*state).wire_out };
+    if config!(tc_attached) == 0 {
+        return wire;
     }
+    // SAFETY: the value is copied out before the entry is removed.
+    if let Some(ingress) = unsafe { WIRE.get(tuple) } {
+        wire.packets_in = ingress.packets_in;
+        wire.bytes_in = ingress.bytes_in;
+        let _ = WIRE.remove(tuple);
+    }
+    wire
 }
 
 /// Reads a kernel struct field at an offset found in BTF by the agent.

@@ -1,10 +1,12 @@
-//! TC classifier, egress and ingress: wire packets and bytes per outbound TCP flow in `WIRE`.
+//! TC classifier, egress and ingress: wire packets and bytes of tracked outbound TCP flows.
 //! Always returns `TC_ACT_UNSPEC` (TCX "next"): the probe never decides a packet's fate and lets
 //! any program after it run. Ethernet-framed devices only (lo, veth, physical NICs).
 //!
-//! Cost control: headers are read with direct packet access, and only an outbound SYN creates
-//! an entry; every other packet is one lookup. Flows this host did not open (the server side of
-//! an inbound connection) never enter the map. The socket's destruction takes the entry.
+//! Cost control: an egress packet carries its socket (`skb->sk`), so egress counting is one
+//! lookup of the socket in `SOCKS`, without parsing headers, except while the handshake runs:
+//! the SYN registers the flow's tuple in `WIRE` for ingress. An ingress packet has no socket yet:
+//! its headers are read by direct packet access and its tuple looked up in `WIRE`, which holds
+//! tracked flows only. The socket's end takes both.
 
 use aya_ebpf::{
     EbpfContext as _,
@@ -15,7 +17,7 @@ use aya_ebpf::{
 use netscope_common::{AF_INET, AF_INET6, FlowTuple, WireCounters};
 
 use super::Error;
-use crate::maps::{WIRE, add_u64};
+use crate::maps::{SOCKS, WIRE, add_u64};
 
 const ETH_HLEN: usize = 14;
 const ETH_P_IP: u16 = 0x0800;
@@ -56,10 +58,60 @@ fn read<T: Copy>(ctx: &TcContext, offset: usize) -> Result<T, Error> {
         .ok_or(Error::Read)
 }
 
-const TCP_SYN: u8 = 0x02;
-const TCP_ACK: u8 = 0x10;
-
 fn try_count(ctx: &TcContext, egress: bool) -> Result<(), Error> {
+    if egress {
+        count_egress(ctx)
+    } else {
+        count_ingress(ctx)
+    }
+}
+
+fn count_egress(ctx: &TcContext) -> Result<(), Error> {
+    let skb = ctx.as_ptr().cast::<__sk_buff>();
+    // SAFETY: the context of a classifier is its __sk_buff; `sk` is the sending socket or null.
+    // Using its address as a map key needs a privileged loader (CAP_PERFMON: pointer leaks).
+    let sk = unsafe { (*skb).__bindgen_anon_2.sk } as u64;
+    if sk == 0 {
+        return Ok(());
+    }
+    let Some(state) = SOCKS.get_ptr_mut(&sk) else {
+        return Ok(()); // not a tracked outbound connection
+    };
+    let len = u64::from(ctx.len());
+    // SAFETY: `state` points into a live SOCKS value; fields are updated atomically.
+    unsafe {
+        add_u64(&raw mut (*state).wire_out.packets_out, 1);
+        add_u64(&raw mut (*state).wire_out.bytes_out, len);
+        if (*state).established_ns != 0 {
+            return Ok(());
+        }
+    }
+    // Handshake (SYN or its retransmission): register the tuple so that the answers are
+    // counted at ingress. A fresh entry also clears whatever an earlier flow on it left.
+    let Some(tuple) = tuple(ctx, true)? else {
+        return Ok(());
+    };
+    let _ = WIRE.insert(&tuple, &WireCounters::default(), 0);
+    Ok(())
+}
+
+fn count_ingress(ctx: &TcContext) -> Result<(), Error> {
+    let Some(tuple) = tuple(ctx, false)? else {
+        return Ok(());
+    };
+    if let Some(counters) = WIRE.get_ptr_mut(&tuple) {
+        // SAFETY: `counters` points into a live WIRE value; fields are updated atomically.
+        unsafe {
+            add_u64(&raw mut (*counters).packets_in, 1);
+            add_u64(&raw mut (*counters).bytes_in, u64::from(ctx.len()));
+        }
+    }
+    Ok(())
+}
+
+/// The packet's TCP tuple oriented from the local (connecting) side; `None` if not TCP.
+#[inline(always)]
+fn tuple(ctx: &TcContext, egress: bool) -> Result<Option<FlowTuple>, Error> {
     let skb = ctx.as_ptr().cast::<__sk_buff>();
     // SAFETY: the context of a classifier is its __sk_buff.
     let protocol = u16::from_be(unsafe { (*skb).protocol } as u16);
@@ -69,7 +121,7 @@ fn try_count(ctx: &TcContext, egress: bool) -> Result<(), Error> {
             let version_ihl: u8 = read(ctx, ETH_HLEN)?;
             let proto: u8 = read(ctx, ETH_HLEN + 9)?;
             if version_ihl >> 4 != 4 || proto != IPPROTO_TCP {
-                return Ok(());
+                return Ok(None);
             }
             let src: [u8; 4] = read(ctx, ETH_HLEN + 12)?;
             let dst: [u8; 4] = read(ctx, ETH_HLEN + 16)?;
@@ -83,7 +135,7 @@ fn try_count(ctx: &TcContext, egress: bool) -> Result<(), Error> {
             // Extension headers before TCP are not followed.
             let next: u8 = read(ctx, ETH_HLEN + 6)?;
             if next != IPPROTO_TCP {
-                return Ok(());
+                return Ok(None);
             }
             let src: [u8; 16] = read(ctx, ETH_HLEN + 8)?;
             let dst: [u8; 16] = read(ctx, ETH_HLEN + 24)?;
@@ -91,50 +143,14 @@ fn try_count(ctx: &TcContext, egress: bool) -> Result<(), Error> {
             (key.saddr, key.daddr) = if egress { (src, dst) } else { (dst, src) };
             ETH_HLEN + 40
         }
-        _ => return Ok(()),
+        _ => return Ok(None),
     };
     let sport = u16::from_be(read::<u16>(ctx, l4)?);
     let dport = u16::from_be(read::<u16>(ctx, l4 + 2)?);
-    let flags: u8 = read(ctx, l4 + 13)?;
     (key.sport, key.dport) = if egress {
         (sport, dport)
     } else {
         (dport, sport)
     };
-    let len = u64::from(ctx.len());
-    let outbound_syn = egress && flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
-
-    match WIRE.get_ptr_mut(&key) {
-        // A SYN on a tuple whose previous flow got answers starts a new flow; a SYN without
-        // answer so far is a retransmission of the current one.
-        // SAFETY: `counters` points into a live WIRE value.
-        Some(counters) if !(outbound_syn && unsafe { (*counters).packets_in } != 0) => {
-            add(counters, egress, len);
-        }
-        Some(_) | None if outbound_syn => {
-            let fresh = WireCounters {
-                packets_out: 1,
-                bytes_out: len,
-                packets_in: 0,
-                bytes_in: 0,
-            };
-            let _ = WIRE.insert(&key, &fresh, 0);
-        }
-        _ => {}
-    }
-    Ok(())
-}
-
-#[inline(always)]
-fn add(counters: *mut WireCounters, egress: bool, len: u64) {
-    // SAFETY: `counters` points into a live WIRE value; fields are updated atomically.
-    unsafe {
-        if egress {
-            add_u64(&raw mut (*counters).packets_out, 1);
-            add_u64(&raw mut (*counters).bytes_out, len);
-        } else {
-            add_u64(&raw mut (*counters).packets_in, 1);
-            add_u64(&raw mut (*counters).bytes_in, len);
-        }
-    }
+    Ok(Some(key))
 }
