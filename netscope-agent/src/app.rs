@@ -56,7 +56,7 @@ impl ProbeSettings {
             max_wire_flows: self.max_connections,
             tc_interfaces: self.tc_interfaces.clone(),
             object: self.ebpf_object.clone(),
-            field_reads_only: false,
+            helper_reads_only: false,
         }
     }
 }

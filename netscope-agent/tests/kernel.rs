@@ -141,7 +141,7 @@ fn bytes_and_calls_equal_what_the_application_wrote_and_read() {
 }
 
 #[test]
-fn per_field_reads_give_the_same_facts_as_whole_record_reads() {
+fn helper_reads_give_the_same_facts_as_direct_context_loads() {
     let Some(_serial) = kernel_test("field-reads") else {
         return;
     };
@@ -149,7 +149,7 @@ fn per_field_reads_give_the_same_facts_as_whole_record_reads() {
     let ns = NetNs::new("fields");
     let _in = ns.enter();
     let mut options = Harness::for_dport(PORT);
-    options.field_reads_only = true;
+    options.helper_reads_only = true;
     let probe = Harness::start(&options);
     let listener = TcpListener::bind(("127.0.0.1", PORT)).unwrap();
     let mut client = TcpStream::connect(("127.0.0.1", PORT)).unwrap();

@@ -169,14 +169,12 @@ pub struct SetStateOffsets {
     pub daddr: u32,
     pub saddr_v6: u32,
     pub daddr_v6: u32,
-    /// 1 when this kernel's record, from `skaddr` on, is laid out exactly as
-    /// [`SetStateRecord`]: the programs then read it with one helper call.
-    pub record: u32,
+    pub _pad: u32,
 }
 const _: () = assert!(size_of::<SetStateOffsets>() == 48);
 
-/// The usual layout of `sock:inet_sock_set_state` from `skaddr` on. Used only when tracefs
-/// says this kernel has exactly this layout (see `SetStateOffsets::record`).
+/// The fields of `sock:inet_sock_set_state` the programs use (read one by one at the offsets
+/// tracefs gave; this is not the kernel's layout).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SetStateRecord {
@@ -201,13 +199,11 @@ pub struct SockLengthOffsets {
     pub sk: u32,
     pub ret: u32,
     pub flags: u32,
-    /// 1 when the record, from `sk` on, is laid out exactly as [`SockLengthRecord`].
-    pub record: u32,
+    pub _pad: u32,
 }
 const _: () = assert!(size_of::<SockLengthOffsets>() == 16);
 
-/// The usual layout of `sock:sock_{send,recv}_length` from `sk` on (20 bytes: the pointer is
-/// split so that the struct does not extend past the record).
+/// The fields of `sock:sock_{send,recv}_length` the programs use (read one by one).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SockLengthRecord {
@@ -250,6 +246,9 @@ pub struct ProbeConfig {
     pub destroy_skaddr: u32,
     /// 1 when a TC classifier is attached somewhere (otherwise `WIRE` is never consulted).
     pub tc_attached: u32,
+    /// 1 to read tracepoint fields with `bpf_probe_read` only (no direct context loads).
+    pub helper_reads: u32,
+    pub _pad: u32,
     /// Offset of `sk_err` in `struct sock` (from kernel BTF), or `OFFSET_NONE`.
     pub sock_sk_err: u32,
     /// Offset of `srtt_us` in `struct tcp_sock` (from kernel BTF), or `OFFSET_NONE`.
@@ -260,7 +259,7 @@ pub struct ProbeConfig {
     /// below it events are submitted without wake-up and user space polls on a timer.
     pub wakeup_bytes: u64,
 }
-const _: () = assert!(size_of::<ProbeConfig>() == 120);
+const _: () = assert!(size_of::<ProbeConfig>() == 128);
 
 impl ProbeConfig {
     /// A configuration in which every offset is unknown: the programs do nothing until user
@@ -278,25 +277,27 @@ impl ProbeConfig {
             daddr: OFFSET_NONE,
             saddr_v6: OFFSET_NONE,
             daddr_v6: OFFSET_NONE,
-            record: 0,
+            _pad: 0,
         },
         send_length: SockLengthOffsets {
             sk: OFFSET_NONE,
             ret: OFFSET_NONE,
             flags: OFFSET_NONE,
-            record: 0,
+            _pad: 0,
         },
         recv_length: SockLengthOffsets {
             sk: OFFSET_NONE,
             ret: OFFSET_NONE,
             flags: OFFSET_NONE,
-            record: 0,
+            _pad: 0,
         },
         retransmit_skaddr: OFFSET_NONE,
         send_reset_skaddr: OFFSET_NONE,
         receive_reset_skaddr: OFFSET_NONE,
         destroy_skaddr: OFFSET_NONE,
         tc_attached: 0,
+        helper_reads: 0,
+        _pad: 0,
         sock_sk_err: OFFSET_NONE,
         tcp_srtt_us: OFFSET_NONE,
         filters: 0,

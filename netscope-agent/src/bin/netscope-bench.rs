@@ -150,10 +150,33 @@ impl Drop for BenchNetns {
     }
 }
 
+/// Pins the calling thread to one CPU (or lets it run anywhere with `None`).
+fn pin(cpu: Option<usize>) {
+    // SAFETY: a zeroed cpu_set_t is valid; CPU_SET/sched_setaffinity act on the calling thread.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        let cpus = usize::try_from(libc::sysconf(libc::_SC_NPROCESSORS_ONLN)).unwrap_or(1);
+        for c in 0..cpus {
+            if cpu.is_none_or(|only| only == c) {
+                libc::CPU_SET(c, &mut set);
+            }
+        }
+        libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set);
+    }
+}
+
+/// CPU on which the workload's client and server run; the ring reader uses another one.
+const WORKLOAD_CPU: usize = 0;
+const READER_CPU: usize = 1;
+
 /// Connections per second for `connections` request/response exchanges of `payload` bytes.
+/// Client and server share one CPU: the rate then measures the CPU cost of a connection,
+/// without the noise of the two threads meeting on one CPU in some runs and not in others.
 fn workload(connections: usize, payload: usize) -> Result<f64, String> {
     let listener = TcpListener::bind(("127.0.0.1", PORT)).map_err(|e| format!("bind: {e}"))?;
+    pin(Some(WORKLOAD_CPU));
     let server = thread::spawn(move || -> std::io::Result<()> {
+        pin(Some(WORKLOAD_CPU));
         let mut buf = vec![0u8; payload];
         for _ in 0..connections {
             let (mut s, _) = listener.accept()?;
@@ -173,6 +196,7 @@ fn workload(connections: usize, payload: usize) -> Result<f64, String> {
         let _ = c.read(&mut eof);
     }
     let elapsed = started.elapsed();
+    pin(None);
     server
         .join()
         .map_err(|_| "server thread panicked".to_owned())?
@@ -212,6 +236,7 @@ fn run_phase(
     let stop = Arc::new(AtomicBool::new(false));
     let stop_reader = Arc::clone(&stop);
     let drainer = thread::spawn(move || {
+        pin(Some(READER_CPU));
         let mut events = 0u64;
         while !stop_reader.load(Ordering::Relaxed) {
             reader.drain(|_, _| events += 1);

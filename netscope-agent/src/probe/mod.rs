@@ -210,9 +210,9 @@ pub struct ProbeOptions {
     pub tc_interfaces: Vec<String>,
     /// Load this object file instead of the embedded one.
     pub object: Option<PathBuf>,
-    /// Read tracepoint fields one by one even where the record layout is the usual one (the
-    /// path taken on kernels with another layout; exercised by the kernel tests).
-    pub field_reads_only: bool,
+    /// Read tracepoint fields with `bpf_probe_read` only, never by direct context loads (the
+    /// path taken for offsets outside the usual range; exercised by the kernel tests).
+    pub helper_reads_only: bool,
 }
 
 impl Default for ProbeOptions {
@@ -226,7 +226,7 @@ impl Default for ProbeOptions {
             max_wire_flows: 65_536,
             tc_interfaces: Vec::new(),
             object: None,
-            field_reads_only: false,
+            helper_reads_only: false,
         }
     }
 }
@@ -543,29 +543,23 @@ fn probe_config(
     options: &ProbeOptions,
 ) -> Result<ProbeConfig, ProbeError> {
     let skaddr = |category, name| tracefs.format(category, name)?.offset("skaddr", 8);
-    let mut set_state = tracefs
-        .format("sock", "inet_sock_set_state")?
-        .set_state_offsets()?;
-    let mut send_length = tracefs
-        .format("sock", "sock_send_length")?
-        .sock_length_offsets()?;
-    let mut recv_length = tracefs
-        .format("sock", "sock_recv_length")?
-        .sock_length_offsets()?;
-    if options.field_reads_only {
-        set_state.record = 0;
-        send_length.record = 0;
-        recv_length.record = 0;
-    }
     Ok(ProbeConfig {
-        set_state,
-        send_length,
-        recv_length,
+        set_state: tracefs
+            .format("sock", "inet_sock_set_state")?
+            .set_state_offsets()?,
+        send_length: tracefs
+            .format("sock", "sock_send_length")?
+            .sock_length_offsets()?,
+        recv_length: tracefs
+            .format("sock", "sock_recv_length")?
+            .sock_length_offsets()?,
         retransmit_skaddr: skaddr("tcp", "tcp_retransmit_skb")?,
         send_reset_skaddr: skaddr("tcp", "tcp_send_reset")?,
         receive_reset_skaddr: skaddr("tcp", "tcp_receive_reset")?,
         destroy_skaddr: skaddr("tcp", "tcp_destroy_sock")?,
         tc_attached: u32::from(!options.tc_interfaces.is_empty()),
+        helper_reads: u32::from(options.helper_reads_only),
+        _pad: 0,
         sock_sk_err: offsets.sock_sk_err.unwrap_or(OFFSET_NONE),
         tcp_srtt_us: offsets.tcp_sock_srtt_us.unwrap_or(OFFSET_NONE),
         filters: options.filters.bits(),

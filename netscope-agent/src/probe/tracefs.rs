@@ -7,9 +7,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use std::mem::offset_of;
-
-use netscope_common::{SetStateOffsets, SetStateRecord, SockLengthOffsets, SockLengthRecord};
+use netscope_common::{SetStateOffsets, SockLengthOffsets};
 
 use super::ProbeError;
 
@@ -93,7 +91,7 @@ impl Format {
     }
 
     pub fn set_state_offsets(&self) -> Result<SetStateOffsets, ProbeError> {
-        let mut o = SetStateOffsets {
+        Ok(SetStateOffsets {
             skaddr: self.offset("skaddr", 8)?,
             oldstate: self.offset("oldstate", 4)?,
             newstate: self.offset("newstate", 4)?,
@@ -105,40 +103,17 @@ impl Format {
             daddr: self.offset("daddr", 4)?,
             saddr_v6: self.offset("saddr_v6", 16)?,
             daddr_v6: self.offset("daddr_v6", 16)?,
-            record: 0,
-        };
-        // One read of the whole record when this kernel lays it out as `SetStateRecord`.
-        let base = o.skaddr;
-        let rel = |field: u32| field.checked_sub(base).map(|r| r as usize);
-        let matches = [
-            (o.oldstate, offset_of!(SetStateRecord, oldstate)),
-            (o.newstate, offset_of!(SetStateRecord, newstate)),
-            (o.sport, offset_of!(SetStateRecord, sport)),
-            (o.dport, offset_of!(SetStateRecord, dport)),
-            (o.family, offset_of!(SetStateRecord, family)),
-            (o.protocol, offset_of!(SetStateRecord, protocol)),
-            (o.saddr, offset_of!(SetStateRecord, saddr)),
-            (o.daddr, offset_of!(SetStateRecord, daddr)),
-            (o.saddr_v6, offset_of!(SetStateRecord, saddr_v6)),
-            (o.daddr_v6, offset_of!(SetStateRecord, daddr_v6)),
-        ]
-        .iter()
-        .all(|&(field, expected)| rel(field) == Some(expected));
-        o.record = u32::from(matches);
-        Ok(o)
+            _pad: 0,
+        })
     }
 
     pub fn sock_length_offsets(&self) -> Result<SockLengthOffsets, ProbeError> {
-        let mut o = SockLengthOffsets {
+        Ok(SockLengthOffsets {
             sk: self.offset("sk", 8)?,
             ret: self.offset("ret", 4)?,
             flags: self.offset("flags", 4)?,
-            record: 0,
-        };
-        let matches = o.ret.checked_sub(o.sk) == Some(offset_of!(SockLengthRecord, ret) as u32)
-            && o.flags.checked_sub(o.sk) == Some(offset_of!(SockLengthRecord, flags) as u32);
-        o.record = u32::from(matches);
-        Ok(o)
+            _pad: 0,
+        })
     }
 }
 
@@ -221,62 +196,23 @@ print fmt: \"family=%s protocol=%s\", REC->family, REC->protocol
     }
 
     #[test]
-    fn the_usual_layout_is_read_as_one_record() {
-        let format = Format::parse("sock:inet_sock_set_state", SET_STATE).unwrap();
-        assert_eq!(format.set_state_offsets().unwrap().record, 1);
-        // The whole record moved by 8 bytes: still one record, at its new base.
-        let moved = SET_STATE
-            .lines()
-            .map(|l| shift(l, 8))
-            .collect::<Vec<_>>()
-            .join("\n");
-        let o = Format::parse("t", &moved)
-            .unwrap()
-            .set_state_offsets()
-            .unwrap();
-        assert_eq!((o.skaddr, o.record), (16, 1));
-    }
-
-    fn shift(line: &str, by: u32) -> String {
-        match line.split_once("offset:") {
-            Some((head, tail)) if !line.contains("common_") => {
-                let (n, rest) = tail.split_once(';').unwrap();
-                format!("{head}offset:{};{rest}", n.parse::<u32>().unwrap() + by)
-            }
-            _ => line.to_owned(),
-        }
-    }
-
-    #[test]
-    fn a_moved_field_moves_its_offset_and_falls_back_to_field_reads() {
+    fn a_moved_field_moves_its_offset() {
         let shifted = SET_STATE.replace("offset:24;\tsize:2", "offset:124;\tsize:2");
         let format = Format::parse("sock:inet_sock_set_state", &shifted).unwrap();
-        let o = format.set_state_offsets().unwrap();
-        assert_eq!(o.sport, 124);
-        assert_eq!(
-            o.record, 0,
-            "a different layout must not be read as the usual record"
-        );
+        assert_eq!(format.set_state_offsets().unwrap().sport, 124);
     }
 
     #[test]
-    fn sock_length_record_follows_the_format() {
+    fn parses_sock_length_offsets() {
         let text = "\tfield:void * sk;\toffset:8;\tsize:8;\tsigned:0;
 \tfield:__u16 family;\toffset:16;\tsize:2;\tsigned:0;
-\tfield:__u16 protocol;\toffset:18;\tsize:2;\tsigned:0;
 \tfield:int ret;\toffset:20;\tsize:4;\tsigned:1;
 \tfield:int flags;\toffset:24;\tsize:4;\tsigned:1;";
         let o = Format::parse("t", text)
             .unwrap()
             .sock_length_offsets()
             .unwrap();
-        assert_eq!((o.sk, o.ret, o.flags, o.record), (8, 20, 24, 1));
-        let other = text.replace("offset:24", "offset:28");
-        let o = Format::parse("t", &other)
-            .unwrap()
-            .sock_length_offsets()
-            .unwrap();
-        assert_eq!(o.record, 0);
+        assert_eq!((o.sk, o.ret, o.flags), (8, 20, 24));
     }
 
     #[test]

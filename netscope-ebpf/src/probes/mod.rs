@@ -7,10 +7,10 @@ pub mod state;
 pub mod tc;
 pub mod tcp;
 
-use aya_ebpf::programs::TracePointContext;
+use aya_ebpf::{EbpfContext as _, programs::TracePointContext};
 use netscope_common::{OFFSET_NONE, counter};
 
-use crate::maps::bump;
+use crate::maps::{bump, config};
 
 /// Kernel-side errors: values that fit a register, counted by the entry point, never acted on.
 #[derive(Clone, Copy)]
@@ -37,11 +37,94 @@ impl Error {
     }
 }
 
-/// Reads a tracepoint field at `offset` (from the tracefs `format` file).
+/// A field type of a tracepoint record.
+pub trait CtxField: Sized {
+    /// The field at `offset`, read with direct context loads when `offset` is one of the usual
+    /// aligned offsets; `None` otherwise.
+    fn direct(ctx: &TracePointContext, offset: u32) -> Option<Self>;
+}
+
+/// One context load whose offset is a constant inside the instruction. Inline asm, because
+/// the compiler would otherwise turn `if offset == 8 { load(ctx + 8) }` back into
+/// `load(ctx + offset)`, which the verifier rejects ("modified ctx ptr").
+macro_rules! ctx_load {
+    ($ctx:expr, $offset:expr, $width:literal, [$($off:literal)*]) => {{
+        let ctx = $ctx.as_ptr();
+        match $offset {
+            $($off => {
+                let value: u64;
+                // SAFETY: a read-only load from the tracepoint context at a constant offset
+                // aligned for its width, inside the record (tracefs gave the offset).
+                unsafe {
+                    core::arch::asm!(
+                        concat!("{v} = *(", $width, " *)({c} + ", stringify!($off), ")"),
+                        v = out(reg) value,
+                        c = in(reg) ctx,
+                        options(readonly, nostack, preserves_flags),
+                    );
+                }
+                Some(value)
+            })*
+            _ => None,
+        }
+    }};
+}
+
+impl CtxField for u64 {
+    #[inline(always)]
+    fn direct(ctx: &TracePointContext, offset: u32) -> Option<Self> {
+        ctx_load!(ctx, offset, "u64", [8 16 24 32 40 48 56 64])
+    }
+}
+
+impl CtxField for i32 {
+    #[inline(always)]
+    fn direct(ctx: &TracePointContext, offset: u32) -> Option<Self> {
+        ctx_load!(ctx, offset, "u32", [8 12 16 20 24 28 32 36 40 44 48 52 56 60 64 68])
+            .map(|v| v as u32 as i32)
+    }
+}
+
+impl CtxField for u16 {
+    #[inline(always)]
+    fn direct(ctx: &TracePointContext, offset: u32) -> Option<Self> {
+        ctx_load!(ctx, offset, "u16", [8 10 12 14 16 18 20 22 24 26 28 30 32 34 36 38 40])
+            .map(|v| v as u16)
+    }
+}
+
+impl CtxField for [u8; 4] {
+    #[inline(always)]
+    fn direct(ctx: &TracePointContext, offset: u32) -> Option<Self> {
+        ctx_load!(ctx, offset, "u32", [8 12 16 20 24 28 32 36 40 44 48 52 56 60 64 68])
+            .map(|v| (v as u32).to_le_bytes())
+    }
+}
+
+impl CtxField for [u8; 16] {
+    #[inline(always)]
+    fn direct(ctx: &TracePointContext, offset: u32) -> Option<Self> {
+        let lo = u64::direct(ctx, offset)?;
+        let hi = u64::direct(ctx, offset + 8)?;
+        let mut out = [0u8; 16];
+        out[..8].copy_from_slice(&lo.to_le_bytes());
+        out[8..].copy_from_slice(&hi.to_le_bytes());
+        Some(out)
+    }
+}
+
+/// Reads a tracepoint field at `offset` (from the tracefs `format` file): by direct context
+/// loads at the usual offsets (no helper call), else — or with `CONFIG.helper_reads` — with
+/// `bpf_probe_read`.
 #[inline(always)]
-pub fn field<T>(ctx: &TracePointContext, offset: u32) -> Result<T, Error> {
+pub fn field<T: CtxField>(ctx: &TracePointContext, offset: u32) -> Result<T, Error> {
     if offset == OFFSET_NONE {
         return Err(Error::NoOffset);
+    }
+    if config!(helper_reads) == 0
+        && let Some(value) = T::direct(ctx, offset)
+    {
+        return Ok(value);
     }
     // SAFETY: bpf_probe_read of the tracepoint record; a bad offset yields an error, not a fault.
     unsafe { ctx.read_at::<T>(offset as usize) }.map_err(|_| Error::Read)

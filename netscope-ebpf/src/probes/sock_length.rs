@@ -26,18 +26,14 @@ pub fn ns_recv_length(ctx: TracePointContext) -> u32 {
     0
 }
 
-/// The record: one read when this kernel has the usual layout, else one read per field.
+/// The record, field by field at the offsets tracefs gave.
 #[inline(always)]
 fn read_record(
     ctx: &TracePointContext,
     sk: u32,
     ret: u32,
     flags: u32,
-    record: u32,
 ) -> Result<SockLengthRecord, Error> {
-    if record != 0 {
-        return field(ctx, sk);
-    }
     let sk: u64 = field(ctx, sk)?;
     Ok(SockLengthRecord {
         sk_lo: sk as u32,
@@ -55,7 +51,6 @@ fn try_send(ctx: &TracePointContext) -> Result<(), Error> {
         config!(send_length.sk),
         config!(send_length.ret),
         config!(send_length.flags),
-        config!(send_length.record),
     )?;
     if let Some(state) = SOCKS.get_ptr_mut(&rec.sk()) {
         account(state, rec.ret, true);
@@ -69,7 +64,6 @@ fn try_recv(ctx: &TracePointContext) -> Result<(), Error> {
         config!(recv_length.sk),
         config!(recv_length.ret),
         config!(recv_length.flags),
-        config!(recv_length.record),
     )?;
     if rec.flags & MSG_PEEK != 0 {
         return Ok(());

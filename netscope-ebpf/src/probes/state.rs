@@ -43,13 +43,9 @@ pub fn ns_set_state(ctx: TracePointContext) -> u32 {
     0
 }
 
-/// The tracepoint record: one read when this kernel has the usual layout (the agent checked it
-/// against tracefs), else one read per field at the offsets tracefs gave.
+/// The tracepoint record, field by field at the offsets tracefs gave.
 #[inline(always)]
 fn read_record(ctx: &TracePointContext) -> Result<SetStateRecord, Error> {
-    if config!(set_state.record) != 0 {
-        return field(ctx, config!(set_state.skaddr));
-    }
     Ok(SetStateRecord {
         skaddr: field(ctx, config!(set_state.skaddr))?,
         oldstate: field(ctx, config!(set_state.oldstate))?,
