@@ -462,3 +462,225 @@ fn tc_counters_see_the_flows_packets_on_a_veth_pair() {
     assert_eq!(wire.bytes_in, in_bytes + 14 * in_packets, "{truth}");
     assert!(wire.bytes_out > 200_000 && wire.bytes_in > 300_000);
 }
+
+/// A `bash` child (in the calling thread's netns) that connects to `addr:port`, sends 3 bytes and
+/// exits once a line arrives on its stdin, so that it can be moved into a cgroup first.
+fn spawn_connector(addr: &str, port: u16) -> std::process::Child {
+    std::process::Command::new("bash")
+        .args([
+            "-c",
+            &format!("read -r _; exec 3<>/dev/tcp/{addr}/{port}; printf abc >&3; exec 3>&-"),
+        ])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+fn release(child: &mut std::process::Child) {
+    child.stdin.take().unwrap().write_all(b"go\n").unwrap();
+    assert!(child.wait().unwrap().success());
+}
+
+/// Accepts and drains `n` connections in the background.
+fn sink_server(listener: TcpListener, n: usize) -> thread::JoinHandle<()> {
+    thread::spawn(move || {
+        for _ in 0..n {
+            let (mut s, _) = listener.accept().unwrap();
+            std::io::copy(&mut s, &mut std::io::sink()).unwrap();
+        }
+    })
+}
+
+#[test]
+fn pid_and_cgroup_filters_track_only_the_chosen_process() {
+    let Some(_serial) = kernel_test("pid-cgroup") else {
+        return;
+    };
+    const PORT: u16 = 7109;
+    let ns = NetNs::new("filters");
+    let _in = ns.enter();
+    let listener = TcpListener::bind(("127.0.0.1", PORT)).unwrap();
+    let server = sink_server(listener, 4);
+
+    // By pid: the child is tracked, this test process is not.
+    let mut child = spawn_connector("127.0.0.1", PORT);
+    let mut options = Harness::for_dport(PORT);
+    options.filters.tgids = vec![child.id()];
+    let probe = Harness::start(&options);
+    drop(TcpStream::connect(("127.0.0.1", PORT)).unwrap());
+    release(&mut child);
+    let events = probe.wait_for("the child's close", |evs| {
+        evs.iter().any(|s| s.kind == EventKind::Closed)
+    });
+    let (events_after, counters, _) = probe.finish();
+    assert!(events.len() <= events_after.len());
+    let flows: Vec<_> = events_after
+        .iter()
+        .filter(|s| s.kind == EventKind::Closed)
+        .collect();
+    assert_eq!(flows.len(), 1, "{flows:#?}");
+    assert_eq!(flows[0].flow.pid, child.id());
+    assert_eq!(flows[0].flow.comm, "bash");
+    assert_eq!(flows[0].flow.bytes_sent, 3);
+    assert_eq!(counters.get(counter::CONNECTS_FILTERED), 1);
+    assert_eq!(counters.get(counter::CONNECTS_TRACKED), 1);
+
+    // By cgroup (v2): only a process moved into the test's cgroup is tracked.
+    let cgroup = std::path::PathBuf::from(format!(
+        "/sys/fs/cgroup/unified/nstest-{}",
+        std::process::id()
+    ));
+    std::fs::create_dir_all(&cgroup).unwrap();
+    let cgroup_id = std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&cgroup).unwrap());
+    let mut child = spawn_connector("127.0.0.1", PORT);
+    std::fs::write(cgroup.join("cgroup.procs"), child.id().to_string()).unwrap();
+    let mut options = Harness::for_dport(PORT);
+    options.filters.cgroup_ids = vec![cgroup_id];
+    let probe = Harness::start(&options);
+    drop(TcpStream::connect(("127.0.0.1", PORT)).unwrap());
+    release(&mut child);
+    probe.wait_for("the child's close", |evs| {
+        evs.iter().any(|s| s.kind == EventKind::Closed)
+    });
+    let (events, counters, _) = probe.finish();
+    let _ = std::fs::remove_dir(&cgroup);
+    let flows: Vec<_> = events
+        .iter()
+        .filter(|s| s.kind == EventKind::Closed)
+        .collect();
+    assert_eq!(flows.len(), 1, "{flows:#?}");
+    assert_eq!(flows[0].flow.cgroup_id, cgroup_id);
+    assert_eq!(flows[0].flow.pid, child.id());
+    assert_eq!(counters.get(counter::CONNECTS_FILTERED), 1);
+    server.join().unwrap();
+}
+
+#[test]
+fn destination_filters_and_ipv6_flows() {
+    let Some(_serial) = kernel_test("dst-ipv6") else {
+        return;
+    };
+    const PORT: u16 = 7110;
+    let ns = NetNs::new("dst6");
+    let _in = ns.enter();
+    let v4 = TcpListener::bind(("0.0.0.0", PORT)).unwrap();
+    let v6 = TcpListener::bind(("::1", PORT)).unwrap();
+    let server4 = sink_server(v4, 2);
+    let server6 = sink_server(v6, 1);
+    let mut options = ProbeOptions::default();
+    options.filters.destinations =
+        vec!["127.0.0.2/32".parse().unwrap(), "::1/128".parse().unwrap()];
+    let probe = Harness::start(&options);
+
+    // 127.0.0.1 is outside the filter; 127.0.0.2 (also lo) and ::1 are inside.
+    drop(TcpStream::connect(("127.0.0.1", PORT)).unwrap());
+    let mut c4 = TcpStream::connect(("127.0.0.2", PORT)).unwrap();
+    let sport4 = c4.local_addr().unwrap().port();
+    c4.write_all(&[1u8; 1234]).unwrap();
+    drop(c4);
+    let mut c6 = TcpStream::connect(("::1", PORT)).unwrap();
+    let sport6 = c6.local_addr().unwrap().port();
+    c6.write_all(&[1u8; 4321]).unwrap();
+    drop(c6);
+
+    let f4 = probe.finished_flow(sport4);
+    assert_eq!(f4.remote, format!("127.0.0.2:{PORT}").parse().unwrap());
+    assert_eq!(f4.bytes_sent, 1234);
+    let f6 = probe.finished_flow(sport6);
+    assert_eq!(f6.local, format!("[::1]:{sport6}").parse().unwrap());
+    assert_eq!(f6.remote, format!("[::1]:{PORT}").parse().unwrap());
+    assert_eq!(f6.bytes_sent, 4321);
+    assert!(f6.connect_latency_ns.is_some());
+    server4.join().unwrap();
+    server6.join().unwrap();
+    let (_, counters, _) = probe.finish();
+    assert_eq!(counters.get(counter::CONNECTS_TRACKED), 2);
+    assert!(counters.get(counter::CONNECTS_FILTERED) >= 1);
+}
+
+#[test]
+fn a_full_ring_counts_every_lost_event() {
+    let Some(_serial) = kernel_test("full-ring") else {
+        return;
+    };
+    const PORT: u16 = 7111;
+    const CONNECTIONS: u64 = 60;
+    let ns = NetNs::new("ring");
+    let _in = ns.enter();
+    // One page: room for ~18 events, and nobody reads until the end.
+    let mut options = Harness::for_dport(PORT);
+    options.ring_bytes = 4096;
+    options.wakeup_bytes = 2048;
+    let mut probe = netscope_agent::probe::Probe::load(&options).unwrap();
+    let mut reader = probe.take_events().unwrap();
+    let listener = TcpListener::bind(("127.0.0.1", PORT)).unwrap();
+    let server = thread::spawn(move || {
+        for _ in 0..CONNECTIONS {
+            drop(listener.accept().unwrap());
+        }
+    });
+    for _ in 0..CONNECTIONS {
+        let mut c = TcpStream::connect(("127.0.0.1", PORT)).unwrap();
+        let mut buf = [0u8; 1];
+        assert_eq!(c.read(&mut buf).unwrap(), 0);
+    }
+    server.join().unwrap();
+    thread::sleep(Duration::from_millis(100));
+    probe.detach();
+    let mut delivered = 0u64;
+    reader.drain(|_, _| delivered += 1);
+    let counters = probe.kernel_counters().unwrap();
+    assert!(
+        counters.dropped() > 0,
+        "a one-page ring must overflow: {counters:?}"
+    );
+    assert_eq!(
+        counters.emitted() + counters.dropped(),
+        2 * CONNECTIONS,
+        "{counters:?}"
+    );
+    assert_eq!(delivered, counters.emitted());
+}
+
+#[test]
+fn a_full_socket_table_is_counted_not_corrupted() {
+    let Some(_serial) = kernel_test("full-table") else {
+        return;
+    };
+    const PORT: u16 = 7112;
+    let ns = NetNs::new("table");
+    let _in = ns.enter();
+    let mut options = Harness::for_dport(PORT);
+    options.max_connections = 4;
+    let probe = Harness::start(&options);
+    let listener = TcpListener::bind(("127.0.0.1", PORT)).unwrap();
+    // Ten connections open at once: four fit.
+    let clients: Vec<_> = (0..10)
+        .map(|_| TcpStream::connect(("127.0.0.1", PORT)).unwrap())
+        .collect();
+    let servers: Vec<_> = (0..10).map(|_| listener.accept().unwrap().0).collect();
+    drop(servers);
+    drop(clients);
+    probe.wait_for("four closes", |evs| {
+        evs.iter().filter(|s| s.kind == EventKind::Closed).count() >= 4
+    });
+    thread::sleep(Duration::from_millis(100));
+    let (events, counters, delivered) = probe.finish();
+    assert_eq!(counters.get(counter::CONNECTS_TRACKED), 4, "{counters:?}");
+    assert_eq!(counters.get(counter::SOCK_TABLE_FULL), 6, "{counters:?}");
+    assert_eq!(
+        events
+            .iter()
+            .filter(|s| s.kind == EventKind::Established)
+            .count(),
+        4
+    );
+    assert_eq!(
+        events
+            .iter()
+            .filter(|s| s.kind == EventKind::Closed)
+            .count(),
+        4
+    );
+    assert_eq!(delivered, counters.emitted());
+}
