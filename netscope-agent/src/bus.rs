@@ -81,38 +81,12 @@ impl BusSubscriber {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::{Flow, FlowId, FlowState, FlowUpdateKind};
+    use crate::domain::{FlowUpdateKind, flow::sample_flow};
 
     fn update(n: u64) -> FlowUpdate {
         FlowUpdate {
             kind: FlowUpdateKind::Closed,
-            flow: Flow {
-                id: FlowId {
-                    sock_id: n,
-                    start_mono_ns: 0,
-                },
-                state: FlowState::Closed,
-                outcome: None,
-                pid: 0,
-                tid: 0,
-                comm: String::new(),
-                cgroup_id: 0,
-                local: "127.0.0.1:1".parse().unwrap(),
-                remote: "127.0.0.1:2".parse().unwrap(),
-                start_unix_ns: 0,
-                connect_latency_ns: None,
-                end_unix_ns: None,
-                errno: None,
-                bytes_sent: 0,
-                bytes_received: 0,
-                send_calls: 0,
-                recv_calls: 0,
-                retransmits: 0,
-                resets_sent: 0,
-                resets_received: 0,
-                srtt_us: None,
-                wire: None,
-            },
+            flow: sample_flow(n, 1),
         }
     }
 

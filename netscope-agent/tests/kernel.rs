@@ -46,6 +46,23 @@ fn read_counting(stream: &mut TcpStream) -> (u64, u64) {
     }
 }
 
+/// `n` connections to 127.0.0.1:`port`, one after the other, each closed by the server first
+/// (so TIME_WAIT lands on its side and client ports stay free) after the client saw EOF.
+fn connect_and_let_the_server_close(port: u16, n: usize) {
+    let listener = TcpListener::bind(("127.0.0.1", port)).unwrap();
+    let server = thread::spawn(move || {
+        for _ in 0..n {
+            drop(listener.accept().unwrap());
+        }
+    });
+    for _ in 0..n {
+        let mut client = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let mut buf = [0u8; 1];
+        assert_eq!(client.read(&mut buf).unwrap(), 0);
+    }
+    server.join().unwrap();
+}
+
 fn set_linger_zero(stream: &TcpStream) {
     let linger = libc::linger {
         l_onoff: 1,
@@ -342,19 +359,7 @@ fn a_burst_of_20000_connections_is_seen_whole_and_counters_reconcile() {
     let _in = ns.enter();
     // Default options: default ring size, no filter beyond the port.
     let probe = Harness::start(&Harness::for_dport(PORT));
-    let listener = TcpListener::bind(("127.0.0.1", PORT)).unwrap();
-    // The server closes first, so TIME_WAIT lands on its side and client ports stay free.
-    let server = thread::spawn(move || {
-        for _ in 0..CONNECTIONS {
-            drop(listener.accept().unwrap());
-        }
-    });
-    for _ in 0..CONNECTIONS {
-        let mut client = TcpStream::connect(("127.0.0.1", PORT)).unwrap();
-        let mut buf = [0u8; 1];
-        assert_eq!(client.read(&mut buf).unwrap(), 0);
-    }
-    server.join().unwrap();
+    connect_and_let_the_server_close(PORT, CONNECTIONS);
     probe.wait_for("every close", |evs| {
         evs.iter().filter(|s| s.kind == EventKind::Closed).count() >= CONNECTIONS
     });
@@ -613,18 +618,7 @@ fn a_full_ring_counts_every_lost_event() {
     options.wakeup_bytes = 2048;
     let mut probe = netscope_agent::probe::Probe::load(&options).unwrap();
     let mut reader = probe.take_events().unwrap();
-    let listener = TcpListener::bind(("127.0.0.1", PORT)).unwrap();
-    let server = thread::spawn(move || {
-        for _ in 0..CONNECTIONS {
-            drop(listener.accept().unwrap());
-        }
-    });
-    for _ in 0..CONNECTIONS {
-        let mut c = TcpStream::connect(("127.0.0.1", PORT)).unwrap();
-        let mut buf = [0u8; 1];
-        assert_eq!(c.read(&mut buf).unwrap(), 0);
-    }
-    server.join().unwrap();
+    connect_and_let_the_server_close(PORT, CONNECTIONS as usize);
     thread::sleep(Duration::from_millis(100));
     probe.detach();
     let mut delivered = 0u64;

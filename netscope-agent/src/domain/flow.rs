@@ -155,6 +155,38 @@ pub struct FlowUpdate {
     pub flow: Flow,
 }
 
+/// A closed loopback flow from `local_port` to port 80, for tests.
+#[cfg(test)]
+pub(crate) fn sample_flow(sock_id: u64, local_port: u16) -> Flow {
+    Flow {
+        id: FlowId {
+            sock_id,
+            start_mono_ns: 1,
+        },
+        state: FlowState::Closed,
+        outcome: Some(FlowOutcome::Closed),
+        pid: 1,
+        tid: 1,
+        comm: "t".into(),
+        cgroup_id: 0,
+        local: SocketAddr::from(([127, 0, 0, 1], local_port)),
+        remote: SocketAddr::from(([127, 0, 0, 1], 80)),
+        start_unix_ns: 0,
+        connect_latency_ns: Some(1),
+        end_unix_ns: None,
+        errno: None,
+        bytes_sent: 0,
+        bytes_received: 0,
+        send_calls: 0,
+        recv_calls: 0,
+        retransmits: 0,
+        resets_sent: 0,
+        resets_received: 0,
+        srtt_us: None,
+        wire: None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

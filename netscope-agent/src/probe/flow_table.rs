@@ -140,35 +140,14 @@ impl FlowTable {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::{FlowOutcome, FlowState};
+    use crate::domain::{FlowOutcome, FlowState, flow::sample_flow};
 
     fn flow(sock: u64, port: u16, state: FlowState, end: Option<u64>) -> Flow {
         Flow {
-            id: FlowId {
-                sock_id: sock,
-                start_mono_ns: 1,
-            },
             state,
             outcome: (state != FlowState::Established).then_some(FlowOutcome::Closed),
-            pid: 1,
-            tid: 1,
-            comm: "t".into(),
-            cgroup_id: 0,
-            local: SocketAddr::from(([127, 0, 0, 1], port)),
-            remote: SocketAddr::from(([127, 0, 0, 1], 80)),
-            start_unix_ns: 0,
-            connect_latency_ns: Some(1),
             end_unix_ns: end,
-            errno: None,
-            bytes_sent: 0,
-            bytes_received: 0,
-            send_calls: 0,
-            recv_calls: 0,
-            retransmits: 0,
-            resets_sent: 0,
-            resets_received: 0,
-            srtt_us: None,
-            wire: None,
+            ..sample_flow(sock, port)
         }
     }
 

@@ -354,6 +354,10 @@ impl Probe {
         Ok(())
     }
 
+    fn map(&self, name: &'static str) -> Result<&aya::maps::Map, ProbeError> {
+        self.ebpf.map(name).ok_or(ProbeError::MissingMap(name))
+    }
+
     fn map_mut<'a, T>(&'a mut self, name: &'static str) -> Result<T, ProbeError>
     where
         T: TryFrom<&'a mut aya::maps::Map, Error = aya::maps::MapError>,
@@ -460,11 +464,8 @@ impl Probe {
             map: names::MAP_COUNTERS,
             source,
         };
-        let map = self
-            .ebpf
-            .map(names::MAP_COUNTERS)
-            .ok_or(ProbeError::MissingMap(names::MAP_COUNTERS))?;
-        let array: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(map).map_err(err)?;
+        let array: PerCpuArray<&MapData, u64> =
+            PerCpuArray::try_from(self.map(names::MAP_COUNTERS)?).map_err(err)?;
         let mut counters = KernelCounters::default();
         for index in 0..counter::COUNT {
             let per_cpu = array.get(&index, 0).map_err(err)?;

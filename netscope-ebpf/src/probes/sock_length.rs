@@ -46,30 +46,35 @@ fn read_record(
 }
 
 fn try_send(ctx: &TracePointContext) -> Result<(), Error> {
-    let rec = read_record(
-        ctx,
+    let offsets = (
         config!(send_length.sk),
         config!(send_length.ret),
         config!(send_length.flags),
-    )?;
-    if let Some(state) = SOCKS.get_ptr_mut(&rec.sk()) {
-        account(state, rec.ret, true);
-    }
-    Ok(())
+    );
+    try_account(ctx, offsets, true)
 }
 
 fn try_recv(ctx: &TracePointContext) -> Result<(), Error> {
-    let rec = read_record(
-        ctx,
+    let offsets = (
         config!(recv_length.sk),
         config!(recv_length.ret),
         config!(recv_length.flags),
-    )?;
-    if rec.flags & MSG_PEEK != 0 {
+    );
+    try_account(ctx, offsets, false)
+}
+
+#[inline(always)]
+fn try_account(
+    ctx: &TracePointContext,
+    (sk, ret, flags): (u32, u32, u32),
+    send: bool,
+) -> Result<(), Error> {
+    let rec = read_record(ctx, sk, ret, flags)?;
+    if !send && rec.flags & MSG_PEEK != 0 {
         return Ok(());
     }
     if let Some(state) = SOCKS.get_ptr_mut(&rec.sk()) {
-        account(state, rec.ret, false);
+        account(state, rec.ret, send);
     }
     Ok(())
 }
