@@ -97,7 +97,9 @@ fn try_destroy(ctx: &TracePointContext) -> Result<(), Error> {
     // SAFETY: `state` points into a live SOCKS value.
     let (tuple, old) = unsafe { ((*state).tuple, (*state).close_from_state) };
     let wire = take_wire(state, &tuple);
-    let emitted = emit(EventKind::Closed, sk, state, &wire, old);
+    // SAFETY: helper without arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let emitted = emit(EventKind::Closed, now, sk, state, &wire, old);
     let _ = SOCKS.remove(&sk);
     emitted
 }
@@ -177,13 +179,16 @@ fn on_established(rec: &SetStateRecord) -> Result<(), Error> {
         return Ok(()); // not an outbound connection we track
     };
     let tuple = tuple_of(rec);
-    // SAFETY: `state` points into a live SOCKS value; helper without arguments.
+    // SAFETY: helper without arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
+    // SAFETY: `state` points into a live SOCKS value.
     unsafe {
-        (*state).established_ns = bpf_ktime_get_ns();
+        (*state).established_ns = now;
         (*state).tuple = tuple;
     }
     emit(
         EventKind::Established,
+        now,
         sk,
         state,
         &WireCounters::default(),
@@ -198,15 +203,18 @@ fn on_connect_failed(rec: &SetStateRecord) -> Result<(), Error> {
     };
     // The source port is known by now (it is 0 at SYN_SENT).
     let tuple = tuple_of(rec);
-    // SAFETY: `state` points into a live SOCKS value; helper without arguments.
+    // SAFETY: helper without arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
+    // SAFETY: `state` points into a live SOCKS value.
     unsafe {
-        (*state).closed_ns = bpf_ktime_get_ns();
+        (*state).closed_ns = now;
         (*state).close_from_state = tcp_state::SYN_SENT;
         (*state).tuple = tuple;
     }
     let wire = take_wire(state, &tuple);
     let emitted = emit(
         EventKind::ConnectFailed,
+        now,
         sk,
         state,
         &wire,
@@ -274,8 +282,11 @@ fn read_kernel<T: Default>(sk: u64, offset: u32) -> Option<T> {
     unsafe { bpf_probe_read_kernel((sk + offset as u64) as *const T) }.ok()
 }
 
+/// Inlined: a BPF call passes at most five arguments in registers.
+#[inline(always)]
 fn emit(
     kind: EventKind,
+    now: u64,
     sk: u64,
     state: *const SockState,
     wire: &WireCounters,
@@ -287,13 +298,18 @@ fn emit(
     // SAFETY: `state` points into a live SOCKS value; the reservation is exclusively ours.
     let st = unsafe { &*state };
     let srtt = read_kernel::<u32>(sk, config!(tcp_srtt_us)).map_or(SRTT_UNKNOWN, |v| v >> 3);
-    let sk_err = read_kernel::<i32>(sk, config!(sock_sk_err)).unwrap_or(SK_ERR_UNKNOWN);
+    // sk_err only says something once the connection has ended.
+    let sk_err = match kind {
+        EventKind::Established => SK_ERR_UNKNOWN,
+        EventKind::ConnectFailed | EventKind::Closed => {
+            read_kernel::<i32>(sk, config!(sock_sk_err)).unwrap_or(SK_ERR_UNKNOWN)
+        }
+    };
     entry.write(ConnEvent {
         header: EventHeader {
             kind: kind as u32,
             len: size_of::<ConnEvent>() as u32,
-            // SAFETY: helper without arguments.
-            ts_ns: unsafe { bpf_ktime_get_ns() },
+            ts_ns: now,
             tgid: (st.pid_tgid >> 32) as u32,
             pid: st.pid_tgid as u32,
             cgroup_id: st.cgroup_id,
