@@ -6,5 +6,6 @@ pub mod app;
 pub mod bus;
 pub mod config;
 pub mod domain;
+pub mod ingest;
 pub mod observability;
 pub mod probe;

@@ -1,10 +1,16 @@
 //! The domain: types, invariants and ports. No I/O, no aya, no tokio: every other module
 //! depends on this one, never the reverse.
 
+pub mod call;
 pub mod flow;
 pub mod net;
 pub mod ports;
+pub mod targets;
 
+pub use call::{
+    CallRequest, HttpMethod, OutboundRequest, RequestContext, RouteName, SpanId, TargetName,
+    TraceId,
+};
 pub use flow::{Flow, FlowId, FlowOutcome, FlowState, FlowUpdate, FlowUpdateKind, WireStats};
 pub use net::Cidr;
 pub use ports::EventBus;

@@ -1,0 +1,7 @@
+//! Ingest: outbound-call requests from Kafka. Messages are validated and normalised
+//! ([`schema`]), with their trace identity from Kafka headers ([`trace_context`]); invalid ones
+//! go to the dead-letter topic with their reason.
+
+pub mod samples;
+pub mod schema;
+pub mod trace_context;

@@ -1,0 +1,536 @@
+//! Outbound-call request messages, schema v1 (JSON; see `docs/request-schema-v1.md` and the
+//! samples in `samples/requests/`), and their normalisation into a [`CallRequest`].
+//!
+//! Every way a message can be wrong has a stable [`RejectReason`] code: it goes with the original
+//! bytes to the dead-letter topic.
+
+use std::{collections::BTreeMap, net::IpAddr};
+
+use base64::Engine as _;
+use serde::Deserialize;
+use url::Url;
+
+use super::trace_context::{self, TraceContext};
+use crate::domain::{
+    CallRequest, HttpMethod, OutboundRequest, RequestContext,
+    targets::{Host, Refusal, Targets},
+};
+
+/// Why a message was rejected. Codes are stable: dashboards and replays depend on them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum RejectReason {
+    EmptyMessage,
+    MessageTooLarge,
+    InvalidJson,
+    NotAnObject,
+    MissingSchemaVersion,
+    UnsupportedSchemaVersion,
+    MissingField,
+    UnknownField,
+    InvalidFieldType,
+    InvalidMethod,
+    InvalidUrl,
+    UnsupportedScheme,
+    UrlCredentials,
+    UrlTooLong,
+    TargetForbidden,
+    TargetNotAllowed,
+    InvalidHeaderName,
+    InvalidHeaderValue,
+    ReservedHeader,
+    HopByHopHeader,
+    DuplicateHeader,
+    TooManyHeaders,
+    HeadersTooLarge,
+    BodyTooLarge,
+    AmbiguousBody,
+    InvalidBase64,
+    InvalidTimeout,
+    AmbiguousDeadline,
+    InvalidDeadline,
+    InvalidIdempotencyKey,
+    InvalidSourceIp,
+}
+
+impl RejectReason {
+    pub const ALL: [Self; 31] = [
+        Self::EmptyMessage,
+        Self::MessageTooLarge,
+        Self::InvalidJson,
+        Self::NotAnObject,
+        Self::MissingSchemaVersion,
+        Self::UnsupportedSchemaVersion,
+        Self::MissingField,
+        Self::UnknownField,
+        Self::InvalidFieldType,
+        Self::InvalidMethod,
+        Self::InvalidUrl,
+        Self::UnsupportedScheme,
+        Self::UrlCredentials,
+        Self::UrlTooLong,
+        Self::TargetForbidden,
+        Self::TargetNotAllowed,
+        Self::InvalidHeaderName,
+        Self::InvalidHeaderValue,
+        Self::ReservedHeader,
+        Self::HopByHopHeader,
+        Self::DuplicateHeader,
+        Self::TooManyHeaders,
+        Self::HeadersTooLarge,
+        Self::BodyTooLarge,
+        Self::AmbiguousBody,
+        Self::InvalidBase64,
+        Self::InvalidTimeout,
+        Self::AmbiguousDeadline,
+        Self::InvalidDeadline,
+        Self::InvalidIdempotencyKey,
+        Self::InvalidSourceIp,
+    ];
+
+    pub const fn code(self) -> &'static str {
+        match self {
+            Self::EmptyMessage => "empty_message",
+            Self::MessageTooLarge => "message_too_large",
+            Self::InvalidJson => "invalid_json",
+            Self::NotAnObject => "not_an_object",
+            Self::MissingSchemaVersion => "missing_schema_version",
+            Self::UnsupportedSchemaVersion => "unsupported_schema_version",
+            Self::MissingField => "missing_field",
+            Self::UnknownField => "unknown_field",
+            Self::InvalidFieldType => "invalid_field_type",
+            Self::InvalidMethod => "invalid_method",
+            Self::InvalidUrl => "invalid_url",
+            Self::UnsupportedScheme => "unsupported_scheme",
+            Self::UrlCredentials => "url_credentials",
+            Self::UrlTooLong => "url_too_long",
+            Self::TargetForbidden => "target_forbidden",
+            Self::TargetNotAllowed => "target_not_allowed",
+            Self::InvalidHeaderName => "invalid_header_name",
+            Self::InvalidHeaderValue => "invalid_header_value",
+            Self::ReservedHeader => "reserved_header",
+            Self::HopByHopHeader => "hop_by_hop_header",
+            Self::DuplicateHeader => "duplicate_header",
+            Self::TooManyHeaders => "too_many_headers",
+            Self::HeadersTooLarge => "headers_too_large",
+            Self::BodyTooLarge => "body_too_large",
+            Self::AmbiguousBody => "ambiguous_body",
+            Self::InvalidBase64 => "invalid_base64",
+            Self::InvalidTimeout => "invalid_timeout",
+            Self::AmbiguousDeadline => "ambiguous_deadline",
+            Self::InvalidDeadline => "invalid_deadline",
+            Self::InvalidIdempotencyKey => "invalid_idempotency_key",
+            Self::InvalidSourceIp => "invalid_source_ip",
+        }
+    }
+}
+
+/// A rejected message: the reason, a human detail, and the identity it would have had (so the
+/// rejection can be logged with its trace and request ids).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rejection {
+    pub reason: RejectReason,
+    pub detail: String,
+    pub trace: TraceContext,
+    pub request_id: String,
+}
+
+/// Bounds on what a message may ask for. Validated with the rest of the configuration.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Limits {
+    pub max_message_bytes: usize,
+    pub max_url_bytes: usize,
+    pub max_headers: usize,
+    pub max_header_bytes: usize,
+    pub max_body_bytes: usize,
+    pub default_timeout_ms: u64,
+    pub max_timeout_ms: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_message_bytes: 2 << 20,
+            max_url_bytes: 2048,
+            max_headers: 64,
+            max_header_bytes: 16 << 10,
+            max_body_bytes: 1 << 20,
+            default_timeout_ms: 10_000,
+            max_timeout_ms: 300_000,
+        }
+    }
+}
+
+/// Headers NetScope sets itself: a message may not carry them as HTTP headers.
+const RESERVED: [&str; 5] = [
+    "traceparent",
+    "tracestate",
+    "x-request-id",
+    "idempotency-key",
+    "user-agent",
+];
+/// Connection-level headers (RFC 9110 §7.6.1) and those the client computes.
+const HOP_BY_HOP: [&str; 10] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "transfer-encoding",
+    "te",
+    "trailer",
+    "upgrade",
+    "host",
+    "content-length",
+    "expect",
+];
+
+/// Schema v1. Unknown fields are refused so that a typo does not silently drop an intent.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RequestV1 {
+    #[allow(dead_code, reason = "checked before this struct is decoded")]
+    schema_version: u64,
+    method: String,
+    url: String,
+    #[serde(default)]
+    headers: BTreeMap<String, String>,
+    body: Option<String>,
+    body_base64: Option<String>,
+    idempotency_key: Option<String>,
+    timeout_ms: Option<u64>,
+    deadline_unix_ms: Option<u64>,
+    source_ip: Option<String>,
+}
+
+/// One Kafka record as the normaliser needs it.
+pub struct Incoming<'a> {
+    pub payload: Option<&'a [u8]>,
+    /// Kafka headers, names as sent.
+    pub headers: &'a [(&'a str, Option<&'a [u8]>)],
+    pub received_unix_ms: u64,
+}
+
+impl Incoming<'_> {
+    fn header(&self, name: &str) -> Option<&[u8]> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .and_then(|(_, v)| *v)
+    }
+}
+
+/// A normalised message, with what happened to its trace identity (for counters).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Normalized {
+    pub call: CallRequest,
+    pub traceparent: trace_context::TraceParentStatus,
+    pub request_id_generated: bool,
+}
+
+pub struct Normalizer {
+    targets: Targets,
+    limits: Limits,
+}
+
+type Fail = (RejectReason, String);
+
+fn fail<T>(reason: RejectReason, detail: impl Into<String>) -> Result<T, Fail> {
+    Err((reason, detail.into()))
+}
+
+fn is_token(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+fn is_field_value(value: &str) -> bool {
+    value
+        .bytes()
+        .all(|b| b == b'\t' || (0x20..0x7f).contains(&b))
+}
+
+impl Normalizer {
+    pub fn new(targets: Targets, limits: Limits) -> Self {
+        Self { targets, limits }
+    }
+
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// Validates and normalises one record. Never panics, whatever the bytes.
+    pub fn normalize(&self, msg: &Incoming<'_>) -> Result<Normalized, Rejection> {
+        let trace =
+            trace_context::trace_context(msg.header("traceparent"), msg.header("tracestate"));
+        let (request_id, request_id_generated) =
+            trace_context::request_id(msg.header("x-request-id"));
+        match self.call(msg, &trace, &request_id) {
+            Ok(call) => Ok(Normalized {
+                call,
+                traceparent: trace.status,
+                request_id_generated,
+            }),
+            Err((reason, detail)) => Err(Rejection {
+                reason,
+                detail,
+                trace,
+                request_id,
+            }),
+        }
+    }
+
+    fn call(
+        &self,
+        msg: &Incoming<'_>,
+        trace: &TraceContext,
+        request_id: &str,
+    ) -> Result<CallRequest, Fail> {
+        let raw = match msg.payload {
+            None | Some([]) => {
+                return fail(RejectReason::EmptyMessage, "the record has no payload");
+            }
+            Some(p) if p.len() > self.limits.max_message_bytes => {
+                return fail(
+                    RejectReason::MessageTooLarge,
+                    format!("{} bytes, limit {}", p.len(), self.limits.max_message_bytes),
+                );
+            }
+            Some(p) => p,
+        };
+        let value: serde_json::Value = serde_json::from_slice(raw)
+            .or_else(|e| fail(RejectReason::InvalidJson, e.to_string()))?;
+        let object = value.as_object().ok_or((
+            RejectReason::NotAnObject,
+            "the payload is not a JSON object".to_owned(),
+        ))?;
+        match object.get("schema_version") {
+            None => return fail(RejectReason::MissingSchemaVersion, "no `schema_version`"),
+            Some(v) if v.as_u64() == Some(1) => {}
+            Some(v) => {
+                return fail(
+                    RejectReason::UnsupportedSchemaVersion,
+                    format!("schema_version {v} (this agent reads 1)"),
+                );
+            }
+        }
+        let v1: RequestV1 = serde_json::from_value(value).or_else(|e| {
+            let text = e.to_string();
+            let reason = if text.starts_with("missing field") {
+                RejectReason::MissingField
+            } else if text.starts_with("unknown field") {
+                RejectReason::UnknownField
+            } else {
+                RejectReason::InvalidFieldType
+            };
+            fail(reason, text)
+        })?;
+
+        let method = HttpMethod::parse(&v1.method).ok_or((
+            RejectReason::InvalidMethod,
+            format!(
+                "`{}` is not one of GET HEAD POST PUT PATCH DELETE OPTIONS",
+                v1.method.escape_debug()
+            ),
+        ))?;
+        let url = self.url(&v1.url)?;
+        let (target, external_ip) = {
+            let host = match url.host() {
+                Some(url::Host::Domain(d)) => Host::Name(d),
+                Some(url::Host::Ipv4(ip)) => Host::Ip(IpAddr::V4(ip)),
+                Some(url::Host::Ipv6(ip)) => Host::Ip(IpAddr::V6(ip)),
+                None => return fail(RejectReason::InvalidUrl, "the URL has no host"),
+            };
+            let port = url.port_or_known_default().unwrap_or(0);
+            let external_ip = match host {
+                Host::Ip(ip) => Some(ip),
+                Host::Name(_) => None,
+            };
+            match self.targets.resolve(&host, port) {
+                Ok(t) => (t, external_ip),
+                Err(Refusal::Forbidden) => {
+                    return fail(
+                        RejectReason::TargetForbidden,
+                        format!("{host:?} is never a target"),
+                    );
+                }
+                Err(Refusal::NotAllowed) => {
+                    return fail(
+                        RejectReason::TargetNotAllowed,
+                        format!(
+                            "{}:{port} is not in the allow-list",
+                            url.host_str().unwrap_or("")
+                        ),
+                    );
+                }
+            }
+        };
+        let headers = self.headers(v1.headers)?;
+        let body = self.body(v1.body, v1.body_base64)?;
+        let deadline_unix_ms =
+            self.deadline(v1.timeout_ms, v1.deadline_unix_ms, msg.received_unix_ms)?;
+        let idempotency_key = match v1.idempotency_key {
+            None => None,
+            Some(k) if (1..=255).contains(&k.len()) && k.bytes().all(|b| b.is_ascii_graphic()) => {
+                Some(k)
+            }
+            Some(k) => {
+                return fail(
+                    RejectReason::InvalidIdempotencyKey,
+                    format!("{} bytes; 1–255 visible ASCII characters expected", k.len()),
+                );
+            }
+        };
+        let internal_ip = match v1.source_ip {
+            None => None,
+            Some(s) => Some(s.parse::<IpAddr>().or_else(|_| {
+                fail(
+                    RejectReason::InvalidSourceIp,
+                    format!("`{}` is not an IP address", s.escape_debug()),
+                )
+            })?),
+        };
+
+        let ctx = RequestContext {
+            trace_id: trace.trace_id,
+            span_id: trace_context::random_span_id(),
+            parent_span_id: trace.parent_span_id,
+            trace_flags: trace.flags,
+            tracestate: trace.tracestate.clone(),
+            request_id: request_id.to_owned(),
+            idempotency_key,
+            target: target.name.clone(),
+            route: target.route(url.path()),
+            internal_ip,
+            external_ip,
+        };
+        Ok(CallRequest {
+            ctx,
+            request: OutboundRequest {
+                method,
+                url,
+                headers,
+                body,
+                deadline_unix_ms,
+            },
+        })
+    }
+
+    fn url(&self, raw: &str) -> Result<Url, Fail> {
+        if raw.len() > self.limits.max_url_bytes {
+            return fail(
+                RejectReason::UrlTooLong,
+                format!("{} bytes, limit {}", raw.len(), self.limits.max_url_bytes),
+            );
+        }
+        let mut url = Url::parse(raw).or_else(|e| fail(RejectReason::InvalidUrl, e.to_string()))?;
+        if !matches!(url.scheme(), "http" | "https") {
+            return fail(
+                RejectReason::UnsupportedScheme,
+                format!("`{}`: only http and https", url.scheme()),
+            );
+        }
+        if !url.username().is_empty() || url.password().is_some() {
+            return fail(
+                RejectReason::UrlCredentials,
+                "credentials in URLs are refused",
+            );
+        }
+        url.set_fragment(None);
+        Ok(url)
+    }
+
+    fn headers(&self, raw: BTreeMap<String, String>) -> Result<Vec<(String, String)>, Fail> {
+        if raw.len() > self.limits.max_headers {
+            return fail(
+                RejectReason::TooManyHeaders,
+                format!("{} headers, limit {}", raw.len(), self.limits.max_headers),
+            );
+        }
+        let total: usize = raw.iter().map(|(k, v)| k.len() + v.len()).sum();
+        if total > self.limits.max_header_bytes {
+            return fail(
+                RejectReason::HeadersTooLarge,
+                format!("{total} bytes, limit {}", self.limits.max_header_bytes),
+            );
+        }
+        let mut out: Vec<(String, String)> = Vec::with_capacity(raw.len());
+        for (name, value) in raw {
+            if !is_token(&name) {
+                return fail(
+                    RejectReason::InvalidHeaderName,
+                    format!("`{}`", name.escape_debug()),
+                );
+            }
+            let lower = name.to_ascii_lowercase();
+            if RESERVED.contains(&lower.as_str()) {
+                return fail(
+                    RejectReason::ReservedHeader,
+                    format!("`{lower}` is set by NetScope (use Kafka headers or idempotency_key)"),
+                );
+            }
+            if HOP_BY_HOP.contains(&lower.as_str()) || lower.starts_with("proxy-") {
+                return fail(RejectReason::HopByHopHeader, format!("`{lower}`"));
+            }
+            if !is_field_value(&value) {
+                return fail(
+                    RejectReason::InvalidHeaderValue,
+                    format!("`{lower}`: control or non-ASCII characters"),
+                );
+            }
+            if out.iter().any(|(n, _)| *n == lower) {
+                return fail(
+                    RejectReason::DuplicateHeader,
+                    format!("`{lower}` given twice"),
+                );
+            }
+            out.push((lower, value.trim().to_owned()));
+        }
+        Ok(out)
+    }
+
+    fn body(&self, text: Option<String>, b64: Option<String>) -> Result<Vec<u8>, Fail> {
+        let body = match (text, b64) {
+            (Some(_), Some(_)) => {
+                return fail(RejectReason::AmbiguousBody, "both `body` and `body_base64`");
+            }
+            (Some(t), None) => t.into_bytes(),
+            (None, Some(b)) => base64::engine::general_purpose::STANDARD
+                .decode(b.as_bytes())
+                .or_else(|e| fail(RejectReason::InvalidBase64, e.to_string()))?,
+            (None, None) => Vec::new(),
+        };
+        if body.len() > self.limits.max_body_bytes {
+            return fail(
+                RejectReason::BodyTooLarge,
+                format!("{} bytes, limit {}", body.len(), self.limits.max_body_bytes),
+            );
+        }
+        Ok(body)
+    }
+
+    fn deadline(&self, timeout: Option<u64>, deadline: Option<u64>, now: u64) -> Result<u64, Fail> {
+        let max = self.limits.max_timeout_ms;
+        match (timeout, deadline) {
+            (Some(_), Some(_)) => fail(
+                RejectReason::AmbiguousDeadline,
+                "both `timeout_ms` and `deadline_unix_ms`",
+            ),
+            (Some(t), None) if t == 0 || t > max => fail(
+                RejectReason::InvalidTimeout,
+                format!("timeout_ms {t}: 1..={max}"),
+            ),
+            (Some(t), None) => Ok(now + t),
+            // An expired deadline is not malformed: the call ends as `deadline_exceeded`.
+            (None, Some(d)) if d > now + max => fail(
+                RejectReason::InvalidDeadline,
+                format!("deadline_unix_ms {d} is more than {max} ms ahead"),
+            ),
+            (None, Some(d)) => Ok(d),
+            (None, None) => Ok(now + self.limits.default_timeout_ms),
+        }
+    }
+}
+
+#[cfg(test)]
+#[path = "schema_tests.rs"]
+mod tests;

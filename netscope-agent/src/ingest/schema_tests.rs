@@ -1,0 +1,193 @@
+use std::path::PathBuf;
+
+use super::*;
+use crate::{
+    domain::{
+        RouteName, TargetName,
+        targets::{HostMatch, RouteRule, Target},
+    },
+    ingest::{samples, trace_context::TraceParentStatus},
+};
+
+const NOW: u64 = 1_800_000_000_000;
+
+pub(crate) fn demo_targets() -> Targets {
+    Targets(vec![Target {
+        name: TargetName("demo".into()),
+        hosts: vec![HostMatch::Net("127.0.0.1/32".parse().unwrap())],
+        ports: vec![18080],
+        routes: vec![
+            RouteRule {
+                name: RouteName("orders".into()),
+                path_prefix: "/orders".into(),
+            },
+            RouteRule {
+                name: RouteName("payments".into()),
+                path_prefix: "/payments".into(),
+            },
+        ],
+    }])
+}
+
+fn normalizer() -> Normalizer {
+    Normalizer::new(demo_targets(), Limits::default())
+}
+
+fn samples_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../samples/requests")
+}
+
+fn incoming<'a>(
+    payload: Option<&'a [u8]>,
+    headers: &'a [(&'a str, Option<&'a [u8]>)],
+) -> Incoming<'a> {
+    Incoming {
+        payload,
+        headers,
+        received_unix_ms: NOW,
+    }
+}
+
+#[test]
+fn every_valid_sample_normalises() {
+    let n = normalizer();
+    let valid = samples::valid(&samples_dir()).unwrap();
+    assert!(valid.len() >= 3);
+    for (name, bytes) in &valid {
+        let out = n.normalize(&incoming(Some(bytes), &[]));
+        assert!(out.is_ok(), "{name}: {:?}", out.err());
+    }
+}
+
+#[test]
+fn a_post_with_a_key_is_retryable_and_carries_its_context() {
+    let bytes = std::fs::read(samples_dir().join("v1/post-payment-with-key.json")).unwrap();
+    let tp = b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let headers = [
+        ("traceparent", Some(&tp[..])),
+        ("X-Request-Id", Some(&b"req-1"[..])),
+    ];
+    let out = normalizer()
+        .normalize(&incoming(Some(&bytes), &headers))
+        .unwrap();
+    let CallRequest { ctx, request } = &out.call;
+    assert_eq!(request.method, HttpMethod::Post);
+    assert!(
+        request.retryable(ctx),
+        "POST with an idempotency key may be retried"
+    );
+    assert_eq!(ctx.idempotency_key.as_deref(), Some("pay-7f3a-0001"));
+    assert_eq!(ctx.route.0, "payments");
+    assert_eq!(ctx.target.0, "demo");
+    assert_eq!(ctx.request_id, "req-1");
+    assert_eq!(ctx.trace_id.to_string(), "4bf92f3577b34da6a3ce929d0e0e4736");
+    assert_eq!(ctx.parent_span_id.unwrap().to_string(), "00f067aa0ba902b7");
+    assert_ne!(
+        ctx.span_id,
+        ctx.parent_span_id.unwrap(),
+        "a new span for the call"
+    );
+    assert_eq!(ctx.internal_ip, Some("10.20.30.40".parse().unwrap()));
+    assert_eq!(ctx.external_ip, Some("127.0.0.1".parse().unwrap()));
+    assert_eq!(request.deadline_unix_ms, NOW + 3000);
+    assert_eq!(
+        request.headers,
+        vec![("content-type".to_owned(), "application/json".to_owned())]
+    );
+    assert_eq!(out.traceparent, TraceParentStatus::Valid);
+    assert!(!out.request_id_generated);
+}
+
+#[test]
+fn a_post_without_a_key_is_not_retryable_and_base64_bodies_decode() {
+    let msg = br#"{"schema_version":1,"method":"POST","url":"http://127.0.0.1:18080/x#frag"}"#;
+    let out = normalizer().normalize(&incoming(Some(msg), &[])).unwrap();
+    assert!(!out.call.request.retryable(&out.call.ctx));
+    assert_eq!(
+        out.call.request.url.as_str(),
+        "http://127.0.0.1:18080/x",
+        "fragment dropped"
+    );
+    assert_eq!(out.call.ctx.route.0, "default");
+    assert_eq!(
+        out.call.request.deadline_unix_ms,
+        NOW + 10_000,
+        "default timeout"
+    );
+    let bytes = std::fs::read(samples_dir().join("v1/put-binary.json")).unwrap();
+    let out = normalizer()
+        .normalize(&incoming(Some(&bytes), &[]))
+        .unwrap();
+    assert_eq!(out.call.request.body, vec![0, 1, 2, 3, 255]);
+}
+
+#[test]
+fn a_malformed_traceparent_starts_a_new_trace_and_is_not_rejected() {
+    let bytes = std::fs::read(samples_dir().join("v1/get-order.json")).unwrap();
+    let headers = [
+        ("traceparent", Some(&b"00-zz-bad"[..])),
+        ("tracestate", Some(&b"a=1"[..])),
+    ];
+    let out = normalizer()
+        .normalize(&incoming(Some(&bytes), &headers))
+        .unwrap();
+    assert_eq!(out.traceparent, TraceParentStatus::Invalid);
+    assert_eq!(out.call.ctx.parent_span_id, None);
+    assert_eq!(out.call.ctx.tracestate, None);
+    assert!(out.request_id_generated);
+}
+
+#[test]
+fn every_malformed_sample_gets_its_reason_and_every_reason_has_a_sample() {
+    let n = normalizer();
+    let corpus = samples::malformed(&samples_dir()).unwrap();
+    assert!(
+        corpus.len() >= 30,
+        "the corpus must have at least 30 messages"
+    );
+    let tp = b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let headers = [("traceparent", Some(&tp[..]))];
+    for case in &corpus {
+        let rejection = n
+            .normalize(&incoming(case.payload.as_deref(), &headers))
+            .expect_err(&case.name);
+        assert_eq!(
+            rejection.reason.code(),
+            case.reason,
+            "{}: {}",
+            case.name,
+            rejection.detail
+        );
+        assert!(!rejection.detail.is_empty(), "{}", case.name);
+        assert_eq!(
+            rejection.trace.trace_id.to_string(),
+            "4bf92f3577b34da6a3ce929d0e0e4736"
+        );
+    }
+    for reason in RejectReason::ALL {
+        assert!(
+            corpus.iter().any(|c| c.reason == reason.code()),
+            "no sample in the corpus for `{}`",
+            reason.code()
+        );
+    }
+}
+
+#[test]
+fn arbitrary_bytes_are_rejected_never_a_panic() {
+    use rand::{Rng as _, SeedableRng as _};
+    let n = normalizer();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+    let valid = std::fs::read(samples_dir().join("v1/post-payment-with-key.json")).unwrap();
+    for _ in 0..5_000 {
+        // Random bytes, and the valid sample with a few bytes flipped.
+        let mut bytes = valid.clone();
+        for _ in 0..rng.random_range(1..4) {
+            let i = rng.random_range(0..bytes.len());
+            bytes[i] = rng.random();
+        }
+        let _ = n.normalize(&incoming(Some(&bytes), &[]));
+        let noise: Vec<u8> = (0..rng.random_range(0..64)).map(|_| rng.random()).collect();
+        assert!(n.normalize(&incoming(Some(&noise), &[])).is_err());
+    }
+}
