@@ -72,6 +72,9 @@ transaction.state.log.min.isr=1
 share.coordinator.state.topic.replication.factor=1
 share.coordinator.state.topic.min.isr=1
 group.initial.rebalance.delay.ms=0
+# NetScope refuses request messages over 2 MiB itself (message_too_large): let them arrive.
+message.max.bytes=4194304
+replica.fetch.max.bytes=4194304
 PROPS
   cat > "${dir}/log4j2.properties" <<PROPS
 rootLogger.level=WARN

@@ -6,6 +6,7 @@
 #   - bpf-linker, built against the libLLVM shipped inside that nightly (no system LLVM needed)
 #   - the apt packages the kernel tests and benches use (nftables, iproute2, bpftool)
 #   - tracefs and bpffs mounted
+#   - Apache Kafka's jars from Maven Central (scripts/kafka.sh install; Java 17 + Maven)
 set -euo pipefail
 
 STABLE="${NETSCOPE_STABLE:-1.99.1}"
@@ -94,4 +95,17 @@ if [ "$(id -u)" -eq 0 ]; then
     mount -t bpf bpf /sys/fs/bpf
   fi
 fi
+# --- Kafka (jars cached; started by xtask test / scripts/kafka.sh start) ----------------------------
+if ! command -v java >/dev/null 2>&1 || ! command -v mvn >/dev/null 2>&1; then
+  if [ "$(id -u)" -eq 0 ]; then
+    say "Java/Maven: installing (openjdk-17-jre-headless, maven)"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends openjdk-17-jre-headless maven
+  else
+    say "Java 17 and Maven are needed for the local Kafka broker: install them" >&2
+    exit 1
+  fi
+fi
+bash "$(dirname "$0")/kafka.sh" install
+
 say "done"

@@ -13,8 +13,10 @@ tasks:
   setup                 install toolchains, bpf-linker, apt packages; mount tracefs/bpffs
   build-ebpf [--out F]  build the kernel object (BTF included); copy it to F if given
   probe [ARGS…]         build (release) and run `netscope-agent probe ARGS…` (root)
-  test                  fmt check, clippy -D warnings, then every test; as root the kernel
-                        tests are required to run (NETSCOPE_REQUIRE_KERNEL_TESTS=1)
+  test                  fmt check, clippy -D warnings, start the local Kafka broker, then
+                        every test; the Kafka tests are required, and as root the kernel
+                        tests too (NETSCOPE_REQUIRE_{KAFKA,KERNEL}_TESTS=1)
+  kafka start|stop|status  the local Kafka broker (scripts/kafka.sh)
   bench probe [ARGS…]   kernel cost and connection rate: none vs NetScope vs empty programs";
 
 fn workspace() -> PathBuf {
@@ -77,6 +79,7 @@ fn test() -> Result<(), String> {
         eprintln!("xtask: not root: the kernel tests will be SKIPPED (each says why)");
         "0"
     };
+    run("bash", &["scripts/kafka.sh", "start"], &[])?;
     run_tests(require)
 }
 
@@ -118,6 +121,7 @@ fn run_tests(require_kernel: &str) -> Result<(), String> {
     let mut child = Command::new("cargo")
         .args(args)
         .env("NETSCOPE_REQUIRE_KERNEL_TESTS", require_kernel)
+        .env("NETSCOPE_REQUIRE_KAFKA_TESTS", "1")
         .current_dir(workspace())
         .stdout(std::process::Stdio::piped())
         .spawn()
@@ -197,6 +201,11 @@ fn main() -> ExitCode {
         "probe" => probe(rest),
         "test" => test(),
         "bench" => bench(rest),
+        "kafka" => {
+            let mut args = vec!["scripts/kafka.sh"];
+            args.extend(rest.iter().map(String::as_str));
+            run("bash", &args, &[])
+        }
         "help" | "--help" | "-h" => {
             println!("{USAGE}");
             Ok(())

@@ -2,6 +2,8 @@
 //! ([`schema`]), with their trace identity from Kafka headers ([`trace_context`]); invalid ones
 //! go to the dead-letter topic with their reason.
 
+pub mod kafka;
+pub mod offsets;
 pub mod samples;
 pub mod schema;
 pub mod trace_context;

@@ -24,6 +24,8 @@ use netscope_common::{ConnEvent, EventKind};
 /// would disturb, and every probe sees every connection on the host.
 static SERIAL: Mutex<()> = Mutex::new(());
 
+pub mod kafka;
+
 /// Returns a guard when kernel tests can run here; otherwise explains why they are skipped, or
 /// fails when `NETSCOPE_REQUIRE_KERNEL_TESTS=1` (CI) says they must run.
 pub fn kernel_test(name: &str) -> Option<MutexGuard<'static, ()>> {
