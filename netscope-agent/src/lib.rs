@@ -5,7 +5,9 @@
 pub mod app;
 pub mod bus;
 pub mod config;
+pub mod demo;
 pub mod domain;
 pub mod ingest;
 pub mod observability;
+pub mod outbound;
 pub mod probe;

@@ -4,6 +4,7 @@
 pub mod call;
 pub mod flow;
 pub mod net;
+pub mod outcome;
 pub mod ports;
 pub mod targets;
 
@@ -13,4 +14,4 @@ pub use call::{
 };
 pub use flow::{Flow, FlowId, FlowOutcome, FlowState, FlowUpdate, FlowUpdateKind, WireStats};
 pub use net::Cidr;
-pub use ports::EventBus;
+pub use ports::{ConnectionObserver, EventBus};

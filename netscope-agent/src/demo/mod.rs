@@ -1,0 +1,3 @@
+//! Tools for local runs, tests and benchmarks: a programmable HTTP upstream.
+
+pub mod upstream;

@@ -1,0 +1,244 @@
+//! A local HTTP/1.1 upstream with programmable faults, for demos, tests and benchmarks. What it
+//! does is chosen by the request path:
+//!
+//! | path | response |
+//! |---|---|
+//! | `/status/{code}` | that status, a short body |
+//! | `/delay/{ms}` | 200 after `ms` milliseconds |
+//! | `/bytes/{n}` | 200 with an `n`-byte body |
+//! | `/flaky/{n}/{code}` | `code` for the first `n` requests to this path, then 200 |
+//! | `/reset` | reads the request, then resets the connection (RST) |
+//! | `/close` | reads the request, then closes without answering |
+//! | anything else | 200 `ok` |
+//!
+//! Keep-alive is supported; every request is logged with the exact bytes received and sent.
+
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    sync::{
+        Arc, Mutex, PoisonError,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
+
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::{TcpListener, TcpStream},
+    sync::watch,
+};
+
+/// One request as the upstream saw it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Served {
+    pub method: String,
+    pub path: String,
+    pub headers: Vec<(String, String)>,
+    /// Request head and body, as read from the socket.
+    pub received_bytes: u64,
+    /// Response head and body, as written (0 for `/reset` and `/close`).
+    pub sent_bytes: u64,
+    pub peer: SocketAddr,
+}
+
+impl Served {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+#[derive(Default)]
+struct State {
+    served: Mutex<Vec<Served>>,
+    per_path: Mutex<HashMap<String, u64>>,
+    in_flight: AtomicUsize,
+    max_in_flight: AtomicUsize,
+}
+
+/// A running upstream; stops when dropped.
+pub struct Upstream {
+    pub addr: SocketAddr,
+    state: Arc<State>,
+    _stop: watch::Sender<bool>,
+}
+
+const MAX_HEAD: usize = 64 << 10;
+
+impl Upstream {
+    /// Listens on `bind` (port 0 for any) and serves until dropped.
+    pub async fn start(bind: SocketAddr) -> std::io::Result<Self> {
+        let listener = TcpListener::bind(bind).await?;
+        let addr = listener.local_addr()?;
+        let state = Arc::new(State::default());
+        let (stop, mut stopped) = watch::channel(false);
+        let st = Arc::clone(&state);
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = stopped.changed() => break,
+                    accepted = listener.accept() => {
+                        if let Ok((stream, peer)) = accepted {
+                            tokio::spawn(serve(stream, peer, Arc::clone(&st)));
+                        }
+                    }
+                }
+            }
+        });
+        Ok(Self {
+            addr,
+            state,
+            _stop: stop,
+        })
+    }
+
+    /// Every request served so far, in order of completion.
+    pub fn served(&self) -> Vec<Served> {
+        self.state
+            .served
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Requests whose path starts with `prefix`.
+    pub fn count(&self, prefix: &str) -> usize {
+        self.served()
+            .iter()
+            .filter(|s| s.path.starts_with(prefix))
+            .count()
+    }
+
+    /// The most requests it was handling at once.
+    pub fn max_in_flight(&self) -> usize {
+        self.state.max_in_flight.load(Ordering::Relaxed)
+    }
+}
+
+fn reason(code: u16) -> &'static str {
+    match code {
+        200 => "OK",
+        400 => "Bad Request",
+        404 => "Not Found",
+        429 => "Too Many Requests",
+        500 => "Internal Server Error",
+        502 => "Bad Gateway",
+        503 => "Service Unavailable",
+        504 => "Gateway Timeout",
+        _ => "Status",
+    }
+}
+
+fn linger_zero(stream: &TcpStream) {
+    let _ = stream.set_zero_linger();
+}
+
+async fn serve(mut stream: TcpStream, peer: SocketAddr, state: Arc<State>) {
+    let mut buf = Vec::with_capacity(4096);
+    loop {
+        // Read one request head.
+        let head_end = loop {
+            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i + 4;
+            }
+            if buf.len() > MAX_HEAD {
+                return;
+            }
+            let mut chunk = [0u8; 4096];
+            match stream.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        };
+        let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
+        let mut lines = head.split("\r\n");
+        let mut request_line = lines.next().unwrap_or_default().split(' ');
+        let method = request_line.next().unwrap_or_default().to_owned();
+        let path = request_line.next().unwrap_or("/").to_owned();
+        let headers: Vec<(String, String)> = lines
+            .filter_map(|l| l.split_once(':'))
+            .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
+            .collect();
+        let content_length: usize = headers
+            .iter()
+            .find(|(n, _)| n == "content-length")
+            .and_then(|(_, v)| v.parse().ok())
+            .unwrap_or(0);
+        while buf.len() < head_end + content_length {
+            let mut chunk = [0u8; 16384];
+            match stream.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+        let received = (head_end + content_length) as u64;
+        buf.drain(..head_end + content_length);
+
+        let now = state.in_flight.fetch_add(1, Ordering::Relaxed) + 1;
+        state.max_in_flight.fetch_max(now, Ordering::Relaxed);
+        let seen = {
+            let mut per_path = state
+                .per_path
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            let n = per_path.entry(path.clone()).or_default();
+            *n += 1;
+            *n
+        };
+        let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+        let (status, body_len, delay, fault) = match parts.as_slice() {
+            ["status", code] => (code.parse().unwrap_or(400), 16, 0, None),
+            ["delay", ms] => (200, 2, ms.parse().unwrap_or(0), None),
+            ["bytes", n] => (200, n.parse().unwrap_or(0), 0, None),
+            ["flaky", n, code] if seen <= n.parse().unwrap_or(0) => {
+                (code.parse().unwrap_or(503), 16, 0, None)
+            }
+            ["reset"] => (0, 0, 0, Some("reset")),
+            ["close"] => (0, 0, 0, Some("close")),
+            _ => (200, 2, 0, None),
+        };
+        if delay > 0 {
+            tokio::time::sleep(Duration::from_millis(delay)).await;
+        }
+        let sent = match fault {
+            Some(f) => {
+                if f == "reset" {
+                    linger_zero(&stream);
+                }
+                0
+            }
+            None => {
+                let mut response = format!(
+                    "HTTP/1.1 {status} {}\r\ncontent-length: {body_len}\r\ncontent-type: text/plain\r\n\r\n",
+                    reason(status)
+                )
+                .into_bytes();
+                response.resize(response.len() + body_len, b'x');
+                if stream.write_all(&response).await.is_err() {
+                    state.in_flight.fetch_sub(1, Ordering::Relaxed);
+                    return;
+                }
+                response.len() as u64
+            }
+        };
+        state.in_flight.fetch_sub(1, Ordering::Relaxed);
+        state
+            .served
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(Served {
+                method,
+                path,
+                headers,
+                received_bytes: received,
+                sent_bytes: sent,
+                peer,
+            });
+        if fault.is_some() {
+            return; // dropping the stream resets (linger 0) or closes it
+        }
+    }
+}

@@ -1,0 +1,169 @@
+//! What a call produced: status, attempts, durations, resilience decisions, and what the kernel
+//! saw of its connection.
+
+use std::{future::Future, net::SocketAddr, pin::Pin};
+
+use serde::Serialize;
+
+use super::{CallRequest, RequestContext, TargetName};
+
+/// How a call ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CallOutcome {
+    /// A response arrived (whatever its status).
+    Response,
+    /// No response: every attempt failed at the transport level.
+    TransportError,
+    /// The call's deadline passed (before or during an attempt).
+    DeadlineExceeded,
+    /// The target's circuit was open: not attempted.
+    CircuitOpen,
+    /// The bulkhead was full until the deadline: not attempted.
+    BulkheadFull,
+    /// The rate limit had no token before the deadline: not attempted.
+    RateLimited,
+}
+
+/// Why one attempt failed (for retry decisions and the circuit breaker).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AttemptError {
+    ConnectRefused,
+    ConnectTimeout,
+    ConnectFailed,
+    Timeout,
+    ConnectionReset,
+    Protocol,
+}
+
+/// One try at the call.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Attempt {
+    pub number: u32,
+    pub status: Option<u16>,
+    pub error: Option<AttemptError>,
+    pub duration_ms: f64,
+    /// Delay waited before this attempt (0 for the first).
+    pub backoff_ms: f64,
+}
+
+/// Why the call stopped retrying (or never retried).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RetryStop {
+    Succeeded,
+    NotRetryable,
+    /// Non-idempotent without an idempotency key: never retried.
+    NotIdempotent,
+    MaxAttempts,
+    BudgetExhausted,
+    Deadline,
+    CircuitOpen,
+}
+
+/// The kernel's facts about the connection a call used; all `None` when no flow matched.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct NetworkFacts {
+    /// True when the kernel saw this connection; false means nothing below is known.
+    pub matched: bool,
+    pub local: Option<SocketAddr>,
+    pub remote: Option<SocketAddr>,
+    /// True when the connection was opened for this call; false when reused.
+    pub new_connection: Option<bool>,
+    pub connect_latency_ns: Option<u64>,
+    /// During this call only (deltas of the connection's counters).
+    pub bytes_sent: Option<u64>,
+    pub bytes_received: Option<u64>,
+    pub retransmits: Option<u32>,
+    pub srtt_us: Option<u32>,
+    /// errno of a connect that failed (e.g. 111 refused), when the kernel saw one.
+    pub connect_errno: Option<i32>,
+}
+
+/// The result of one call, as sinks (results topic, bus, audit) receive it.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct OutboundResult {
+    pub ctx: RequestContext,
+    pub method: &'static str,
+    pub outcome: CallOutcome,
+    pub status: Option<u16>,
+    pub attempts: Vec<Attempt>,
+    pub retry_stop: RetryStop,
+    pub started_unix_ms: u64,
+    pub duration_ms: f64,
+    pub request_bytes: u64,
+    pub response_bytes: u64,
+    /// The circuit's state when the call was admitted.
+    pub circuit: CircuitState,
+    pub network: NetworkFacts,
+}
+
+impl OutboundResult {
+    /// Status class for metrics labels: "2xx" … "5xx", or the outcome when there was none.
+    pub fn status_class(&self) -> &'static str {
+        match self.status {
+            Some(s) if (200..300).contains(&s) => "2xx",
+            Some(s) if (300..400).contains(&s) => "3xx",
+            Some(s) if (400..500).contains(&s) => "4xx",
+            Some(s) if (500..600).contains(&s) => "5xx",
+            Some(_) => "other",
+            None => match self.outcome {
+                CallOutcome::Response => "other",
+                CallOutcome::TransportError => "transport_error",
+                CallOutcome::DeadlineExceeded => "deadline_exceeded",
+                CallOutcome::CircuitOpen => "circuit_open",
+                CallOutcome::BulkheadFull => "bulkhead_full",
+                CallOutcome::RateLimited => "rate_limited",
+            },
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CircuitState {
+    Closed,
+    Open,
+    HalfOpen,
+}
+
+/// Why a circuit opened.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum TripReason {
+    FailureRate {
+        rate: f64,
+        threshold: f64,
+        window: u32,
+    },
+    SlowCallRate {
+        rate: f64,
+        threshold: f64,
+        window: u32,
+    },
+    HalfOpenProbeFailed,
+}
+
+/// A target's resilience state, for the API and operators.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ResilienceSnapshot {
+    pub target: TargetName,
+    pub circuit: CircuitState,
+    pub trip_reason: Option<TripReason>,
+    pub queue_depth: usize,
+    pub in_flight: usize,
+    pub max_in_flight: usize,
+    /// in_flight ÷ max_in_flight.
+    pub saturation: f64,
+    /// Retries the budget would allow right now (0 or more; estimated).
+    pub retry_budget_left: u32,
+}
+
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Executes outbound calls under the resilience policies.
+pub trait OutboundGateway: Send + Sync {
+    fn execute(&self, call: CallRequest) -> BoxFuture<'_, OutboundResult>;
+    fn snapshot(&self) -> Vec<ResilienceSnapshot>;
+}
