@@ -9,7 +9,7 @@ use std::sync::{
 
 use tokio::sync::broadcast::{self, error::RecvError};
 
-use crate::domain::{EventBus, FlowUpdate};
+use crate::domain::{BusEvent, EventBus};
 
 #[derive(Default)]
 struct Counters {
@@ -19,7 +19,7 @@ struct Counters {
 
 #[derive(Clone)]
 pub struct BroadcastBus {
-    tx: broadcast::Sender<FlowUpdate>,
+    tx: broadcast::Sender<BusEvent>,
     counters: Arc<Counters>,
 }
 
@@ -50,21 +50,21 @@ impl BroadcastBus {
 }
 
 impl EventBus for BroadcastBus {
-    fn publish(&self, update: FlowUpdate) {
+    fn publish(&self, event: BusEvent) {
         self.counters.published.fetch_add(1, Ordering::Relaxed);
         // No subscriber is not an error: nobody is listening right now.
-        let _ = self.tx.send(update);
+        let _ = self.tx.send(event);
     }
 }
 
 pub struct BusSubscriber {
-    rx: broadcast::Receiver<FlowUpdate>,
+    rx: broadcast::Receiver<BusEvent>,
     counters: Arc<Counters>,
 }
 
 impl BusSubscriber {
     /// The next update; `None` once every publisher is gone. Lag is counted and skipped.
-    pub async fn recv(&mut self) -> Option<FlowUpdate> {
+    pub async fn recv(&mut self) -> Option<BusEvent> {
         loop {
             match self.rx.recv().await {
                 Ok(update) => return Some(update),
@@ -81,12 +81,19 @@ impl BusSubscriber {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::{FlowUpdateKind, flow::sample_flow};
+    use crate::domain::{FlowUpdate, FlowUpdateKind, flow::sample_flow};
 
-    fn update(n: u64) -> FlowUpdate {
-        FlowUpdate {
+    fn update(n: u64) -> BusEvent {
+        BusEvent::Flow(Arc::new(FlowUpdate {
             kind: FlowUpdateKind::Closed,
             flow: sample_flow(n, 1),
+        }))
+    }
+
+    fn sock(e: Option<BusEvent>) -> u64 {
+        match e {
+            Some(BusEvent::Flow(u)) => u.flow.id.sock_id,
+            other => panic!("{other:?}"),
         }
     }
 
@@ -97,11 +104,11 @@ mod tests {
         for n in 0..5 {
             bus.publish(update(n));
         }
-        assert_eq!(sub.recv().await.unwrap().flow.id.sock_id, 3);
+        assert_eq!(sock(sub.recv().await), 3);
         assert_eq!(bus.lagged(), 3);
         assert_eq!(bus.published(), 5);
         drop(bus);
-        assert_eq!(sub.recv().await.unwrap().flow.id.sock_id, 4);
+        assert_eq!(sock(sub.recv().await), 4);
         assert!(sub.recv().await.is_none());
     }
 }

@@ -3,6 +3,7 @@
 //! composition root.
 
 pub mod app;
+pub mod audit;
 pub mod bus;
 pub mod config;
 pub mod demo;
@@ -10,4 +11,5 @@ pub mod domain;
 pub mod ingest;
 pub mod observability;
 pub mod outbound;
+pub mod pipeline;
 pub mod probe;

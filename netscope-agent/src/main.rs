@@ -3,7 +3,11 @@
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use netscope_agent::{app, config::ProbeArgs, observability};
+use netscope_agent::{
+    app,
+    config::{ProbeArgs, RunArgs},
+    observability,
+};
 
 #[derive(Parser)]
 #[command(
@@ -21,30 +25,59 @@ enum Command {
     /// Attach the kernel probe and print one JSON line per closed or failed outbound TCP
     /// connection until Ctrl-C/SIGTERM; then detach and print the reconciled counters.
     Probe(ProbeArgs),
+    /// Run the pipeline: consume outbound-call requests from Kafka, execute them under the
+    /// resilience policies, attach the kernel's facts of each connection, write results to
+    /// Kafka and the audit trail (one JSON line per call on stdout).
+    Run(Box<RunArgs>),
+    /// Send demo requests to the local pipeline's topic.
+    Send(app::SendArgs),
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, std::io::Error> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     observability::init();
+    let rt = match runtime() {
+        Ok(rt) => rt,
+        Err(e) => return fail(&e, 1),
+    };
     match cli.command {
         Command::Probe(args) => {
             let settings = match args.validate() {
                 Ok(s) => s,
                 Err(e) => return fail(&e, 2),
             };
-            let runtime = match tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()
-            {
-                Ok(rt) => rt,
-                Err(e) => return fail(&e, 1),
-            };
-            match runtime.block_on(app::run_probe(settings)) {
+            match rt.block_on(app::run_probe(settings)) {
                 Ok(_) => ExitCode::SUCCESS,
                 Err(e) => fail(&e, 1),
             }
         }
+        Command::Run(args) => {
+            let settings = match args.validate() {
+                Ok(s) => s,
+                Err(e) => return fail(&e, 2),
+            };
+            match rt.block_on(app::run_pipeline(settings)) {
+                Ok(summary) => {
+                    println!("{}", serde_json::to_string(&summary).unwrap_or_default());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(&e, 1),
+            }
+        }
+        Command::Send(args) => match rt.block_on(app::send_demo(&args)) {
+            Ok(n) => {
+                eprintln!("netscope-agent: sent {n} demo requests to {}", args.topic);
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(&e, 1),
+        },
     }
 }
 

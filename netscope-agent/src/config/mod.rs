@@ -12,6 +12,10 @@ use clap::Args;
 
 use crate::domain::Cidr;
 
+pub mod pipeline;
+
+pub use pipeline::{RunArgs, RunSettings};
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("invalid configuration:\n  - {}", .0.join("\n  - "))]

@@ -14,4 +14,4 @@ pub use call::{
 };
 pub use flow::{Flow, FlowId, FlowOutcome, FlowState, FlowUpdate, FlowUpdateKind, WireStats};
 pub use net::Cidr;
-pub use ports::{ConnectionObserver, EventBus};
+pub use ports::{AuditSink, BusEvent, ConnectionObserver, EventBus, OutcomeSink, SinkError};

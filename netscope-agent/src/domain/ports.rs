@@ -1,14 +1,26 @@
 //! Ports: what the domain needs from the outside world, implemented by outer modules.
 
-use std::{net::SocketAddr, time::SystemTime};
+use std::{net::SocketAddr, sync::Arc, time::SystemTime};
 
-use super::{FlowUpdate, outcome::NetworkFacts};
+use super::{
+    FlowUpdate,
+    outcome::{BoxFuture, NetworkFacts, OutboundResult},
+};
 
-/// Internal fan-out of flow updates to whoever listens (the CLI printer, the WebSocket view,
-/// request correlation). Publishing never blocks: a listener that falls behind loses updates
-/// and the bus counts them.
+/// What travels on the [`EventBus`].
+#[derive(Clone, Debug)]
+pub enum BusEvent {
+    /// The kernel saw a connection open, fail or close.
+    Flow(Arc<FlowUpdate>),
+    /// A call finished.
+    Call(Arc<OutboundResult>),
+}
+
+/// Internal fan-out of flow updates and call results to whoever listens (the CLI printer, the
+/// WebSocket view, request correlation). Publishing never blocks: a listener that falls behind
+/// loses events and the bus counts them.
 pub trait EventBus: Send + Sync {
-    fn publish(&self, update: FlowUpdate);
+    fn publish(&self, event: BusEvent);
 }
 
 /// The kernel's view of a connection, for the outbound side (implemented by the probe).
@@ -21,5 +33,22 @@ pub trait ConnectionObserver: Send + Sync {
         local: SocketAddr,
         remote: SocketAddr,
         call_started: SystemTime,
-    ) -> NetworkFacts;
+    ) -> BoxFuture<'_, NetworkFacts>;
 }
+
+#[derive(Debug, thiserror::Error)]
+#[error("{sink}: {reason}")]
+pub struct SinkError {
+    pub sink: &'static str,
+    pub reason: String,
+}
+
+/// Where call outcomes go (results topic, audit trail, …). `deliver` returns `Ok` only once
+/// the outcome is durable there: the source record is committed after every sink said so.
+pub trait OutcomeSink: Send + Sync {
+    fn name(&self) -> &'static str;
+    fn deliver(&self, result: Arc<OutboundResult>) -> BoxFuture<'_, Result<(), SinkError>>;
+}
+
+/// The audit trail of calls (a local NDJSON file by default; Ceph RGW in production).
+pub trait AuditSink: OutcomeSink {}

@@ -219,10 +219,16 @@ impl KafkaIngest {
         }
     }
 
-    /// Consumes until `shutdown` turns true, then commits what is durable. Records handed out
-    /// but not finished by then are consumed again after a restart.
+    /// Commits, synchronously, every offset that is safe now.
+    pub fn commit_now(&self) {
+        self.commit(CommitMode::Sync);
+    }
+
+    /// Consumes until `shutdown` turns true, then commits what is durable (call
+    /// [`commit_now`](Self::commit_now) again once the calls in flight are done). Records handed
+    /// out but not finished are consumed again after a restart.
     pub async fn run(
-        self,
+        &self,
         jobs: mpsc::Sender<Job>,
         mut shutdown: watch::Receiver<bool>,
     ) -> Result<(), IngestError> {

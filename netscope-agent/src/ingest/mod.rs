@@ -4,6 +4,7 @@
 
 pub mod kafka;
 pub mod offsets;
+pub mod results;
 pub mod samples;
 pub mod schema;
 pub mod trace_context;

@@ -245,7 +245,7 @@ impl HttpGateway {
             if let Some((local, remote)) = a.connection
                 && let Some(observer) = &self.observer
             {
-                result.network = observer.facts(local, remote, started_wall);
+                result.network = observer.facts(local, remote, started_wall).await;
             } else if a.connection.is_some() {
                 result.network.local = a.connection.map(|c| c.0);
                 result.network.remote = a.connection.map(|c| c.1);

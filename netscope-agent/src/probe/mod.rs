@@ -16,6 +16,7 @@
 
 pub mod clock;
 pub mod convert;
+pub mod correlate;
 pub mod flow_table;
 pub mod kernel_btf;
 pub mod privileges;
@@ -456,6 +457,18 @@ impl Probe {
             source,
         })?;
         Ok(EventReader::new(ring))
+    }
+
+    /// Takes the per-socket state map out of the probe (once), for live counters.
+    pub fn take_socks(&mut self) -> Result<BpfHashMap<MapData, u64, SockState>, ProbeError> {
+        let map = self
+            .ebpf
+            .take_map(names::MAP_SOCKS)
+            .ok_or(ProbeError::MissingMap(names::MAP_SOCKS))?;
+        BpfHashMap::try_from(map).map_err(|source| ProbeError::Map {
+            map: names::MAP_SOCKS,
+            source,
+        })
     }
 
     /// Kernel counters summed over CPUs.

@@ -1,13 +1,13 @@
 //! Reading the ring buffer: a synchronous `drain` (used by tests and at shutdown) and an async
 //! `pump` that drains on wake-ups and on a timer (the kernel wakes us only past a fill threshold).
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use aya::maps::{MapData, RingBuf};
 use netscope_common::{ConnEvent, DecodeError, EventKind};
 use tokio::{
     io::{Interest, unix::AsyncFd},
-    sync::watch,
+    sync::{Notify, watch},
 };
 
 /// Counts of what the reader took out of the ring.
@@ -60,11 +60,13 @@ fn log_malformed(e: &DecodeError) {
     tracing::warn!(error = %e, "malformed ring-buffer record skipped");
 }
 
-/// Drains the ring whenever the kernel wakes us and at least every `poll`, until `shutdown`
-/// turns true; then returns the reader (the caller drains once more after detaching).
+/// Drains the ring whenever the kernel wakes us, whenever `kick` is notified (someone waits for
+/// a flow), and at least every `poll`, until `shutdown` turns true; then returns the reader
+/// (the caller drains once more after detaching).
 pub async fn pump(
     reader: EventReader,
     poll: Duration,
+    kick: Arc<Notify>,
     mut shutdown: watch::Receiver<bool>,
     mut on_event: impl FnMut(EventKind, ConnEvent),
 ) -> std::io::Result<EventReader> {
@@ -82,6 +84,9 @@ pub async fn pump(
                 guard.clear_ready();
             }
             _ = tick.tick() => {
+                fd.get_mut().drain(&mut on_event);
+            }
+            _ = kick.notified() => {
                 fd.get_mut().drain(&mut on_event);
             }
             changed = shutdown.changed() => {

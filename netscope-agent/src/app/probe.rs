@@ -1,44 +1,22 @@
-//! The composition root: wires configuration, the probe, the flow table and the bus together.
+//! `netscope-agent probe`: the kernel probe alone, flows printed as JSON lines.
 
 use std::{
     io::Write as _,
     sync::{Arc, Mutex, PoisonError},
 };
 
-use netscope_common::{ConnEvent, EventKind};
 use serde::Serialize;
-use tokio::{signal::unix::SignalKind, sync::watch};
+use tokio::sync::{Notify, watch};
 
+use super::{AppError, FlowPipeline, shutdown_signal};
 use crate::{
     bus::BroadcastBus,
     config::ProbeSettings,
-    domain::{EventBus, FlowUpdate, FlowUpdateKind},
+    domain::{BusEvent, FlowUpdate, FlowUpdateKind},
     probe::{
-        Filters, FlowTable, FlowTableStats, KernelCounters, Probe, ProbeError, ProbeOptions,
-        ProgramSet, clock::MonoClock, convert, ring,
+        Filters, FlowTable, FlowTableStats, KernelCounters, Probe, ProbeOptions, ProgramSet, ring,
     },
 };
-
-#[derive(Debug, thiserror::Error)]
-pub enum AppError {
-    #[error(transparent)]
-    Probe(#[from] ProbeError),
-    #[error("signal handling: {0}")]
-    Signals(std::io::Error),
-    #[error("ring buffer polling: {0}")]
-    Ring(std::io::Error),
-    #[error("writing output: {0}")]
-    Output(std::io::Error),
-    #[error(
-        "counters do not reconcile: kernel emitted {emitted}, agent read {read} (delivered {delivered} + malformed {malformed})"
-    )]
-    Unreconciled {
-        emitted: u64,
-        read: u64,
-        delivered: u64,
-        malformed: u64,
-    },
-}
 
 impl ProbeSettings {
     pub fn probe_options(&self) -> ProbeOptions {
@@ -58,34 +36,6 @@ impl ProbeSettings {
             object: self.ebpf_object.clone(),
             helper_reads_only: false,
         }
-    }
-}
-
-/// Turns kernel events into flow updates: flow table first, then the bus.
-pub struct FlowPipeline {
-    clock: MonoClock,
-    table: Arc<Mutex<FlowTable>>,
-    bus: Arc<dyn EventBus>,
-}
-
-impl FlowPipeline {
-    pub fn new(table: Arc<Mutex<FlowTable>>, bus: Arc<dyn EventBus>) -> Self {
-        Self {
-            clock: MonoClock::new(),
-            table,
-            bus,
-        }
-    }
-
-    pub fn on_event(&self, kind: EventKind, event: ConnEvent) {
-        let flow = convert::flow_from_event(kind, &event, &self.clock);
-        let now = self.clock.to_unix_ns(event.header.ts_ns);
-        let update = {
-            let mut table = self.table.lock().unwrap_or_else(PoisonError::into_inner);
-            table.evict_expired(now);
-            table.apply(convert::update_kind(kind), flow, now)
-        };
-        self.bus.publish(update);
     }
 }
 
@@ -154,7 +104,10 @@ pub async fn run_probe(settings: ProbeSettings) -> Result<ProbeSummary, AppError
     let printer = tokio::spawn(async move {
         let stdout = std::io::stdout();
         let mut printed = 0u64;
-        while let Some(update) = subscriber.recv().await {
+        while let Some(event) = subscriber.recv().await {
+            let BusEvent::Flow(update) = event else {
+                continue;
+            };
             if update.kind == FlowUpdateKind::Established && !print_established {
                 continue;
             }
@@ -165,20 +118,10 @@ pub async fn run_probe(settings: ProbeSettings) -> Result<ProbeSummary, AppError
     });
 
     let (stop_tx, stop_rx) = watch::channel(false);
-    let mut sigterm =
-        tokio::signal::unix::signal(SignalKind::terminate()).map_err(AppError::Signals)?;
-    let mut sigint =
-        tokio::signal::unix::signal(SignalKind::interrupt()).map_err(AppError::Signals)?;
-    tokio::spawn(async move {
-        tokio::select! {
-            _ = sigterm.recv() => {}
-            _ = sigint.recv() => {}
-        }
-        tracing::info!("signal received: detaching");
-        let _ = stop_tx.send(true);
-    });
+    shutdown_signal(stop_tx)?;
 
-    let mut reader = ring::pump(reader, settings.poll, stop_rx, |k, e| {
+    let kick = Arc::new(Notify::new());
+    let mut reader = ring::pump(reader, settings.poll, kick, stop_rx, |k, e| {
         pipeline.on_event(k, e)
     })
     .await

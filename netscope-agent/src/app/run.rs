@@ -1,0 +1,198 @@
+//! `netscope-agent run`: the pipeline. Kafka requests → normalisation (DLQ for the invalid) →
+//! bounded queue → outbound gateway under resilience policies → correlation with the kernel's
+//! flows → results topic, audit file, bus → offsets committed. Each call's result is printed
+//! as a JSON line on stdout.
+
+use std::{
+    io::Write as _,
+    sync::{Arc, Mutex, atomic::Ordering},
+    time::Duration,
+};
+
+use rdkafka::{
+    ClientConfig,
+    admin::{AdminClient, AdminOptions, NewTopic, TopicReplication},
+    client::DefaultClientContext,
+    types::RDKafkaErrorCode,
+};
+use serde::Serialize;
+use tokio::sync::{Notify, mpsc, watch};
+use tracing::info;
+
+use super::{AppError, FlowPipeline, shutdown_signal};
+use crate::{
+    audit::ndjson::NdjsonAudit,
+    bus::BroadcastBus,
+    config::RunSettings,
+    demo::upstream::Upstream,
+    domain::{BusEvent, ConnectionObserver, OutcomeSink},
+    ingest::{
+        kafka::{KafkaIngest, KafkaSettings},
+        results::KafkaResults,
+        schema::Normalizer,
+    },
+    outbound::HttpGateway,
+    pipeline::{Executor, PipelineCounters},
+    probe::{FlowTable, Probe, correlate::Correlator, ring},
+};
+
+/// The demo upstream's address (the only target of the local default).
+pub const DEMO_UPSTREAM: &str = "127.0.0.1:18080";
+
+#[derive(Debug, Serialize)]
+pub struct RunSummary {
+    pub event: &'static str,
+    pub consumed: u64,
+    pub accepted: u64,
+    pub dead_lettered: u64,
+    pub executed: u64,
+    pub finished: u64,
+    pub backpressure_pauses: u64,
+    pub sink_retries: u64,
+}
+
+async fn ensure_topics(s: &RunSettings) -> Result<(), AppError> {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", &s.brokers)
+        .create()?;
+    let topics = [
+        NewTopic::new(&s.requests_topic, 3, TopicReplication::Fixed(1)),
+        NewTopic::new(&s.results_topic, 3, TopicReplication::Fixed(1)),
+        NewTopic::new(&s.dlq_topic, 1, TopicReplication::Fixed(1)),
+    ];
+    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    for result in admin.create_topics(&topics, &opts).await? {
+        match result {
+            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((topic, code)) => {
+                return Err(AppError::Other(format!("creating topic {topic}: {code}")));
+            }
+        }
+    }
+    Ok(())
+}
+
+pub async fn run_pipeline(s: RunSettings) -> Result<RunSummary, AppError> {
+    let (stop_tx, stop_rx) = watch::channel(false);
+    shutdown_signal(stop_tx)?;
+
+    let _upstream = if s.demo_upstream {
+        let addr = DEMO_UPSTREAM
+            .parse()
+            .map_err(|_| AppError::Other("bad demo address".into()))?;
+        let u = Upstream::start(addr).await.map_err(|source| AppError::Io {
+            what: format!("demo upstream on {DEMO_UPSTREAM}"),
+            source,
+        })?;
+        info!(addr = %u.addr, "demo upstream listening");
+        Some(u)
+    } else {
+        None
+    };
+
+    // The kernel's side: flows into the table, the correlator reading it.
+    let bus = BroadcastBus::new(65_536);
+    let mut probe_task = None;
+    let mut observer: Option<Arc<dyn ConnectionObserver>> = None;
+    if let Some(ps) = &s.probe {
+        let table = Arc::new(Mutex::new(FlowTable::new(
+            ps.max_flows,
+            u64::try_from(ps.retention.as_nanos()).unwrap_or(u64::MAX),
+        )));
+        let flows = Arc::new(FlowPipeline::new(Arc::clone(&table), Arc::new(bus.clone())));
+        let mut probe = Probe::load(&ps.probe_options())?;
+        let reader = probe.take_events()?;
+        let socks = probe.take_socks()?;
+        let kick = Arc::new(Notify::new());
+        observer = Some(Arc::new(Correlator::new(
+            table,
+            socks,
+            flows.updated(),
+            Arc::clone(&kick),
+            Duration::from_millis(500),
+        )));
+        let (poll, rx) = (ps.poll, stop_rx.clone());
+        probe_task = Some(tokio::spawn(async move {
+            let reader = ring::pump(reader, poll, kick, rx, |k, e| flows.on_event(k, e)).await;
+            drop(probe); // detaches
+            reader.map(|_| ())
+        }));
+        info!("probe attached: results carry the kernel's network facts");
+    }
+
+    if s.create_topics {
+        ensure_topics(&s).await?;
+    }
+    let gateway = Arc::new(HttpGateway::new(
+        s.policies.clone(),
+        s.default_policy.clone(),
+        s.max_in_flight,
+        observer,
+    )?);
+    let results: Arc<dyn OutcomeSink> = Arc::new(KafkaResults::new(&s.brokers, &s.results_topic)?);
+    let audit: Arc<dyn OutcomeSink> = Arc::new(NdjsonAudit::open(&s.audit_file).map_err(
+        |source| AppError::Io {
+            what: format!("audit file {}", s.audit_file.display()),
+            source,
+        },
+    )?);
+    let ingest = KafkaIngest::connect(
+        KafkaSettings {
+            brokers: s.brokers.clone(),
+            group_id: s.group.clone(),
+            topics: vec![s.requests_topic.clone()],
+            dlq_topic: s.dlq_topic.clone(),
+        },
+        Normalizer::new(s.targets.clone(), s.limits.clone()),
+    )?;
+    let counters = Arc::new(PipelineCounters::default());
+    let executor = Arc::new(Executor {
+        gateway,
+        sinks: vec![results, audit],
+        bus: Arc::new(bus.clone()),
+        tracker: ingest.tracker(),
+        workers: s.workers,
+        grace: Duration::from_secs(10),
+        counters: Arc::clone(&counters),
+    });
+
+    // Every result as a JSON line on stdout.
+    let mut subscriber = bus.subscribe();
+    let printer = tokio::spawn(async move {
+        while let Some(event) = subscriber.recv().await {
+            if let BusEvent::Call(result) = event {
+                let mut out = std::io::stdout().lock();
+                if serde_json::to_writer(&mut out, result.as_ref()).is_ok() {
+                    let _ = writeln!(out);
+                }
+            }
+        }
+    });
+
+    info!(topic = %s.requests_topic, group = %s.group, brokers = %s.brokers, "consuming");
+    let (jobs_tx, jobs_rx) = mpsc::channel(s.queue);
+    let execution = tokio::spawn(Arc::clone(&executor).run(jobs_rx, stop_rx.clone()));
+    ingest.run(jobs_tx, stop_rx).await?;
+    let _ = execution.await;
+    ingest.commit_now();
+    if let Some(task) = probe_task
+        && let Ok(Err(e)) = task.await
+    {
+        tracing::warn!(error = %e, "probe reader stopped with an error");
+    }
+    drop(executor);
+    drop(bus);
+    printer.abort();
+
+    let ic = ingest.counters();
+    Ok(RunSummary {
+        event: "summary",
+        consumed: ic.consumed.load(Ordering::Relaxed),
+        accepted: ic.accepted.load(Ordering::Relaxed),
+        dead_lettered: ic.dead_lettered.load(Ordering::Relaxed),
+        executed: counters.executed.load(Ordering::Relaxed),
+        finished: counters.finished.load(Ordering::Relaxed),
+        backpressure_pauses: ic.backpressure_pauses.load(Ordering::Relaxed),
+        sink_retries: counters.sink_retries.load(Ordering::Relaxed),
+    })
+}

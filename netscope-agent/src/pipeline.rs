@@ -1,0 +1,128 @@
+//! The execution stage: jobs from the bounded ingest queue → the outbound gateway → every
+//! outcome sink (durably) → the bus → the record marked finished, so that its offset may be
+//! committed. At most `workers` calls run at once; the queue in front of them is what ingest
+//! pauses on when it is full.
+
+use std::{
+    sync::{
+        Arc, Mutex, PoisonError,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use tokio::{
+    sync::{Semaphore, mpsc, watch},
+    task::JoinSet,
+};
+use tracing::{Instrument as _, info, info_span, warn};
+
+use crate::{
+    domain::{BusEvent, EventBus, OutcomeSink, outcome::OutboundGateway},
+    ingest::{kafka::Job, offsets::OffsetTracker},
+};
+
+#[derive(Debug, Default)]
+pub struct PipelineCounters {
+    pub executed: AtomicU64,
+    pub sink_retries: AtomicU64,
+    pub finished: AtomicU64,
+}
+
+pub struct Executor {
+    pub gateway: Arc<dyn OutboundGateway>,
+    pub sinks: Vec<Arc<dyn OutcomeSink>>,
+    pub bus: Arc<dyn EventBus>,
+    pub tracker: Arc<Mutex<OffsetTracker>>,
+    pub workers: usize,
+    /// How long in-flight calls may take to finish after shutdown is asked for.
+    pub grace: Duration,
+    pub counters: Arc<PipelineCounters>,
+}
+
+impl Executor {
+    /// Runs jobs until the queue closes or `shutdown` turns true; then waits up to `grace` for
+    /// calls in flight. A call cut short is not finished: its record is consumed again later.
+    pub async fn run(
+        self: Arc<Self>,
+        mut jobs: mpsc::Receiver<Job>,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
+        let slots = Arc::new(Semaphore::new(self.workers.max(1)));
+        let mut running = JoinSet::new();
+        loop {
+            let permit = tokio::select! {
+                biased;
+                _ = shutdown.changed() => break,
+                p = Arc::clone(&slots).acquire_owned() => match p {
+                    Ok(p) => p,
+                    Err(_) => break,
+                },
+            };
+            let job = tokio::select! {
+                biased;
+                _ = shutdown.changed() => break,
+                j = jobs.recv() => match j {
+                    Some(j) => j,
+                    None => break,
+                },
+            };
+            let me = Arc::clone(&self);
+            let stop = shutdown.clone();
+            running.spawn(async move {
+                let _slot = permit;
+                me.handle(job, stop).await;
+            });
+            while running.try_join_next().is_some() {}
+        }
+        let waited = tokio::time::timeout(self.grace, async {
+            while running.join_next().await.is_some() {}
+        })
+        .await;
+        if waited.is_err() {
+            warn!(
+                cut = running.len(),
+                "calls still running after the grace period: they will be replayed"
+            );
+            running.abort_all();
+        }
+    }
+
+    async fn handle(&self, job: Job, shutdown: watch::Receiver<bool>) {
+        let span = info_span!("call", trace_id = %job.call.ctx.trace_id, request_id = %job.call.ctx.request_id);
+        async {
+            let result = Arc::new(self.gateway.execute(job.call).await);
+            self.counters.executed.fetch_add(1, Ordering::Relaxed);
+            info!(
+                target = %result.ctx.target, route = %result.ctx.route, outcome = ?result.outcome,
+                status = result.status, attempts = result.attempts.len(), duration_ms = result.duration_ms,
+                connection_matched = result.network.matched, "call finished"
+            );
+            for sink in &self.sinks {
+                let mut backoff = Duration::from_millis(100);
+                loop {
+                    match sink.deliver(Arc::clone(&result)).await {
+                        Ok(()) => break,
+                        Err(e) => {
+                            self.counters.sink_retries.fetch_add(1, Ordering::Relaxed);
+                            warn!(error = %e, "outcome not delivered; retrying");
+                            if *shutdown.borrow() {
+                                return; // not durable: the record is consumed again later
+                            }
+                            tokio::time::sleep(backoff).await;
+                            backoff = (backoff * 2).min(Duration::from_secs(5));
+                        }
+                    }
+                }
+            }
+            self.bus.publish(BusEvent::Call(Arc::clone(&result)));
+            self.tracker
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .finished(&job.record);
+            self.counters.finished.fetch_add(1, Ordering::Relaxed);
+        }
+        .instrument(span)
+        .await;
+    }
+}

@@ -1,0 +1,164 @@
+//! Request ↔ connection correlation: the kernel's facts for the connection a call used.
+//!
+//! The call's 4-tuple (from the HTTP client) finds the flow; if the kernel's `Established`
+//! event is not drained yet, the ring reader is poked and the table watched, for a bounded
+//! time. Bytes and retransmits are deltas of the socket's live kernel counters: HTTP/1.1 runs one
+//! request at a time on a connection, so the counters at the end of the previous call on it are
+//! this call's baseline; a connection opened for the call starts from zero. When no flow
+//! matches, the facts say so and carry nothing else.
+
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    sync::{Arc, Mutex, PoisonError},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use aya::maps::{HashMap as BpfHashMap, MapData};
+use netscope_common::SockState;
+use tokio::sync::Notify;
+
+use super::FlowTable;
+use crate::domain::{
+    ConnectionObserver, Flow, FlowState,
+    outcome::{BoxFuture, NetworkFacts},
+};
+
+/// Counters of a connection at some moment.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Counters {
+    sent: u64,
+    received: u64,
+    retransmits: u32,
+}
+
+/// Baselines kept at most (connections idle in pools); the oldest go first.
+const MAX_BASELINES: usize = 65_536;
+
+pub struct Correlator {
+    table: Arc<Mutex<FlowTable>>,
+    socks: Mutex<BpfHashMap<MapData, u64, SockState>>,
+    /// Notified whenever the flow table changes.
+    updated: Arc<Notify>,
+    /// Pokes the ring reader to drain now.
+    kick: Arc<Notify>,
+    baselines: Mutex<HashMap<(u64, u64), Counters>>,
+    wait: Duration,
+}
+
+fn unix_ns(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+}
+
+impl Correlator {
+    pub fn new(
+        table: Arc<Mutex<FlowTable>>,
+        socks: BpfHashMap<MapData, u64, SockState>,
+        updated: Arc<Notify>,
+        kick: Arc<Notify>,
+        wait: Duration,
+    ) -> Self {
+        Self {
+            table,
+            socks: Mutex::new(socks),
+            updated,
+            kick,
+            baselines: Mutex::new(HashMap::new()),
+            wait,
+        }
+    }
+
+    fn find(&self, local: SocketAddr, remote: SocketAddr) -> Option<Flow> {
+        self.table
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .find(local, remote)
+            .cloned()
+    }
+
+    /// The connection's counters now: live from the kernel while it is open, final once closed.
+    fn counters(&self, flow: &Flow) -> Counters {
+        if flow.state == FlowState::Established {
+            let socks = self.socks.lock().unwrap_or_else(PoisonError::into_inner);
+            if let Ok(s) = socks.get(&flow.id.sock_id, 0)
+                && s.start_ns == flow.id.start_mono_ns
+            {
+                return Counters {
+                    sent: s.bytes_sent,
+                    received: s.bytes_received,
+                    retransmits: s.retransmits,
+                };
+            }
+        }
+        Counters {
+            sent: flow.bytes_sent,
+            received: flow.bytes_received,
+            retransmits: flow.retransmits,
+        }
+    }
+
+    fn compute(&self, flow: &Flow, call_started: SystemTime) -> NetworkFacts {
+        let key = (flow.id.sock_id, flow.id.start_mono_ns);
+        let new_connection = flow.start_unix_ns >= unix_ns(call_started);
+        let now = self.counters(flow);
+        let mut baselines = self
+            .baselines
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let base = if new_connection {
+            Some(Counters::default())
+        } else {
+            baselines.get(&key).copied()
+        };
+        if flow.state == FlowState::Established {
+            if baselines.len() >= MAX_BASELINES {
+                baselines.clear();
+            }
+            baselines.insert(key, now);
+        } else {
+            baselines.remove(&key);
+        }
+        NetworkFacts {
+            matched: true,
+            local: Some(flow.local),
+            remote: Some(flow.remote),
+            new_connection: Some(new_connection),
+            connect_latency_ns: flow.connect_latency_ns,
+            bytes_sent: base.map(|b| now.sent.saturating_sub(b.sent)),
+            bytes_received: base.map(|b| now.received.saturating_sub(b.received)),
+            retransmits: base.map(|b| now.retransmits.saturating_sub(b.retransmits)),
+            srtt_us: flow.srtt_us,
+            connect_errno: None,
+        }
+    }
+}
+
+impl ConnectionObserver for Correlator {
+    fn facts(
+        &self,
+        local: SocketAddr,
+        remote: SocketAddr,
+        call_started: SystemTime,
+    ) -> BoxFuture<'_, NetworkFacts> {
+        Box::pin(async move {
+            let deadline = Instant::now() + self.wait;
+            loop {
+                let changed = self.updated.notified();
+                if let Some(flow) = self.find(local, remote) {
+                    return self.compute(&flow, call_started);
+                }
+                self.kick.notify_one();
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() || tokio::time::timeout(left, changed).await.is_err() {
+                    return NetworkFacts {
+                        matched: false,
+                        local: Some(local),
+                        remote: Some(remote),
+                        ..NetworkFacts::default()
+                    };
+                }
+            }
+        })
+    }
+}
