@@ -188,7 +188,9 @@ async fn serve(mut stream: TcpStream, peer: SocketAddr, state: Arc<State>) {
             *n += 1;
             *n
         };
-        let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+        // The query string does not choose the behaviour (it may make paths unique).
+        let route = path.split('?').next().unwrap_or_default();
+        let parts: Vec<&str> = route.trim_start_matches('/').split('/').collect();
         let (status, body_len, delay, fault) = match parts.as_slice() {
             ["status", code] => (code.parse().unwrap_or(400), 16, 0, None),
             ["delay", ms] => (200, 2, ms.parse().unwrap_or(0), None),

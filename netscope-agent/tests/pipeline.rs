@@ -1,0 +1,365 @@
+//! `netscope-agent run` end to end: the real binary, a real Kafka broker, a real upstream.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use netscope_agent::demo::upstream::Upstream;
+use rdkafka::Message as _;
+use serde_json::{Value, json};
+use support::kafka::{self, kafka_test, unique};
+
+const BIN: &str = env!("CARGO_BIN_EXE_netscope-agent");
+
+struct Setup {
+    brokers: String,
+    requests: String,
+    results: String,
+    dlq: String,
+    group: String,
+    dir: PathBuf,
+    config: PathBuf,
+}
+
+impl Setup {
+    async fn new(tag: &str, brokers: String, upstream_port: u16) -> Self {
+        let (requests, results, dlq, group) =
+            (unique("req"), unique("res"), unique("dlq"), unique("grp"));
+        kafka::create_topics(&brokers, &[(&requests, 3), (&results, 1), (&dlq, 1)]).await;
+        let dir = std::env::temp_dir().join(unique(tag));
+        std::fs::create_dir_all(&dir).unwrap();
+        let config = dir.join("netscope.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[[targets]]\nname = \"up\"\nhosts = [\"127.0.0.1\"]\nports = [{upstream_port}]\n\
+                 [targets.policy]\nmax_attempts = 3\nmin_backoff_ms = 5\nmax_backoff_ms = 20\n\
+                 circuit_window = 10000\ncircuit_min_calls = 10000\n"
+            ),
+        )
+        .unwrap();
+        Self {
+            brokers,
+            requests,
+            results,
+            dlq,
+            group,
+            dir,
+            config,
+        }
+    }
+
+    fn start(&self, extra: &[&str]) -> Child {
+        let mut args = vec![
+            "run",
+            "--brokers",
+            &self.brokers,
+            "--group",
+            &self.group,
+            "--requests-topic",
+            &self.requests,
+            "--results-topic",
+            &self.results,
+            "--dlq-topic",
+            &self.dlq,
+            "--create-topics",
+            "false",
+        ];
+        args.extend_from_slice(extra);
+        let audit = self.dir.join("audit.ndjson");
+        Command::new(BIN)
+            .args(&args)
+            .arg("--config")
+            .arg(&self.config)
+            .arg("--audit-file")
+            .arg(&audit)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(self.dir.join("agent.log")).unwrap())
+            .spawn()
+            .unwrap()
+    }
+
+    fn stop(&self, mut agent: Child) {
+        // SAFETY: kill(2) on our child.
+        unsafe { libc::kill(agent.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(40);
+        loop {
+            if let Some(status) = agent.try_wait().unwrap() {
+                assert!(
+                    status.success(),
+                    "agent exited with {status}: {}",
+                    self.log()
+                );
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "agent did not stop: {}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn log(&self) -> String {
+        let log = std::fs::read_to_string(self.dir.join("agent.log")).unwrap_or_default();
+        log.lines().rev().take(20).collect::<Vec<_>>().join("\n")
+    }
+
+    /// Results read back from the results topic until `n` arrived (or 60 s).
+    fn results(&self, n: usize) -> Vec<Value> {
+        self.results_within(n, Duration::from_secs(60))
+    }
+
+    fn results_within(&self, n: usize, limit: Duration) -> Vec<Value> {
+        kafka::read_all(&self.brokers, &self.results, 1, n, limit)
+            .iter()
+            .map(|m| serde_json::from_slice(m.payload().unwrap()).unwrap())
+            .collect()
+    }
+
+    async fn send(&self, messages: &[(String, Vec<u8>)]) {
+        let producer = kafka::producer(&self.brokers);
+        for (id, payload) in messages {
+            kafka::produce(
+                &producer,
+                &self.requests,
+                id,
+                Some(payload),
+                &[("x-request-id", id.as_bytes())],
+            )
+            .await;
+        }
+    }
+}
+
+fn request(base: &str, method: &str, path: &str, key: Option<&str>, body: Option<&str>) -> Vec<u8> {
+    let mut m = json!({"schema_version": 1, "method": method, "url": format!("{base}{path}"), "timeout_ms": 10000});
+    if let Some(k) = key {
+        m["idempotency_key"] = json!(k);
+    }
+    if let Some(b) = body {
+        m["body"] = json!(b);
+    }
+    m.to_string().into_bytes()
+}
+
+fn request_id(r: &Value) -> String {
+    r["ctx"]["request_id"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exactly_one_result_per_consumed_message() {
+    let Some(brokers) = kafka_test("pipeline-one") else {
+        return;
+    };
+    let up = Upstream::start("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let base = format!("http://{}", up.addr);
+    let s = Setup::new("one", brokers, up.addr.port()).await;
+    let mut messages = Vec::new();
+    for i in 0..40 {
+        let (method, path, key) = match i % 5 {
+            0 => ("GET", format!("/orders/{i}"), None),
+            1 => ("GET", format!("/status/503?i={i}"), None),
+            2 => ("POST", format!("/status/503?i={i}"), None),
+            3 => ("POST", format!("/flaky/1/503?i={i}"), Some(format!("k{i}"))),
+            _ => ("GET", format!("/bytes/{}", 1000 * i), None),
+        };
+        messages.push((
+            format!("r{i}"),
+            request(&base, method, &path, key.as_deref(), None),
+        ));
+    }
+    for i in 0..5 {
+        messages.push((format!("bad{i}"), b"{not json".to_vec()));
+    }
+    let agent = s.start(&["--no-probe"]);
+    s.send(&messages).await;
+    let results = s.results(40);
+    assert_eq!(results.len(), 40, "{}", s.log());
+    let ids: BTreeSet<String> = results.iter().map(request_id).collect();
+    assert_eq!(ids.len(), 40, "one result per message, no duplicates");
+    let mut attempts_total = 0;
+    for r in &results {
+        let id = request_id(r);
+        let n: usize = id[1..].parse().unwrap();
+        let attempts = r["attempts"].as_array().unwrap().len();
+        attempts_total += attempts;
+        match n % 5 {
+            1 => assert_eq!(
+                (attempts, r["retry_stop"].as_str()),
+                (3, Some("max_attempts")),
+                "{r}"
+            ),
+            2 => assert_eq!(
+                (attempts, r["retry_stop"].as_str()),
+                (1, Some("not_idempotent")),
+                "{r}"
+            ),
+            3 => assert_eq!((attempts, r["status"].as_u64()), (2, Some(200)), "{r}"),
+            _ => assert_eq!(r["status"].as_u64(), Some(200), "{r}"),
+        }
+        assert_eq!(
+            r["network"]["matched"], false,
+            "--no-probe: nothing invented"
+        );
+    }
+    assert_eq!(
+        up.served().len(),
+        attempts_total,
+        "every attempt reached the upstream once"
+    );
+    let dead = kafka::read_all(&s.brokers, &s.dlq, 1, 5, Duration::from_secs(30));
+    assert_eq!(dead.len(), 5);
+    s.stop(agent);
+    let audit = std::fs::read_to_string(s.dir.join("audit.ndjson")).unwrap();
+    assert_eq!(audit.lines().count(), 40, "one audit line per call");
+    assert_eq!(
+        kafka::committed(&s.brokers, &s.group, &s.requests, 3),
+        kafka::end_offsets(&s.brokers, &s.requests, 3)
+            .into_iter()
+            .map(Some)
+            .collect::<Vec<_>>(),
+        "everything committed after a clean stop"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sigkill_mid_stream_loses_nothing_and_duplicates_carry_their_key() {
+    let Some(brokers) = kafka_test("pipeline-kill") else {
+        return;
+    };
+    const N: usize = 150;
+    let up = Upstream::start("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let base = format!("http://{}", up.addr);
+    let s = Setup::new("kill", brokers, up.addr.port()).await;
+    let messages: Vec<_> = (0..N)
+        .map(|i| {
+            let id = format!("k{i}");
+            (
+                id.clone(),
+                request(&base, "POST", "/delay/30", Some(&id), Some("x")),
+            )
+        })
+        .collect();
+    s.send(&messages).await;
+    let agent = s.start(&["--no-probe", "--workers", "4"]);
+    // Kill it once some results are out, the rest still in flight or queued.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while s.results(20).len() < 20 {
+        assert!(Instant::now() < deadline, "no progress: {}", s.log());
+    }
+    let mut agent = agent;
+    agent.kill().unwrap(); // SIGKILL
+    agent.wait().unwrap();
+    let before = s.results_within(N, Duration::from_secs(3)).len();
+    assert!(
+        before < N,
+        "the kill came too late to test anything ({before} results)"
+    );
+
+    let agent = s.start(&["--no-probe", "--workers", "4"]);
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let mut results;
+    loop {
+        results = s.results_within(N + 300, Duration::from_secs(3));
+        let distinct: BTreeSet<String> = results.iter().map(request_id).collect();
+        if distinct.len() == N {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} of {N} after restart: {}",
+            distinct.len(),
+            s.log()
+        );
+    }
+    s.stop(agent);
+    let mut per_key: BTreeMap<String, usize> = BTreeMap::new();
+    for r in &results {
+        assert_eq!(
+            r["ctx"]["idempotency_key"].as_str(),
+            Some(request_id(r).as_str())
+        );
+        *per_key.entry(request_id(r)).or_default() += 1;
+    }
+    assert_eq!(per_key.len(), N, "every message has a result");
+    let duplicates: usize = per_key.values().map(|c| c - 1).sum();
+    // Only records in flight or queued at the kill may run twice (4 workers + the queue).
+    assert!(duplicates <= 4 + 256, "{duplicates} duplicates");
+    // The upstream saw each key at least once; a repeat is visible by its Idempotency-Key.
+    let served_keys: BTreeSet<String> = up
+        .served()
+        .iter()
+        .map(|r| r.header("idempotency-key").unwrap().to_owned())
+        .collect();
+    assert_eq!(served_keys.len(), N);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_request_bytes_equal_what_the_upstream_received_and_sent() {
+    let Some(brokers) = kafka_test("pipeline-bytes") else {
+        return;
+    };
+    let Some(_serial) = support::kernel_test("pipeline-bytes") else {
+        return;
+    };
+    let up = Upstream::start("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let base = format!("http://{}", up.addr);
+    let s = Setup::new("bytes", brokers, up.addr.port()).await;
+    let mut messages = Vec::new();
+    for i in 0..12 {
+        let body = "b".repeat(i * 3000);
+        let (method, path, body) = if i % 2 == 0 {
+            ("GET", format!("/bytes/{}", i * 7000 + 1), None)
+        } else {
+            ("PUT", format!("/orders/{i}"), Some(body.as_str()))
+        };
+        messages.push((format!("n{i}"), request(&base, method, &path, None, body)));
+    }
+    // One call at a time, so that keep-alive reuses one connection across calls.
+    let agent = s.start(&["--workers", "1", "--dport", &up.addr.port().to_string()]);
+    s.send(&messages).await;
+    let results = s.results(12);
+    s.stop(agent);
+    assert_eq!(results.len(), 12, "{}", s.log());
+    let served = up.served();
+    let mut reused = 0;
+    for r in &results {
+        let id = request_id(r);
+        let seen = served
+            .iter()
+            .find(|x| x.header("x-request-id") == Some(&id))
+            .unwrap();
+        let net = &r["network"];
+        assert_eq!(net["matched"], true, "{r}");
+        assert_eq!(
+            net["bytes_sent"].as_u64(),
+            Some(seen.received_bytes),
+            "{id}: {r}"
+        );
+        assert_eq!(
+            net["bytes_received"].as_u64(),
+            Some(seen.sent_bytes),
+            "{id}: {r}"
+        );
+        assert_eq!(net["remote"].as_str(), Some(up.addr.to_string().as_str()));
+        assert_eq!(net["local"].as_str(), Some(seen.peer.to_string().as_str()));
+        if net["new_connection"] == false {
+            reused += 1;
+        }
+    }
+    assert!(reused >= 1, "keep-alive reuse was exercised");
+}
