@@ -306,14 +306,25 @@ async fn a_sigkill_mid_stream_loses_nothing_and_duplicates_carry_their_key() {
     assert_eq!(served_keys.len(), N);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn per_request_bytes_equal_what_the_upstream_received_and_sent() {
+/// Root: the agent runs its probe. A plain test holding the kernel tests' lock and driving a
+/// runtime of its own (the lock must not be held across an await).
+#[test]
+fn per_request_bytes_equal_what_the_upstream_received_and_sent() {
     let Some(brokers) = kafka_test("pipeline-bytes") else {
         return;
     };
     let Some(_serial) = support::kernel_test("pipeline-bytes") else {
         return;
     };
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(bytes_equal(brokers));
+}
+
+async fn bytes_equal(brokers: String) {
     let up = Upstream::start("127.0.0.1:0".parse().unwrap())
         .await
         .unwrap();

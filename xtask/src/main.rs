@@ -12,6 +12,9 @@ const USAGE: &str = "usage: cargo xtask <task>
 tasks:
   setup                 install toolchains, bpf-linker, apt packages; mount tracefs/bpffs
   build-ebpf [--out F]  build the kernel object (BTF included); copy it to F if given
+  run [ARGS…]           start the local Kafka broker, build (release) and run the pipeline
+                        `netscope-agent run --demo-upstream ARGS…` (root: with the probe)
+  send [ARGS…]          send demo requests to the local pipeline (`netscope-agent send`)
   probe [ARGS…]         build (release) and run `netscope-agent probe ARGS…` (root)
   test                  fmt check, clippy -D warnings, start the local Kafka broker, then
                         every test; the Kafka tests are required, and as root the kernel
@@ -147,14 +150,15 @@ fn run_tests(require_kernel: &str) -> Result<(), String> {
     Ok(())
 }
 
-fn probe(args: &[String]) -> Result<(), String> {
+/// Builds the agent (release) and runs one of its commands.
+fn agent(command: &[&str], args: &[String]) -> Result<(), String> {
     run(
         "cargo",
         &["build", "--release", "-p", "netscope-agent"],
         &[],
     )?;
     let binary = workspace().join("target/release/netscope-agent");
-    let mut full = vec!["probe".to_owned()];
+    let mut full: Vec<String> = command.iter().map(|s| (*s).to_owned()).collect();
     full.extend_from_slice(args);
     let status = Command::new(&binary)
         .args(&full)
@@ -163,7 +167,7 @@ fn probe(args: &[String]) -> Result<(), String> {
     status
         .success()
         .then_some(())
-        .ok_or_else(|| format!("netscope-agent probe exited with {status}"))
+        .ok_or_else(|| format!("netscope-agent {} exited with {status}", command.join(" ")))
 }
 
 fn bench(args: &[String]) -> Result<(), String> {
@@ -198,7 +202,10 @@ fn main() -> ExitCode {
     let result = match task.as_str() {
         "setup" => run("bash", &["scripts/setup.sh"], &[]),
         "build-ebpf" => build_ebpf(rest),
-        "probe" => probe(rest),
+        "probe" => agent(&["probe"], rest),
+        "run" => run("bash", &["scripts/kafka.sh", "start"], &[])
+            .and_then(|()| agent(&["run", "--demo-upstream"], rest)),
+        "send" => agent(&["send"], rest),
         "test" => test(),
         "bench" => bench(rest),
         "kafka" => {
