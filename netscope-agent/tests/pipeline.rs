@@ -29,6 +29,15 @@ struct Setup {
 
 impl Setup {
     async fn new(tag: &str, brokers: String, upstream_port: u16) -> Self {
+        Self::with_ports(tag, brokers, &[upstream_port]).await
+    }
+
+    async fn with_ports(tag: &str, brokers: String, ports: &[u16]) -> Self {
+        let ports = ports
+            .iter()
+            .map(u16::to_string)
+            .collect::<Vec<_>>()
+            .join(", ");
         let (requests, results, dlq, group) =
             (unique("req"), unique("res"), unique("dlq"), unique("grp"));
         kafka::create_topics(&brokers, &[(&requests, 3), (&results, 1), (&dlq, 1)]).await;
@@ -38,7 +47,7 @@ impl Setup {
         std::fs::write(
             &config,
             format!(
-                "[[targets]]\nname = \"up\"\nhosts = [\"127.0.0.1\"]\nports = [{upstream_port}]\n\
+                "[[targets]]\nname = \"up\"\nhosts = [\"127.0.0.1\"]\nports = [{ports}]\n\
                  [targets.policy]\nmax_attempts = 3\nmin_backoff_ms = 5\nmax_backoff_ms = 20\n\
                  circuit_window = 10000\ncircuit_min_calls = 10000\n"
             ),
@@ -329,7 +338,11 @@ async fn bytes_equal(brokers: String) {
         .await
         .unwrap();
     let base = format!("http://{}", up.addr);
-    let s = Setup::new("bytes", brokers, up.addr.port()).await;
+    // An allowed port where nothing listens: its failed connect's errno comes from the kernel.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let closed_port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let s = Setup::with_ports("bytes", brokers, &[up.addr.port(), closed_port]).await;
     let mut messages = Vec::new();
     for i in 0..12 {
         let body = "b".repeat(i * 3000);
@@ -340,12 +353,30 @@ async fn bytes_equal(brokers: String) {
         };
         messages.push((format!("n{i}"), request(&base, method, &path, None, body)));
     }
+    let refused_url = format!("http://127.0.0.1:{closed_port}");
+    messages.push((
+        "refused".to_owned(),
+        request(&refused_url, "GET", "/", None, None),
+    ));
     // One call at a time, so that keep-alive reuses one connection across calls.
-    let agent = s.start(&["--workers", "1", "--dport", &up.addr.port().to_string()]);
+    let dports = format!("{},{closed_port}", up.addr.port());
+    let agent = s.start(&["--workers", "1", "--dport", &dports]);
     s.send(&messages).await;
-    let results = s.results(12);
+    let mut results = s.results(13);
     s.stop(agent);
-    assert_eq!(results.len(), 12, "{}", s.log());
+    assert_eq!(results.len(), 13, "{}", s.log());
+    let refused = results
+        .iter()
+        .position(|r| request_id(r) == "refused")
+        .unwrap();
+    let refused = results.remove(refused);
+    assert_eq!(refused["outcome"], "transport_error", "{refused}");
+    assert_eq!(refused["network"]["matched"], true, "{refused}");
+    assert_eq!(
+        refused["network"]["connect_errno"],
+        libc::ECONNREFUSED,
+        "{refused}"
+    );
     let served = up.served();
     let mut reused = 0;
     for r in &results {

@@ -464,7 +464,10 @@ mod tests {
 
     #[test]
     fn the_example_config_is_valid() {
-        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../config/netscope.example.toml");
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../config/netscope.example.toml"
+        );
         let s = args(&["--config", path]).validate().unwrap();
         assert_eq!(s.targets.0.len(), 2);
         assert_eq!(s.policies[1].1.rate_per_sec, Some(200));

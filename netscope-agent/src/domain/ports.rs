@@ -34,6 +34,14 @@ pub trait ConnectionObserver: Send + Sync {
         remote: SocketAddr,
         call_started: SystemTime,
     ) -> BoxFuture<'_, NetworkFacts>;
+
+    /// What the kernel saw of a connect to `remote` that failed during a call started at
+    /// `call_started` (its errno: refused, timed out, unreachable…).
+    fn failed_connect(
+        &self,
+        remote: SocketAddr,
+        call_started: SystemTime,
+    ) -> BoxFuture<'_, NetworkFacts>;
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -242,14 +242,7 @@ impl HttpGateway {
                 duration_ms: ms(took),
                 backoff_ms: ms(waited),
             });
-            if let Some((local, remote)) = a.connection
-                && let Some(observer) = &self.observer
-            {
-                result.network = observer.facts(local, remote, started_wall).await;
-            } else if a.connection.is_some() {
-                result.network.local = a.connection.map(|c| c.0);
-                result.network.remote = a.connection.map(|c| c.1);
-            }
+            result.network = self.network_facts(&call, &a, started_wall).await;
             result.status = a.status;
             result.response_bytes = a.response_bytes;
             result.outcome = match (a.status, a.error) {
@@ -298,6 +291,40 @@ impl HttpGateway {
             waited = delay;
         }
         finish(result)
+    }
+
+    /// The kernel's facts for this attempt's connection — or, for a connect that failed to a
+    /// literal IP, for that failed connect (its errno).
+    async fn network_facts(
+        &self,
+        call: &CallRequest,
+        a: &AttemptResult,
+        started: SystemTime,
+    ) -> NetworkFacts {
+        let connect_failed = matches!(
+            a.error,
+            Some(
+                AttemptError::ConnectRefused
+                    | AttemptError::ConnectFailed
+                    | AttemptError::ConnectTimeout
+            )
+        );
+        match (&self.observer, a.connection) {
+            (Some(o), Some((local, remote))) => o.facts(local, remote, started).await,
+            (None, Some((local, remote))) => NetworkFacts {
+                local: Some(local),
+                remote: Some(remote),
+                ..NetworkFacts::default()
+            },
+            (Some(o), None) if connect_failed => {
+                let port = call.request.url.port_or_known_default().unwrap_or(0);
+                match call.ctx.external_ip {
+                    Some(ip) => o.failed_connect(SocketAddr::new(ip, port), started).await,
+                    None => NetworkFacts::default(),
+                }
+            }
+            _ => NetworkFacts::default(),
+        }
     }
 
     async fn attempt(

@@ -134,7 +134,61 @@ impl Correlator {
     }
 }
 
+impl Correlator {
+    /// Waits (bounded) until `find` sees something, poking the ring reader meanwhile.
+    async fn wait_for<T>(&self, find: impl Fn(&Self) -> Option<T>) -> Option<T> {
+        let deadline = Instant::now() + self.wait;
+        loop {
+            let changed = self.updated.notified();
+            if let Some(found) = find(self) {
+                return Some(found);
+            }
+            self.kick.notify_one();
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() || tokio::time::timeout(left, changed).await.is_err() {
+                return None;
+            }
+        }
+    }
+}
+
 impl ConnectionObserver for Correlator {
+    fn failed_connect(
+        &self,
+        remote: SocketAddr,
+        call_started: SystemTime,
+    ) -> BoxFuture<'_, NetworkFacts> {
+        Box::pin(async move {
+            let since = unix_ns(call_started);
+            let flow = self
+                .wait_for(|me| {
+                    me.table
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .failed_to(remote, since)
+                        .cloned()
+                })
+                .await;
+            match flow {
+                Some(f) => NetworkFacts {
+                    matched: true,
+                    local: Some(f.local),
+                    remote: Some(f.remote),
+                    new_connection: Some(true),
+                    connect_errno: f.errno,
+                    bytes_sent: Some(f.bytes_sent),
+                    bytes_received: Some(f.bytes_received),
+                    retransmits: Some(f.retransmits),
+                    ..NetworkFacts::default()
+                },
+                None => NetworkFacts {
+                    remote: Some(remote),
+                    ..NetworkFacts::default()
+                },
+            }
+        })
+    }
+
     fn facts(
         &self,
         local: SocketAddr,
@@ -142,22 +196,14 @@ impl ConnectionObserver for Correlator {
         call_started: SystemTime,
     ) -> BoxFuture<'_, NetworkFacts> {
         Box::pin(async move {
-            let deadline = Instant::now() + self.wait;
-            loop {
-                let changed = self.updated.notified();
-                if let Some(flow) = self.find(local, remote) {
-                    return self.compute(&flow, call_started);
-                }
-                self.kick.notify_one();
-                let left = deadline.saturating_duration_since(Instant::now());
-                if left.is_zero() || tokio::time::timeout(left, changed).await.is_err() {
-                    return NetworkFacts {
-                        matched: false,
-                        local: Some(local),
-                        remote: Some(remote),
-                        ..NetworkFacts::default()
-                    };
-                }
+            match self.wait_for(|me| me.find(local, remote)).await {
+                Some(flow) => self.compute(&flow, call_started),
+                None => NetworkFacts {
+                    matched: false,
+                    local: Some(local),
+                    remote: Some(remote),
+                    ..NetworkFacts::default()
+                },
             }
         })
     }

@@ -67,6 +67,19 @@ impl FlowTable {
             .and_then(|id| self.flows.get(id))
     }
 
+    /// The latest failed connect to `remote` that started at or after `since_unix_ns`.
+    pub fn failed_to(&self, remote: SocketAddr, since_unix_ns: u64) -> Option<&Flow> {
+        self.finished
+            .iter()
+            .rev()
+            .filter_map(|id| self.flows.get(id))
+            .find(|f| {
+                f.state == crate::domain::FlowState::Failed
+                    && f.remote == remote
+                    && f.start_unix_ns >= since_unix_ns
+            })
+    }
+
     pub fn iter(&self) -> impl Iterator<Item = &Flow> {
         self.flows.values()
     }
