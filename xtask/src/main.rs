@@ -20,7 +20,8 @@ tasks:
                         every test; the Kafka tests are required, and as root the kernel
                         tests too (NETSCOPE_REQUIRE_{KAFKA,KERNEL}_TESTS=1)
   kafka start|stop|status  the local Kafka broker (scripts/kafka.sh)
-  bench probe [ARGS…]   kernel cost and connection rate: none vs NetScope vs empty programs";
+  bench probe [ARGS…]   kernel cost and connection rate: none vs NetScope vs empty programs
+  bench pipeline [ARGS…]  pipeline throughput and latency vs a bare reqwest loop (starts Kafka)";
 
 fn workspace() -> PathBuf {
     let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
@@ -185,6 +186,21 @@ fn bench(args: &[String]) -> Result<(), String> {
                 "netscope-bench",
                 "--",
                 "probe",
+            ];
+            full.extend(rest.iter().map(String::as_str));
+            run("cargo", &full, &[])
+        }
+        "pipeline" => {
+            run("bash", &["scripts/kafka.sh", "start"], &[])?;
+            let mut full = vec![
+                "run",
+                "--release",
+                "-p",
+                "netscope-agent",
+                "--bin",
+                "netscope-bench",
+                "--",
+                "pipeline",
             ];
             full.extend(rest.iter().map(String::as_str));
             run("cargo", &full, &[])

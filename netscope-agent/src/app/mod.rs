@@ -12,7 +12,7 @@ use tokio::sync::Notify;
 
 pub use self::{
     probe::{ProbeSummary, run_probe},
-    run::{RunSummary, run_pipeline},
+    run::{Pipeline, RunSummary, run_pipeline},
     send::{SendArgs, send_demo},
 };
 use crate::{

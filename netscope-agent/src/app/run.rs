@@ -72,92 +72,158 @@ async fn ensure_topics(s: &RunSettings) -> Result<(), AppError> {
     Ok(())
 }
 
+/// The assembled pipeline, ready to run. `netscope-agent run` and the pipeline benchmark
+/// both build it this way.
+pub struct Pipeline {
+    ingest: KafkaIngest,
+    executor: Arc<Executor>,
+    bus: BroadcastBus,
+    probe_task: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+    counters: Arc<PipelineCounters>,
+    _upstream: Option<Upstream>,
+}
+
+impl Pipeline {
+    /// Connects everything; `stop` also stops the probe's reader.
+    pub async fn build(s: &RunSettings, stop: watch::Receiver<bool>) -> Result<Self, AppError> {
+        let upstream = if s.demo_upstream {
+            let addr = DEMO_UPSTREAM
+                .parse()
+                .map_err(|_| AppError::Other("bad demo address".into()))?;
+            let u = Upstream::start(addr).await.map_err(|source| AppError::Io {
+                what: format!("demo upstream on {DEMO_UPSTREAM}"),
+                source,
+            })?;
+            info!(addr = %u.addr, "demo upstream listening");
+            Some(u)
+        } else {
+            None
+        };
+
+        // The kernel's side: flows into the table, the correlator reading it.
+        let bus = BroadcastBus::new(65_536);
+        let mut probe_task = None;
+        let mut observer: Option<Arc<dyn ConnectionObserver>> = None;
+        if let Some(ps) = &s.probe {
+            let table = Arc::new(Mutex::new(FlowTable::new(
+                ps.max_flows,
+                u64::try_from(ps.retention.as_nanos()).unwrap_or(u64::MAX),
+            )));
+            let flows = Arc::new(FlowPipeline::new(Arc::clone(&table), Arc::new(bus.clone())));
+            let mut probe = Probe::load(&ps.probe_options())?;
+            let reader = probe.take_events()?;
+            let socks = probe.take_socks()?;
+            let kick = Arc::new(Notify::new());
+            observer = Some(Arc::new(Correlator::new(
+                table,
+                socks,
+                flows.updated(),
+                Arc::clone(&kick),
+                Duration::from_millis(500),
+            )));
+            let poll = ps.poll;
+            probe_task = Some(tokio::spawn(async move {
+                let reader =
+                    ring::pump(reader, poll, kick, stop, |k, e| flows.on_event(k, e)).await;
+                drop(probe); // detaches
+                reader.map(|_| ())
+            }));
+            info!("probe attached: results carry the kernel's network facts");
+        }
+
+        if s.create_topics {
+            ensure_topics(s).await?;
+        }
+        let gateway = Arc::new(HttpGateway::new(
+            s.policies.clone(),
+            s.default_policy.clone(),
+            s.max_in_flight,
+            observer,
+        )?);
+        let results: Arc<dyn OutcomeSink> =
+            Arc::new(KafkaResults::new(&s.brokers, &s.results_topic)?);
+        let audit: Arc<dyn OutcomeSink> = Arc::new(NdjsonAudit::open(&s.audit_file).map_err(
+            |source| AppError::Io {
+                what: format!("audit file {}", s.audit_file.display()),
+                source,
+            },
+        )?);
+        let ingest = KafkaIngest::connect(
+            KafkaSettings {
+                brokers: s.brokers.clone(),
+                group_id: s.group.clone(),
+                topics: vec![s.requests_topic.clone()],
+                dlq_topic: s.dlq_topic.clone(),
+            },
+            Normalizer::new(s.targets.clone(), s.limits.clone()),
+        )?;
+        let counters = Arc::new(PipelineCounters::default());
+        let executor = Arc::new(Executor {
+            gateway,
+            sinks: vec![results, audit],
+            bus: Arc::new(bus.clone()),
+            tracker: ingest.tracker(),
+            workers: s.workers,
+            grace: Duration::from_secs(10),
+            counters: Arc::clone(&counters),
+        });
+        Ok(Self {
+            ingest,
+            executor,
+            bus,
+            probe_task,
+            counters,
+            _upstream: upstream,
+        })
+    }
+
+    /// Flow updates and call results, as they happen.
+    pub fn bus(&self) -> &BroadcastBus {
+        &self.bus
+    }
+
+    pub fn counters(&self) -> Arc<PipelineCounters> {
+        Arc::clone(&self.counters)
+    }
+
+    /// Runs until `stop` turns true: stops consuming, lets calls in flight finish, commits.
+    pub async fn run(
+        self,
+        stop: watch::Receiver<bool>,
+        queue: usize,
+    ) -> Result<RunSummary, AppError> {
+        let (jobs_tx, jobs_rx) = mpsc::channel(queue);
+        let execution = tokio::spawn(Arc::clone(&self.executor).run(jobs_rx, stop.clone()));
+        self.ingest.run(jobs_tx, stop).await?;
+        let _ = execution.await;
+        self.ingest.commit_now();
+        if let Some(task) = self.probe_task
+            && let Ok(Err(e)) = task.await
+        {
+            tracing::warn!(error = %e, "probe reader stopped with an error");
+        }
+        let ic = self.ingest.counters();
+        let c = &self.counters;
+        Ok(RunSummary {
+            event: "summary",
+            consumed: ic.consumed.load(Ordering::Relaxed),
+            accepted: ic.accepted.load(Ordering::Relaxed),
+            dead_lettered: ic.dead_lettered.load(Ordering::Relaxed),
+            executed: c.executed.load(Ordering::Relaxed),
+            finished: c.finished.load(Ordering::Relaxed),
+            backpressure_pauses: ic.backpressure_pauses.load(Ordering::Relaxed),
+            sink_retries: c.sink_retries.load(Ordering::Relaxed),
+        })
+    }
+}
+
 pub async fn run_pipeline(s: RunSettings) -> Result<RunSummary, AppError> {
     let (stop_tx, stop_rx) = watch::channel(false);
     shutdown_signal(stop_tx)?;
-
-    let _upstream = if s.demo_upstream {
-        let addr = DEMO_UPSTREAM
-            .parse()
-            .map_err(|_| AppError::Other("bad demo address".into()))?;
-        let u = Upstream::start(addr).await.map_err(|source| AppError::Io {
-            what: format!("demo upstream on {DEMO_UPSTREAM}"),
-            source,
-        })?;
-        info!(addr = %u.addr, "demo upstream listening");
-        Some(u)
-    } else {
-        None
-    };
-
-    // The kernel's side: flows into the table, the correlator reading it.
-    let bus = BroadcastBus::new(65_536);
-    let mut probe_task = None;
-    let mut observer: Option<Arc<dyn ConnectionObserver>> = None;
-    if let Some(ps) = &s.probe {
-        let table = Arc::new(Mutex::new(FlowTable::new(
-            ps.max_flows,
-            u64::try_from(ps.retention.as_nanos()).unwrap_or(u64::MAX),
-        )));
-        let flows = Arc::new(FlowPipeline::new(Arc::clone(&table), Arc::new(bus.clone())));
-        let mut probe = Probe::load(&ps.probe_options())?;
-        let reader = probe.take_events()?;
-        let socks = probe.take_socks()?;
-        let kick = Arc::new(Notify::new());
-        observer = Some(Arc::new(Correlator::new(
-            table,
-            socks,
-            flows.updated(),
-            Arc::clone(&kick),
-            Duration::from_millis(500),
-        )));
-        let (poll, rx) = (ps.poll, stop_rx.clone());
-        probe_task = Some(tokio::spawn(async move {
-            let reader = ring::pump(reader, poll, kick, rx, |k, e| flows.on_event(k, e)).await;
-            drop(probe); // detaches
-            reader.map(|_| ())
-        }));
-        info!("probe attached: results carry the kernel's network facts");
-    }
-
-    if s.create_topics {
-        ensure_topics(&s).await?;
-    }
-    let gateway = Arc::new(HttpGateway::new(
-        s.policies.clone(),
-        s.default_policy.clone(),
-        s.max_in_flight,
-        observer,
-    )?);
-    let results: Arc<dyn OutcomeSink> = Arc::new(KafkaResults::new(&s.brokers, &s.results_topic)?);
-    let audit: Arc<dyn OutcomeSink> = Arc::new(NdjsonAudit::open(&s.audit_file).map_err(
-        |source| AppError::Io {
-            what: format!("audit file {}", s.audit_file.display()),
-            source,
-        },
-    )?);
-    let ingest = KafkaIngest::connect(
-        KafkaSettings {
-            brokers: s.brokers.clone(),
-            group_id: s.group.clone(),
-            topics: vec![s.requests_topic.clone()],
-            dlq_topic: s.dlq_topic.clone(),
-        },
-        Normalizer::new(s.targets.clone(), s.limits.clone()),
-    )?;
-    let counters = Arc::new(PipelineCounters::default());
-    let executor = Arc::new(Executor {
-        gateway,
-        sinks: vec![results, audit],
-        bus: Arc::new(bus.clone()),
-        tracker: ingest.tracker(),
-        workers: s.workers,
-        grace: Duration::from_secs(10),
-        counters: Arc::clone(&counters),
-    });
+    let pipeline = Pipeline::build(&s, stop_rx.clone()).await?;
 
     // Every result as a JSON line on stdout.
-    let mut subscriber = bus.subscribe();
+    let mut subscriber = pipeline.bus().subscribe();
     let printer = tokio::spawn(async move {
         while let Some(event) = subscriber.recv().await {
             if let BusEvent::Call(result) = event {
@@ -168,31 +234,8 @@ pub async fn run_pipeline(s: RunSettings) -> Result<RunSummary, AppError> {
             }
         }
     });
-
     info!(topic = %s.requests_topic, group = %s.group, brokers = %s.brokers, "consuming");
-    let (jobs_tx, jobs_rx) = mpsc::channel(s.queue);
-    let execution = tokio::spawn(Arc::clone(&executor).run(jobs_rx, stop_rx.clone()));
-    ingest.run(jobs_tx, stop_rx).await?;
-    let _ = execution.await;
-    ingest.commit_now();
-    if let Some(task) = probe_task
-        && let Ok(Err(e)) = task.await
-    {
-        tracing::warn!(error = %e, "probe reader stopped with an error");
-    }
-    drop(executor);
-    drop(bus);
+    let summary = pipeline.run(stop_rx, s.queue).await;
     printer.abort();
-
-    let ic = ingest.counters();
-    Ok(RunSummary {
-        event: "summary",
-        consumed: ic.consumed.load(Ordering::Relaxed),
-        accepted: ic.accepted.load(Ordering::Relaxed),
-        dead_lettered: ic.dead_lettered.load(Ordering::Relaxed),
-        executed: counters.executed.load(Ordering::Relaxed),
-        finished: counters.finished.load(Ordering::Relaxed),
-        backpressure_pauses: ic.backpressure_pauses.load(Ordering::Relaxed),
-        sink_retries: counters.sink_retries.load(Ordering::Relaxed),
-    })
+    summary
 }

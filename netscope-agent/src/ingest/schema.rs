@@ -35,6 +35,7 @@ pub enum RejectReason {
     UrlTooLong,
     TargetForbidden,
     TargetNotAllowed,
+    UnknownRoute,
     InvalidHeaderName,
     InvalidHeaderValue,
     ReservedHeader,
@@ -53,7 +54,7 @@ pub enum RejectReason {
 }
 
 impl RejectReason {
-    pub const ALL: [Self; 31] = [
+    pub const ALL: [Self; 32] = [
         Self::EmptyMessage,
         Self::MessageTooLarge,
         Self::InvalidJson,
@@ -70,6 +71,7 @@ impl RejectReason {
         Self::UrlTooLong,
         Self::TargetForbidden,
         Self::TargetNotAllowed,
+        Self::UnknownRoute,
         Self::InvalidHeaderName,
         Self::InvalidHeaderValue,
         Self::ReservedHeader,
@@ -105,6 +107,7 @@ impl RejectReason {
             Self::UrlTooLong => "url_too_long",
             Self::TargetForbidden => "target_forbidden",
             Self::TargetNotAllowed => "target_not_allowed",
+            Self::UnknownRoute => "unknown_route",
             Self::InvalidHeaderName => "invalid_header_name",
             Self::InvalidHeaderValue => "invalid_header_value",
             Self::ReservedHeader => "reserved_header",
@@ -194,6 +197,8 @@ struct RequestV1 {
     headers: BTreeMap<String, String>,
     body: Option<String>,
     body_base64: Option<String>,
+    /// One of the target's configured route names (else derived from the path).
+    route: Option<String>,
     idempotency_key: Option<String>,
     timeout_ms: Option<u64>,
     deadline_unix_ms: Option<u64>,
@@ -364,6 +369,24 @@ impl Normalizer {
                 }
             }
         };
+        let route = match &v1.route {
+            None => target.route(url.path()),
+            Some(name) => target
+                .routes
+                .iter()
+                .find(|r| r.name.0 == *name)
+                .map(|r| r.name.clone())
+                .ok_or_else(|| {
+                    (
+                        RejectReason::UnknownRoute,
+                        format!(
+                            "`{}` is not a route of target `{}`",
+                            name.escape_debug(),
+                            target.name
+                        ),
+                    )
+                })?,
+        };
         let headers = self.headers(v1.headers)?;
         let body = self.body(v1.body, v1.body_base64)?;
         let deadline_unix_ms =
@@ -399,7 +422,7 @@ impl Normalizer {
             request_id: request_id.to_owned(),
             idempotency_key,
             target: target.name.clone(),
-            route: target.route(url.path()),
+            route,
             internal_ip,
             external_ip,
         };

@@ -24,6 +24,8 @@ use aya::sys::{Stats, enable_stats};
 use clap::{Parser, Subcommand};
 use netscope_agent::probe::{Probe, ProbeOptions, ProgramSet, ProgramStats};
 
+mod pipeline;
+
 #[derive(Parser)]
 #[command(name = "netscope-bench")]
 struct Cli {
@@ -33,6 +35,17 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Bench {
+    /// The pipeline against a bare reqwest loop, same upstream, same concurrency.
+    Pipeline {
+        /// Calls in each of the two runs.
+        #[arg(long, default_value_t = 5_000)]
+        calls: usize,
+        /// Concurrent calls (bare loop tasks; pipeline workers).
+        #[arg(long, default_value_t = 16)]
+        concurrency: usize,
+        #[arg(long, env = "NETSCOPE_KAFKA_BROKERS", default_value = "127.0.0.1:9092")]
+        brokers: String,
+    },
     /// Kernel cost and connection rate of the probe.
     Probe {
         /// Connections per phase and round.
@@ -65,16 +78,20 @@ struct PhaseResult {
 const PORT: u16 = 7301;
 
 fn main() -> ExitCode {
-    let Cli {
-        bench:
-            Bench::Probe {
-                connections,
-                payload,
-                rounds,
-                no_tc,
-            },
-    } = Cli::parse();
-    match bench_probe(connections, payload, rounds.max(1), no_tc) {
+    let result = match Cli::parse().bench {
+        Bench::Probe {
+            connections,
+            payload,
+            rounds,
+            no_tc,
+        } => bench_probe(connections, payload, rounds.max(1), no_tc),
+        Bench::Pipeline {
+            calls,
+            concurrency,
+            brokers,
+        } => pipeline::bench(calls, concurrency.max(1), &brokers),
+    };
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("netscope-bench: error: {e}");
