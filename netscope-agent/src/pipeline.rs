@@ -1,7 +1,9 @@
 //! The execution stage: jobs from the bounded ingest queue → the outbound gateway → every
 //! outcome sink (durably) → the bus → the record marked finished, so that its offset may be
 //! committed. At most `workers` calls run at once; the queue in front of them is what ingest
-//! pauses on when it is full.
+//! pauses on when it is full. A worker is free again as soon as its call is over: delivering
+//! the result to the sinks (concurrently) is a stage of its own, bounded to `4 × workers`
+//! results, which makes the workers wait when it is full.
 
 use std::{
     sync::{
@@ -18,7 +20,10 @@ use tokio::{
 use tracing::{Instrument as _, info, info_span, warn};
 
 use crate::{
-    domain::{BusEvent, EventBus, OutcomeSink, outcome::OutboundGateway},
+    domain::{
+        BusEvent, EventBus, OutcomeSink,
+        outcome::{OutboundGateway, OutboundResult},
+    },
     ingest::{kafka::Job, offsets::OffsetTracker},
 };
 
@@ -49,6 +54,7 @@ impl Executor {
         mut shutdown: watch::Receiver<bool>,
     ) {
         let slots = Arc::new(Semaphore::new(self.workers.max(1)));
+        let deliveries = Arc::new(Semaphore::new(4 * self.workers.max(1)));
         let mut running = JoinSet::new();
         loop {
             let permit = tokio::select! {
@@ -69,9 +75,13 @@ impl Executor {
             };
             let me = Arc::clone(&self);
             let stop = shutdown.clone();
+            let deliveries = Arc::clone(&deliveries);
             running.spawn(async move {
-                let _slot = permit;
-                me.handle(job, stop).await;
+                let result = me.execute(&job, permit).await;
+                let Ok(_delivery) = deliveries.acquire_owned().await else {
+                    return;
+                };
+                me.deliver(job, result, stop).await;
             });
             while running.try_join_next().is_some() {}
         }
@@ -88,32 +98,66 @@ impl Executor {
         }
     }
 
-    async fn handle(&self, job: Job, shutdown: watch::Receiver<bool>) {
-        let span = info_span!("call", trace_id = %job.call.ctx.trace_id, request_id = %job.call.ctx.request_id);
+    /// Runs the call; the worker slot is given back as soon as it is over.
+    async fn execute(
+        &self,
+        job: &Job,
+        slot: tokio::sync::OwnedSemaphorePermit,
+    ) -> Arc<OutboundResult> {
+        let result = Arc::new(self.gateway.execute(job.call.clone()).await);
+        drop(slot);
+        self.counters.executed.fetch_add(1, Ordering::Relaxed);
+        let _in = info_span!("call", trace_id = %result.ctx.trace_id, request_id = %result.ctx.request_id).entered();
+        info!(
+            target = %result.ctx.target, route = %result.ctx.route, outcome = ?result.outcome,
+            status = result.status, attempts = result.attempts.len(), duration_ms = result.duration_ms,
+            connection_matched = result.network.matched, "call finished"
+        );
+        result
+    }
+
+    /// Delivers to every sink at once, each retried until durable; then publishes and marks
+    /// the record finished.
+    async fn deliver(
+        &self,
+        job: Job,
+        result: Arc<OutboundResult>,
+        shutdown: watch::Receiver<bool>,
+    ) {
+        let span = info_span!("deliver", trace_id = %result.ctx.trace_id, request_id = %result.ctx.request_id);
         async {
-            let result = Arc::new(self.gateway.execute(job.call).await);
-            self.counters.executed.fetch_add(1, Ordering::Relaxed);
-            info!(
-                target = %result.ctx.target, route = %result.ctx.route, outcome = ?result.outcome,
-                status = result.status, attempts = result.attempts.len(), duration_ms = result.duration_ms,
-                connection_matched = result.network.matched, "call finished"
-            );
+            let mut pending = JoinSet::new();
             for sink in &self.sinks {
-                let mut backoff = Duration::from_millis(100);
-                loop {
-                    match sink.deliver(Arc::clone(&result)).await {
-                        Ok(()) => break,
-                        Err(e) => {
-                            self.counters.sink_retries.fetch_add(1, Ordering::Relaxed);
-                            warn!(error = %e, "outcome not delivered; retrying");
-                            if *shutdown.borrow() {
-                                return; // not durable: the record is consumed again later
+                let (sink, result, shutdown) =
+                    (Arc::clone(sink), Arc::clone(&result), shutdown.clone());
+                let counters = Arc::clone(&self.counters);
+                pending.spawn(
+                    async move {
+                        let mut backoff = Duration::from_millis(100);
+                        loop {
+                            match sink.deliver(Arc::clone(&result)).await {
+                                Ok(()) => return true,
+                                Err(e) => {
+                                    counters.sink_retries.fetch_add(1, Ordering::Relaxed);
+                                    warn!(error = %e, "outcome not delivered; retrying");
+                                    if *shutdown.borrow() {
+                                        return false; // not durable: consumed again later
+                                    }
+                                    tokio::time::sleep(backoff).await;
+                                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                                }
                             }
-                            tokio::time::sleep(backoff).await;
-                            backoff = (backoff * 2).min(Duration::from_secs(5));
                         }
                     }
-                }
+                    .in_current_span(),
+                );
+            }
+            let mut durable = true;
+            while let Some(done) = pending.join_next().await {
+                durable &= done.unwrap_or(false);
+            }
+            if !durable {
+                return;
             }
             self.bus.publish(BusEvent::Call(Arc::clone(&result)));
             self.tracker

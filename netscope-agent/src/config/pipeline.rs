@@ -55,7 +55,7 @@ pub struct RunArgs {
     )]
     pub audit_file: PathBuf,
     /// Jobs waiting between ingest and execution; when full, consumption pauses.
-    #[arg(long, env = "NETSCOPE_QUEUE", default_value_t = 256)]
+    #[arg(long, env = "NETSCOPE_QUEUE", default_value_t = 1024)]
     pub queue: usize,
     /// Calls executed at once.
     #[arg(long, env = "NETSCOPE_WORKERS", default_value_t = 64)]

@@ -178,6 +178,9 @@ impl KafkaIngest {
             .set("auto.offset.reset", "earliest")
             .set("session.timeout.ms", "10000")
             .set("queued.max.messages.kbytes", "16384")
+            // One fetch is outstanding per broker: a long poll for an idle partition would hold
+            // back the partitions just resumed after backpressure for up to this long.
+            .set("fetch.wait.max.ms", "50")
             .create_with_context(TrackingContext {
                 tracker: Arc::clone(&tracker),
             })
@@ -276,6 +279,28 @@ impl KafkaIngest {
                             _ = tick.tick() => self.commit(CommitMode::Async),
                             m = self.consumer.recv() => {
                                 // Fetched before the pause took effect: keep it, in order.
+                                if let Ok(m) = m {
+                                    held.push_back(m.detach());
+                                }
+                            }
+                        }
+                    }
+                    // Hysteresis: resume once half the queue is free. Resuming at every free
+                    // slot would refetch from the broker for every record (pausing discards
+                    // what was prefetched): measured 16× slower on a backlog.
+                    let low = (jobs.max_capacity() / 2).max(1);
+                    loop {
+                        tokio::select! {
+                            biased;
+                            _ = shutdown.changed() => break 'consume,
+                            permits = jobs.reserve_many(low) => {
+                                if permits.is_err() {
+                                    break 'consume;
+                                }
+                                break;
+                            }
+                            _ = tick.tick() => self.commit(CommitMode::Async),
+                            m = self.consumer.recv() => {
                                 if let Ok(m) = m {
                                     held.push_back(m.detach());
                                 }

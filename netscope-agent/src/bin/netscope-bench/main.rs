@@ -45,6 +45,12 @@ enum Bench {
         concurrency: usize,
         #[arg(long, env = "NETSCOPE_KAFKA_BROKERS", default_value = "127.0.0.1:9092")]
         brokers: String,
+        /// The pipeline's job queue (`run --queue`).
+        #[arg(long, default_value_t = 1024)]
+        queue: usize,
+        /// Upstream latency per call, one run each (the last one gives the closing line).
+        #[arg(long, value_delimiter = ',', default_value = "0,20")]
+        upstream_delay_ms: Vec<u64>,
     },
     /// Kernel cost and connection rate of the probe.
     Probe {
@@ -89,7 +95,15 @@ fn main() -> ExitCode {
             calls,
             concurrency,
             brokers,
-        } => pipeline::bench(calls, concurrency.max(1), &brokers),
+            upstream_delay_ms,
+            queue,
+        } => pipeline::bench(
+            calls,
+            concurrency.max(1),
+            queue.max(1),
+            &brokers,
+            &upstream_delay_ms,
+        ),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,6 +1,7 @@
 //! `netscope-bench pipeline`: the pipeline's throughput and per-call latency against a bare
-//! reqwest loop hitting the same upstream with the same concurrency, in one run. Ends with
-//! `bench pipeline: throughput_ratio=<x> p99_ratio=<y>`.
+//! reqwest loop hitting the same upstream with the same concurrency, in one run, for each
+//! upstream latency asked for (0 ms: pure overhead; 20 ms: a typical external service). Ends
+//! with `bench pipeline: throughput_ratio=<x> p99_ratio=<y>` for the last latency.
 
 use std::{
     sync::atomic::Ordering,
@@ -46,18 +47,18 @@ fn stats(mut latencies_ms: Vec<f64>, elapsed: Duration, calls: usize) -> Stats {
 }
 
 /// `calls` GETs with `concurrency` tasks on one reqwest client built like the gateway's.
-async fn bare(base: &str, calls: usize, concurrency: usize) -> Result<Stats, String> {
+async fn bare(base: &str, path: &str, calls: usize, concurrency: usize) -> Result<Stats, String> {
     let http = client::build(Duration::from_secs(2)).map_err(|e| e.to_string())?;
     let started = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
     for t in 0..concurrency {
-        let (http, base) = (http.clone(), base.to_owned());
+        let (http, base, path) = (http.clone(), base.to_owned(), path.to_owned());
         tasks.spawn(async move {
             let mut lat = Vec::new();
             for i in (t..calls).step_by(concurrency) {
                 let t0 = Instant::now();
                 let r = http
-                    .get(format!("{base}/orders/{i}"))
+                    .get(format!("{base}{path}?i={i}"))
                     .send()
                     .await
                     .map_err(|e| e.to_string())?;
@@ -76,9 +77,11 @@ async fn bare(base: &str, calls: usize, concurrency: usize) -> Result<Stats, Str
 
 async fn through_pipeline(
     base: &str,
+    path: &str,
     port: u16,
     calls: usize,
     concurrency: usize,
+    queue: usize,
     brokers: &str,
 ) -> Result<(Stats, bool), String> {
     let tag = format!(
@@ -122,6 +125,8 @@ async fn through_pipeline(
         dir.join("audit.ndjson").display().to_string(),
         "--workers".into(),
         concurrency.to_string(),
+        "--queue".into(),
+        queue.to_string(),
         "--dport".into(),
         port.to_string(),
     ];
@@ -158,7 +163,8 @@ async fn through_pipeline(
         .map_err(|e| e.to_string())?;
     let mut pending = Vec::with_capacity(calls);
     for i in 0..calls {
-        let payload = format!(r#"{{"schema_version":1,"method":"GET","url":"{base}/orders/{i}"}}"#);
+        let payload =
+            format!(r#"{{"schema_version":1,"method":"GET","url":"{base}{path}?i={i}"}}"#);
         let key = i.to_string();
         let record = FutureRecord::to(&requests).key(&key).payload(&payload);
         pending.push(
@@ -216,7 +222,13 @@ async fn through_pipeline(
     Ok((stats(latencies, elapsed, calls - 1), with_probe))
 }
 
-pub fn bench(calls: usize, concurrency: usize, brokers: &str) -> Result<(), String> {
+pub fn bench(
+    calls: usize,
+    concurrency: usize,
+    queue: usize,
+    brokers: &str,
+    delays_ms: &[u64],
+) -> Result<(), String> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -228,34 +240,48 @@ pub fn bench(calls: usize, concurrency: usize, brokers: &str) -> Result<(), Stri
             .map_err(|e| e.to_string())?;
         let base = format!("http://{}", up.addr);
         eprintln!("bench pipeline: {calls} calls, concurrency {concurrency}, upstream {base}");
-        let baseline = bare(&base, calls, concurrency).await?;
-        let (piped, with_probe) =
-            through_pipeline(&base, up.addr.port(), calls, concurrency, brokers).await?;
         println!(
-            "{:<26} {:>10} {:>9} {:>9} {:>9}",
-            "run", "calls/s", "p50 ms", "p95 ms", "p99 ms"
+            "{:<10} {:<24} {:>10} {:>9} {:>9} {:>9}",
+            "upstream", "run", "calls/s", "p50 ms", "p95 ms", "p99 ms"
         );
-        for (name, s) in [
-            ("bare reqwest loop", &baseline),
-            (
-                if with_probe {
-                    "pipeline (with probe)"
-                } else {
-                    "pipeline (no probe)"
-                },
-                &piped,
-            ),
-        ] {
+        let mut last = None;
+        for &delay in delays_ms {
+            let path = format!("/delay/{delay}");
+            let baseline = bare(&base, &path, calls, concurrency).await?;
+            let (piped, with_probe) = through_pipeline(
+                &base,
+                &path,
+                up.addr.port(),
+                calls,
+                concurrency,
+                queue,
+                brokers,
+            )
+            .await?;
+            let name = if with_probe {
+                "pipeline (with probe)"
+            } else {
+                "pipeline (no probe)"
+            };
+            for (run, s) in [("bare reqwest loop", &baseline), (name, &piped)] {
+                println!(
+                    "{:<10} {run:<24} {:>10.0} {:>9.2} {:>9.2} {:>9.2}",
+                    format!("{delay} ms"),
+                    s.per_sec,
+                    s.p50,
+                    s.p95,
+                    s.p99
+                );
+            }
+            let ratios = (piped.per_sec / baseline.per_sec, piped.p99 / baseline.p99);
             println!(
-                "{name:<26} {:>10.0} {:>9.2} {:>9.2} {:>9.2}",
-                s.per_sec, s.p50, s.p95, s.p99
+                "upstream {delay} ms: throughput_ratio={:.3} p99_ratio={:.2}",
+                ratios.0, ratios.1
             );
+            last = Some(ratios);
         }
-        println!(
-            "bench pipeline: throughput_ratio={:.3} p99_ratio={:.2}",
-            piped.per_sec / baseline.per_sec,
-            piped.p99 / baseline.p99
-        );
+        let (throughput, p99) = last.ok_or("no upstream delay given")?;
+        println!("bench pipeline: throughput_ratio={throughput:.3} p99_ratio={p99:.2}");
         Ok(())
     })
 }
