@@ -47,6 +47,25 @@ fn valid_message(n: usize) -> Vec<u8> {
         .into_bytes()
 }
 
+/// Fresh topics (`partitions` for the input, 1 for the DLQ) with `n` valid messages waiting;
+/// returns (input topic, dead-letter topic, group).
+async fn seed(brokers: &str, partitions: i32, n: usize) -> (String, String, String) {
+    let (topic, dlq, group) = (unique("in"), unique("dlq"), unique("group"));
+    kafka::create_topics(brokers, &[(&topic, partitions), (&dlq, 1)]).await;
+    let producer = kafka::producer(brokers);
+    for i in 0..n {
+        kafka::produce(
+            &producer,
+            &topic,
+            &i.to_string(),
+            Some(&valid_message(i)),
+            &[],
+        )
+        .await;
+    }
+    (topic, dlq, group)
+}
+
 struct Running {
     jobs: mpsc::Receiver<Job>,
     stop: watch::Sender<bool>,
@@ -185,19 +204,7 @@ async fn a_full_queue_pauses_consumption_and_nothing_is_lost() {
         return;
     };
     const MESSAGES: usize = 60;
-    let (topic, dlq, group) = (unique("in"), unique("dlq"), unique("group"));
-    kafka::create_topics(&brokers, &[(&topic, 2), (&dlq, 1)]).await;
-    let producer = kafka::producer(&brokers);
-    for n in 0..MESSAGES {
-        kafka::produce(
-            &producer,
-            &topic,
-            &n.to_string(),
-            Some(&valid_message(n)),
-            &[],
-        )
-        .await;
-    }
+    let (topic, dlq, group) = seed(&brokers, 2, MESSAGES).await;
     let mut ingest = start(&brokers, &group, &topic, &dlq, 2);
     // Nobody takes jobs: the queue fills and ingest pauses (bounded wait for the group join).
     use std::sync::atomic::Ordering::Relaxed;
@@ -235,19 +242,7 @@ async fn unfinished_records_are_consumed_again_after_a_restart() {
         return;
     };
     const MESSAGES: usize = 20;
-    let (topic, dlq, group) = (unique("in"), unique("dlq"), unique("group"));
-    kafka::create_topics(&brokers, &[(&topic, 1), (&dlq, 1)]).await;
-    let producer = kafka::producer(&brokers);
-    for n in 0..MESSAGES {
-        kafka::produce(
-            &producer,
-            &topic,
-            &n.to_string(),
-            Some(&valid_message(n)),
-            &[],
-        )
-        .await;
-    }
+    let (topic, dlq, group) = seed(&brokers, 1, MESSAGES).await;
     // First run: every job handed out, only the first 8 and the 12th finished.
     let mut first = start(&brokers, &group, &topic, &dlq, 64);
     let mut jobs = Vec::new();

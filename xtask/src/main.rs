@@ -171,39 +171,31 @@ fn agent(command: &[&str], args: &[String]) -> Result<(), String> {
         .ok_or_else(|| format!("netscope-agent {} exited with {status}", command.join(" ")))
 }
 
+/// `netscope-bench <which> <rest…>`, built in release.
+fn bench_bin(which: &str, rest: &[String]) -> Result<(), String> {
+    let mut full = vec![
+        "run",
+        "--release",
+        "-p",
+        "netscope-agent",
+        "--bin",
+        "netscope-bench",
+        "--",
+        which,
+    ];
+    full.extend(rest.iter().map(String::as_str));
+    run("cargo", &full, &[])
+}
+
 fn bench(args: &[String]) -> Result<(), String> {
     let Some((which, rest)) = args.split_first() else {
         return Err(format!("bench: which one?\n{USAGE}"));
     };
     match which.as_str() {
-        "probe" => {
-            let mut full = vec![
-                "run",
-                "--release",
-                "-p",
-                "netscope-agent",
-                "--bin",
-                "netscope-bench",
-                "--",
-                "probe",
-            ];
-            full.extend(rest.iter().map(String::as_str));
-            run("cargo", &full, &[])
-        }
+        "probe" => bench_bin("probe", rest),
         "pipeline" => {
             run("bash", &["scripts/kafka.sh", "start"], &[])?;
-            let mut full = vec![
-                "run",
-                "--release",
-                "-p",
-                "netscope-agent",
-                "--bin",
-                "netscope-bench",
-                "--",
-                "pipeline",
-            ];
-            full.extend(rest.iter().map(String::as_str));
-            run("cargo", &full, &[])
+            bench_bin("pipeline", rest)
         }
         other => Err(format!("bench: unknown benchmark `{other}`\n{USAGE}")),
     }
