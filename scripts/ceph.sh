@@ -1,0 +1,181 @@
+#!/usr/bin/env bash
+# A real Ceph cluster with the RADOS Gateway (S3) for local runs and tests, all on 127.0.0.1:
+# one mon, one OSD, one radosgw, and an S3 user with fixed local keys. Debian's Ceph 16.
+#
+#   scripts/ceph.sh install   apt packages (skipped when present)
+#   scripts/ceph.sh start     create the cluster if new, start it, wait until S3 answers
+#   scripts/ceph.sh stop      stop every daemon (SIGTERM, then SIGKILL); nothing is left behind
+#   scripts/ceph.sh status
+#
+# NETSCOPE_CEPH_STORE=memstore (default; fast, data lost when the OSD stops — tests) or
+# bluestore (a sparse file; survives restarts — a local instance that keeps its data).
+# NETSCOPE_CEPH_DIR (state), NETSCOPE_RGW_PORT (7480).
+set -euo pipefail
+
+store="${NETSCOPE_CEPH_STORE:-memstore}"
+dir="${NETSCOPE_CEPH_DIR:-${HOME}/.local/share/netscope/ceph-${store}}"
+rgw_port="${NETSCOPE_RGW_PORT:-7480}"
+mon_v2=13300
+mon_v1=16789
+fsid="6e657473-636f-7065-2d63-6570682d3031"
+conf="${dir}/ceph.conf"
+access_key="netscope-local"
+secret_key="netscope-local-secret"
+
+say() { printf 'ceph: %s\n' "$*"; }
+
+install() {
+  if command -v radosgw >/dev/null 2>&1 && command -v ceph-osd >/dev/null 2>&1 && command -v ceph-mon >/dev/null 2>&1; then
+    say "packages: present"
+    return
+  fi
+  say "packages: installing ceph-mon ceph-osd radosgw ceph-common"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends ceph-mon ceph-osd radosgw ceph-common
+}
+
+alive() { # pidfile → 0 when the process runs (a zombie is dead)
+  [ -f "$1" ] || return 1
+  local pid
+  pid="$(cat "$1")"
+  kill -0 "${pid}" 2>/dev/null && ! grep -q '^State:.*Z' "/proc/${pid}/status" 2>/dev/null
+}
+
+write_conf() {
+  mkdir -p "${dir}"/{run,log,mon/a,osd/0,rgw}
+  {
+    cat <<CONF
+[global]
+fsid = ${fsid}
+mon_host = [v2:127.0.0.1:${mon_v2},v1:127.0.0.1:${mon_v1}]
+public_addr = 127.0.0.1
+cluster_addr = 127.0.0.1
+ms_bind_ipv6 = false
+auth_cluster_required = none
+auth_service_required = none
+auth_client_required = none
+ms_mon_client_mode = crc
+osd_pool_default_size = 1
+osd_pool_default_min_size = 1
+osd_pool_default_pg_num = 8
+osd_pool_default_pgp_num = 8
+mon_allow_pool_size_one = true
+mon_warn_on_pool_no_redundancy = false
+osd_crush_chooseleaf_type = 0
+mon_data_avail_crit = 1
+paxos_propose_interval = 0.05
+run_dir = ${dir}/run
+admin_socket = ${dir}/run/\$cluster-\$name.asok
+log_file = ${dir}/log/\$cluster-\$name.log
+pid_file = ${dir}/run/\$name.pid
+[mon.a]
+mon_data = ${dir}/mon/a
+[osd.0]
+osd_data = ${dir}/osd/0
+osd_objectstore = ${store}
+CONF
+    if [ "${store}" = bluestore ]; then
+      cat <<CONF
+bluestore_block_path = ${dir}/osd/0/block
+bluestore_block_create = true
+bluestore_block_size = 10737418240
+CONF
+    fi
+    cat <<CONF
+[client.rgw.a]
+rgw_data = ${dir}/rgw
+rgw_frontends = beast endpoint=127.0.0.1:${rgw_port} tcp_nodelay=1
+CONF
+  } > "${conf}"
+}
+
+ceph_cli() { ceph -c "${conf}" --connect-timeout 10 "$@"; }
+
+s3_answers() { (exec 3<>"/dev/tcp/127.0.0.1/${rgw_port}") 2>/dev/null; }
+
+start() {
+  install
+  if alive "${dir}/run/client.rgw.a.pid" && s3_answers; then
+    say "already running (S3 on 127.0.0.1:${rgw_port}, ${store})"
+    return
+  fi
+  stop quiet
+  if [ "${store}" = memstore ]; then
+    # A memstore OSD comes back empty while the monitor still maps placement groups to it:
+    # a memstore cluster is always made anew (its data never outlives its OSD anyway).
+    rm -rf "${dir}"
+  fi
+  write_conf
+  local fresh=0
+  if [ ! -d "${dir}/mon/a/store.db" ]; then
+    fresh=1
+    say "creating the cluster in ${dir} (${store})"
+    monmaptool --create --fsid "${fsid}" --addv a "[v2:127.0.0.1:${mon_v2},v1:127.0.0.1:${mon_v1}]" "${dir}/monmap" >/dev/null
+    ceph-mon -c "${conf}" --mkfs -i a --monmap "${dir}/monmap"
+  fi
+  ceph-mon -c "${conf}" -i a
+  if [ "${fresh}" = 1 ]; then
+    local uuid
+    uuid="$(cat /proc/sys/kernel/random/uuid)"
+    ceph_cli osd new "${uuid}" 0 >/dev/null
+    ceph-osd -c "${conf}" -i 0 --mkfs --osd-uuid "${uuid}" >/dev/null 2>&1
+  fi
+  ceph-osd -c "${conf}" -i 0
+  radosgw -c "${conf}" -n client.rgw.a
+  for _ in $(seq 1 120); do
+    if s3_answers; then
+      break
+    fi
+    sleep 0.5
+  done
+  if ! s3_answers; then
+    say "radosgw did not answer within 60 s; last log lines:" >&2
+    tail -n 20 "${dir}/log/ceph-client.rgw.a.log" >&2 || true
+    exit 1
+  fi
+  if ! radosgw-admin -c "${conf}" user info --uid netscope >/dev/null 2>&1; then
+    radosgw-admin -c "${conf}" user create --uid netscope --display-name NetScope \
+      --access-key "${access_key}" --secret "${secret_key}" >/dev/null
+  fi
+  say "ready: S3 on http://127.0.0.1:${rgw_port} (access key ${access_key}, ${store})"
+}
+
+stop() {
+  local quiet="${1:-}"
+  local any=0
+  for name in client.rgw.a osd.0 mon.a; do
+    local pidfile="${dir}/run/${name}.pid"
+    if alive "${pidfile}"; then
+      any=1
+      local pid
+      pid="$(cat "${pidfile}")"
+      kill -TERM "${pid}" 2>/dev/null || true
+      for _ in $(seq 1 40); do
+        alive "${pidfile}" || break
+        sleep 0.25
+      done
+      if alive "${pidfile}"; then
+        kill -KILL "${pid}" 2>/dev/null || true
+      fi
+    fi
+    rm -f "${pidfile}"
+  done
+  if [ -z "${quiet}" ]; then
+    if [ "${any}" = 1 ]; then say "stopped"; else say "not running"; fi
+  fi
+}
+
+case "${1:-}" in
+  install) install ;;
+  start) start ;;
+  stop) stop ;;
+  status)
+    if alive "${dir}/run/client.rgw.a.pid" && s3_answers; then
+      say "running (S3 on 127.0.0.1:${rgw_port}, ${store})"
+    else
+      say "not running"
+      exit 3
+    fi
+    ;;
+  *) echo "usage: $0 install|start|stop|status" >&2; exit 2 ;;
+esac
