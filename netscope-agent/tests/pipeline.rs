@@ -10,7 +10,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use netscope_agent::demo::upstream::Upstream;
+use netscope_agent::{demo::upstream::Upstream, domain::audit::AuditEvent};
 use rdkafka::Message as _;
 use serde_json::{Value, json};
 use support::kafka::{self, kafka_test, unique};
@@ -230,7 +230,24 @@ async fn exactly_one_result_per_consumed_message() {
     assert_eq!(dead.len(), 5);
     s.stop(agent);
     let audit = std::fs::read_to_string(s.dir.join("audit.ndjson")).unwrap();
-    assert_eq!(audit.lines().count(), 40, "one audit line per call");
+    let events: Vec<AuditEvent> = audit
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(events.len(), 40, "one audit event per call");
+    let mut seqs: Vec<u64> = events.iter().map(|e| e.sequence).collect();
+    seqs.sort_unstable();
+    assert_eq!(seqs, (1..=40).collect::<Vec<_>>(), "gap-free numbering");
+    let audited: BTreeSet<String> = events
+        .iter()
+        .map(|e| e.context.request_id.clone())
+        .collect();
+    assert_eq!(audited, ids, "the same calls as the results topic");
+    assert!(
+        events
+            .iter()
+            .all(|e| e.event_version == 1 && e.request.path.starts_with('/'))
+    );
     assert_eq!(
         kafka::committed(&s.brokers, &s.group, &s.requests, 3),
         kafka::end_offsets(&s.brokers, &s.requests, 3)

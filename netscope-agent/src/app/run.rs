@@ -142,12 +142,12 @@ impl Pipeline {
         )?);
         let results: Arc<dyn OutcomeSink> =
             Arc::new(KafkaResults::new(&s.brokers, &s.results_topic)?);
-        let audit: Arc<dyn OutcomeSink> = Arc::new(NdjsonAudit::open(&s.audit_file).map_err(
-            |source| AppError::Io {
+        let audit: Arc<dyn OutcomeSink> = Arc::new(
+            NdjsonAudit::open(&s.audit_file, &s.node).map_err(|source| AppError::Io {
                 what: format!("audit file {}", s.audit_file.display()),
                 source,
-            },
-        )?);
+            })?,
+        );
         let ingest = KafkaIngest::connect(
             KafkaSettings {
                 brokers: s.brokers.clone(),

@@ -1,18 +1,24 @@
-//! A local, append-only NDJSON audit file. Writes are group-committed: one writer thread appends
-//! every result waiting, `fsync`s once, then acknowledges them all — so `deliver` returning `Ok`
-//! means the line is on disk, at one `fsync` per batch rather than per call.
+//! A local, append-only NDJSON audit file of [`AuditEvent`]s (v1). Writes are group-committed:
+//! one writer thread appends every result waiting, `fsync`s once, then acknowledges them all —
+//! so `deliver` returning `Ok` means the line is on disk, at one `fsync` per batch.
+//!
+//! The writer numbers events per node, gap-free: after a restart it continues from the file's
+//! last event (a torn last line, from a crash mid-write, is cut off first); a batch that fails
+//! to reach the disk is cut off too and its numbers are reused.
 
 use std::{
     fs::{File, OpenOptions},
-    io::{self, BufWriter, Write as _},
+    io::{self, BufWriter, Read as _, Seek as _, SeekFrom, Write as _},
     path::{Path, PathBuf},
     sync::Arc,
+    time::{SystemTime, UNIX_EPOCH},
 };
 
 use tokio::sync::{mpsc, oneshot};
 
 use crate::domain::{
     AuditSink, OutcomeSink, SinkError,
+    audit::AuditEvent,
     outcome::{BoxFuture, OutboundResult},
 };
 
@@ -29,17 +35,23 @@ pub struct NdjsonAudit {
 }
 
 impl NdjsonAudit {
-    /// Opens (creating if needed) the file for appending and starts the writer thread.
-    pub fn open(path: &Path) -> io::Result<Self> {
+    /// Opens (creating if needed) the file, repairs a torn last line, finds where `node`'s
+    /// numbering stopped, and starts the writer thread.
+    pub fn open(path: &Path, node: &str) -> io::Result<Self> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir)?;
         }
-        let file = OpenOptions::new().create(true).append(true).open(path)?;
+        let mut file = OpenOptions::new()
+            .create(true)
+            .read(true)
+            .append(true)
+            .open(path)?;
+        let next = resume(&mut file, node)?;
         let (tx, rx) = mpsc::channel(QUEUE);
-        let shown = path.to_path_buf();
+        let (shown, node) = (path.to_path_buf(), node.to_owned());
         std::thread::Builder::new()
             .name("audit-ndjson".into())
-            .spawn(move || writer(file, rx, &shown))?;
+            .spawn(move || writer(file, rx, &shown, &node, next))?;
         Ok(Self {
             path: path.to_path_buf(),
             tx,
@@ -51,7 +63,46 @@ impl NdjsonAudit {
     }
 }
 
-fn writer(file: File, mut rx: mpsc::Receiver<(Arc<OutboundResult>, Ack)>, path: &Path) {
+/// Cuts a torn last line off and returns the sequence to continue `node`'s numbering with.
+fn resume(file: &mut File, node: &str) -> io::Result<u64> {
+    let len = file.metadata()?.len();
+    let tail_len = len.min(1 << 20);
+    file.seek(SeekFrom::Start(len - tail_len))?;
+    let mut tail = Vec::with_capacity(tail_len as usize);
+    file.read_to_end(&mut tail)?;
+    let complete = tail.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+    if complete < tail.len() {
+        let keep = len - tail_len + complete as u64;
+        tracing::warn!(
+            bytes = len - keep,
+            "audit file ended with a torn line: cut off"
+        );
+        file.set_len(keep)?;
+        file.sync_data()?;
+    }
+    let last = tail[..complete]
+        .split(|&b| b == b'\n')
+        .rev()
+        .filter(|l| !l.is_empty())
+        .filter_map(|l| serde_json::from_slice::<serde_json::Value>(l).ok())
+        .find(|v| v["node"] == node)
+        .and_then(|v| v["sequence"].as_u64());
+    Ok(last.map_or(1, |s| s + 1))
+}
+
+fn now_unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+fn writer(
+    file: File,
+    mut rx: mpsc::Receiver<(Arc<OutboundResult>, Ack)>,
+    path: &Path,
+    node: &str,
+    mut next: u64,
+) {
     let mut out = BufWriter::with_capacity(1 << 20, file);
     while let Some(first) = rx.blocking_recv() {
         let mut batch = vec![first];
@@ -61,9 +112,13 @@ fn writer(file: File, mut rx: mpsc::Receiver<(Arc<OutboundResult>, Ack)>, path: 
                 Err(_) => break,
             }
         }
+        let (start_len, start_seq) = (out.get_ref().metadata().map(|m| m.len()), next);
+        let now = now_unix_ms();
         let mut result = Ok(());
         for (r, _) in &batch {
-            if let Err(e) = serde_json::to_writer(&mut out, r.as_ref())
+            let event = AuditEvent::of(r, node, next, now);
+            next += 1;
+            if let Err(e) = serde_json::to_writer(&mut out, &event)
                 .map_err(io::Error::from)
                 .and_then(|()| out.write_all(b"\n"))
             {
@@ -73,8 +128,16 @@ fn writer(file: File, mut rx: mpsc::Receiver<(Arc<OutboundResult>, Ack)>, path: 
         }
         let result = result
             .and_then(|()| out.flush())
-            .and_then(|()| out.get_ref().sync_data())
-            .map_err(|e| format!("{}: {e}", path.display()));
+            .and_then(|()| out.get_ref().sync_data());
+        if result.is_err() {
+            // Nothing of this batch counts: cut it off and reuse its numbers.
+            next = start_seq;
+            let _ = out.flush();
+            if let Ok(len) = start_len {
+                let _ = out.get_ref().set_len(len);
+            }
+        }
+        let result = result.map_err(|e| format!("{}: {e}", path.display()));
         for (_, ack) in batch {
             let _ = ack.send(result.clone());
         }
@@ -105,3 +168,85 @@ impl OutcomeSink for NdjsonAudit {
 }
 
 impl AuditSink for NdjsonAudit {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{
+        RouteName, SpanId, TargetName, TraceId,
+        call::RequestContext,
+        outcome::{CallOutcome, CircuitState, NetworkFacts, RequestLine, RetryStop},
+    };
+
+    fn result(id: &str) -> Arc<OutboundResult> {
+        Arc::new(OutboundResult {
+            ctx: RequestContext {
+                trace_id: TraceId([1; 16]),
+                span_id: SpanId([2; 8]),
+                parent_span_id: None,
+                trace_flags: 1,
+                tracestate: None,
+                request_id: id.into(),
+                idempotency_key: None,
+                target: TargetName("t".into()),
+                route: RouteName("default".into()),
+                internal_ip: None,
+                external_ip: None,
+            },
+            method: "GET",
+            request: RequestLine::of(&"http://127.0.0.1:1/".parse().unwrap()),
+            outcome: CallOutcome::Response,
+            status: Some(200),
+            attempts: Vec::new(),
+            retry_stop: RetryStop::Succeeded,
+            started_unix_ms: 0,
+            duration_ms: 0.0,
+            request_bytes: 0,
+            response_bytes: 0,
+            circuit: CircuitState::Closed,
+            network: NetworkFacts::default(),
+        })
+    }
+
+    fn events(path: &Path) -> Vec<AuditEvent> {
+        std::fs::read_to_string(path)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn numbering_is_gap_free_across_restarts_and_torn_lines_are_cut() {
+        let dir = std::env::temp_dir().join(format!("ns-audit-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let path = dir.join("audit.ndjson");
+        {
+            let audit = NdjsonAudit::open(&path, "node-a").unwrap();
+            for i in 0..3 {
+                audit.deliver(result(&format!("r{i}"))).await.unwrap();
+            }
+        }
+        // A crash mid-write leaves half a line.
+        let mut f = OpenOptions::new().append(true).open(&path).unwrap();
+        f.write_all(br#"{"event_version":1,"event_id":"node-a-4","no"#)
+            .unwrap();
+        drop(f);
+        {
+            let audit = NdjsonAudit::open(&path, "node-a").unwrap();
+            audit.deliver(result("r3")).await.unwrap();
+        }
+        let seqs: Vec<u64> = events(&path).iter().map(|e| e.sequence).collect();
+        assert_eq!(seqs, vec![1, 2, 3, 4]);
+        let last = events(&path).pop().unwrap();
+        assert_eq!(
+            (last.event_id.as_str(), last.context.request_id.as_str()),
+            ("node-a-4", "r3")
+        );
+        // Another node's numbering is its own.
+        let other = NdjsonAudit::open(&path, "node-b").unwrap();
+        other.deliver(result("b0")).await.unwrap();
+        assert_eq!(events(&path).pop().unwrap().event_id, "node-b-1");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

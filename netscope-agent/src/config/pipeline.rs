@@ -47,6 +47,9 @@ pub struct RunArgs {
     /// Create the three topics if they do not exist.
     #[arg(long, env = "NETSCOPE_CREATE_TOPICS", default_value_t = true, action = clap::ArgAction::Set)]
     pub create_topics: bool,
+    /// This agent's name in audit events (default: the host name).
+    #[arg(long, env = "NETSCOPE_NODE")]
+    pub node: Option<String>,
     /// Local audit trail (NDJSON, fsynced before a record is committed).
     #[arg(
         long,
@@ -83,6 +86,7 @@ pub struct RunSettings {
     pub dlq_topic: String,
     pub create_topics: bool,
     pub audit_file: PathBuf,
+    pub node: String,
     pub queue: usize,
     pub workers: usize,
     pub max_in_flight: usize,
@@ -364,6 +368,19 @@ impl RunArgs {
                 errors.push(format!("{name} {v} must be 1..={max}"));
             }
         }
+        let node = self.node.clone().unwrap_or_else(|| {
+            std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|h| h.trim().to_owned())
+                .unwrap_or_else(|_| "localhost".to_owned())
+        });
+        if node.is_empty()
+            || node.len() > 64
+            || !node
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+        {
+            errors.push(format!("node `{node}`: 1–64 of a-z A-Z 0-9 - _ ."));
+        }
         let probe = if self.no_probe {
             None
         } else {
@@ -386,6 +403,7 @@ impl RunArgs {
             dlq_topic: self.dlq_topic.clone(),
             create_topics: self.create_topics,
             audit_file: self.audit_file.clone(),
+            node,
             queue: self.queue,
             workers: self.workers,
             max_in_flight: self.max_in_flight,

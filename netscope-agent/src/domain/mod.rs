@@ -1,6 +1,7 @@
 //! The domain: types, invariants and ports. No I/O, no aya, no tokio: every other module
 //! depends on this one, never the reverse.
 
+pub mod audit;
 pub mod call;
 pub mod flow;
 pub mod net;

@@ -81,11 +81,32 @@ pub struct NetworkFacts {
     pub connect_errno: Option<i32>,
 }
 
+/// Where a call went, without the query string (which may carry secrets).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct RequestLine {
+    pub scheme: String,
+    pub host: String,
+    pub port: u16,
+    pub path: String,
+}
+
+impl RequestLine {
+    pub fn of(url: &url::Url) -> Self {
+        Self {
+            scheme: url.scheme().to_owned(),
+            host: url.host_str().unwrap_or_default().to_owned(),
+            port: url.port_or_known_default().unwrap_or(0),
+            path: url.path().to_owned(),
+        }
+    }
+}
+
 /// The result of one call, as sinks (results topic, bus, audit) receive it.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct OutboundResult {
     pub ctx: RequestContext,
     pub method: &'static str,
+    pub request: RequestLine,
     pub outcome: CallOutcome,
     pub status: Option<u16>,
     pub attempts: Vec<Attempt>,

@@ -33,7 +33,7 @@ use crate::domain::{
     CallRequest, TargetName,
     outcome::{
         Attempt, AttemptError, BoxFuture, CallOutcome, NetworkFacts, OutboundGateway,
-        OutboundResult, ResilienceSnapshot, RetryStop,
+        OutboundResult, RequestLine, ResilienceSnapshot, RetryStop,
     },
     ports::ConnectionObserver,
 };
@@ -157,6 +157,7 @@ impl HttpGateway {
         let rt = self.runtime(&call.ctx.target);
         let mut result = OutboundResult {
             method: call.request.method.as_str(),
+            request: RequestLine::of(&call.request.url),
             outcome: CallOutcome::DeadlineExceeded,
             status: None,
             attempts: Vec::new(),
