@@ -7,6 +7,7 @@
 #   - the apt packages the kernel tests and benches use (nftables, iproute2, bpftool)
 #   - tracefs and bpffs mounted
 #   - Apache Kafka's jars from Maven Central (scripts/kafka.sh install; Java 17 + Maven)
+#   - Ceph 16 with the RADOS Gateway from Debian (scripts/ceph.sh install)
 set -euo pipefail
 
 STABLE="${NETSCOPE_STABLE:-1.99.1}"
@@ -107,5 +108,12 @@ if ! command -v java >/dev/null 2>&1 || ! command -v mvn >/dev/null 2>&1; then
   fi
 fi
 bash "$(dirname "$0")/kafka.sh" install
+
+# --- Ceph RGW (started by xtask test / scripts/ceph.sh start) --------------------------------------
+if [ "$(id -u)" -eq 0 ]; then
+  bash "$(dirname "$0")/ceph.sh" install
+else
+  say "not root: Ceph packages not checked (scripts/ceph.sh install as root)"
+fi
 
 say "done"

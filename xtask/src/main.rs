@@ -16,10 +16,11 @@ tasks:
                         `netscope-agent run --demo-upstream ARGS…` (root: with the probe)
   send [ARGS…]          send demo requests to the local pipeline (`netscope-agent send`)
   probe [ARGS…]         build (release) and run `netscope-agent probe ARGS…` (root)
-  test                  fmt check, clippy -D warnings, start the local Kafka broker, then
-                        every test; the Kafka tests are required, and as root the kernel
-                        tests too (NETSCOPE_REQUIRE_{KAFKA,KERNEL}_TESTS=1)
+  test                  fmt check, clippy -D warnings, start the local Kafka broker and Ceph
+                        RGW, then every test; the Kafka and RGW tests are required, and as
+                        root the kernel tests too (NETSCOPE_REQUIRE_{KAFKA,CEPH,KERNEL}_TESTS=1)
   kafka start|stop|status  the local Kafka broker (scripts/kafka.sh)
+  ceph start|stop|status   the local Ceph RGW (scripts/ceph.sh)
   bench probe [ARGS…]   kernel cost and connection rate: none vs NetScope vs empty programs
   bench pipeline [ARGS…]  pipeline throughput and latency vs a bare reqwest loop (starts Kafka)";
 
@@ -84,6 +85,7 @@ fn test() -> Result<(), String> {
         "0"
     };
     run("bash", &["scripts/kafka.sh", "start"], &[])?;
+    run("bash", &["scripts/ceph.sh", "start"], &[])?;
     run_tests(require)
 }
 
@@ -126,6 +128,7 @@ fn run_tests(require_kernel: &str) -> Result<(), String> {
         .args(args)
         .env("NETSCOPE_REQUIRE_KERNEL_TESTS", require_kernel)
         .env("NETSCOPE_REQUIRE_KAFKA_TESTS", "1")
+        .env("NETSCOPE_REQUIRE_CEPH_TESTS", "1")
         .current_dir(workspace())
         .stdout(std::process::Stdio::piped())
         .spawn()
@@ -216,8 +219,9 @@ fn main() -> ExitCode {
         "send" => agent(&["send"], rest),
         "test" => test(),
         "bench" => bench(rest),
-        "kafka" => {
-            let mut args = vec!["scripts/kafka.sh"];
+        "kafka" | "ceph" => {
+            let script = format!("scripts/{task}.sh");
+            let mut args = vec![script.as_str()];
             args.extend(rest.iter().map(String::as_str));
             run("bash", &args, &[])
         }

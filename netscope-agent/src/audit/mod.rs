@@ -2,3 +2,4 @@
 //! is the production sink (a later milestone), behind the same [`crate::domain::AuditSink`] port.
 
 pub mod ndjson;
+pub mod s3;
