@@ -83,6 +83,8 @@ pub struct OutcomeSummary {
     pub response_bytes: u64,
 }
 
+/// A copy of [`NetworkFacts`] on purpose: the stored contract must not change when the
+/// internal type does (addresses are kept as text, as written).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AuditNetwork {
     pub matched: bool,
