@@ -228,6 +228,24 @@ async fn the_circuit_opens_half_opens_after_its_wait_and_closes_on_success() {
     assert_eq!(gw.snapshot()[0].circuit, CircuitState::Closed);
 }
 
+/// Polls the gateway's snapshot until `pred` holds (at most 5 s).
+async fn wait_for_snapshot(
+    gw: &HttpGateway,
+    pred: impl Fn(&netscope_agent::domain::outcome::ResilienceSnapshot) -> bool,
+) -> netscope_agent::domain::outcome::ResilienceSnapshot {
+    for _ in 0..1000 {
+        let snap = gw.snapshot()[0].clone();
+        if pred(&snap) {
+            return snap;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    panic!(
+        "the snapshot never reached the expected state: {:?}",
+        gw.snapshot()
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_bulkhead_bounds_concurrency() {
     let (up, base) = upstream().await;
@@ -243,8 +261,8 @@ async fn the_bulkhead_bounds_concurrency() {
             })
         })
         .collect();
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    let snap = gw.snapshot()[0].clone();
+    // Wait (bounded) for the moment the bulkhead is full, rather than guessing a delay.
+    let snap = wait_for_snapshot(&gw, |s| s.in_flight == 2 && s.queue_depth >= 1).await;
     assert_eq!(snap.in_flight, 2, "{snap:?}");
     assert!(snap.queue_depth >= 1, "{snap:?}");
     for c in calls {
@@ -263,7 +281,7 @@ async fn the_bulkhead_bounds_concurrency() {
                 .await
         })
     };
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    wait_for_snapshot(&gw, |s| s.in_flight == 1).await;
     let r = gw
         .execute(call(&base, HttpMethod::Get, "/never", None, 150))
         .await;

@@ -274,7 +274,7 @@ async fn a_sigkill_mid_stream_loses_nothing_and_duplicates_carry_their_key() {
             let id = format!("k{i}");
             (
                 id.clone(),
-                request(&base, "POST", "/delay/30", Some(&id), Some("x")),
+                request(&base, "POST", "/delay/60", Some(&id), Some("x")),
             )
         })
         .collect();
