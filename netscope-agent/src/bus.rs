@@ -63,6 +63,11 @@ pub struct BusSubscriber {
 }
 
 impl BusSubscriber {
+    /// Updates that some subscriber of this bus missed so far.
+    pub fn lagged(&self) -> u64 {
+        self.counters.lagged.load(Ordering::Relaxed)
+    }
+
     /// The next update; `None` once every publisher is gone. Lag is counted and skipped.
     pub async fn recv(&mut self) -> Option<BusEvent> {
         loop {

@@ -114,7 +114,8 @@ pub async fn run_probe(settings: ProbeSettings) -> Result<ProbeSummary, AppError
             print_line(&mut stdout.lock(), &update)?;
             printed += 1;
         }
-        Ok::<u64, std::io::Error>(printed)
+        // Read after the last receive: lag is counted as the subscriber catches up.
+        Ok::<(u64, u64), std::io::Error>((printed, subscriber.lagged()))
     });
 
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -135,13 +136,17 @@ pub async fn run_probe(settings: ProbeSettings) -> Result<ProbeSummary, AppError
 
     let bus_published = bus.published();
     drop(bus);
-    let printed = match printer.await {
+    let (printed, bus_lagged) = match printer.await {
         Ok(result) => result.map_err(AppError::Output)?,
         Err(e) => return Err(AppError::Output(std::io::Error::other(e))),
     };
     let reader_stats = reader.stats();
     let table_stats: FlowTableStats = table.lock().unwrap_or_else(PoisonError::into_inner).stats();
-    let summary = summarize(kernel, reader_stats, printed, bus_published, table_stats);
+    let bus = BusCounts {
+        published: bus_published,
+        lagged: bus_lagged,
+    };
+    let summary = summarize(kernel, reader_stats, printed, bus, table_stats);
     let mut out = std::io::stdout().lock();
     serde_json::to_writer(&mut out, &summary).map_err(|e| AppError::Output(e.into()))?;
     writeln!(out).map_err(AppError::Output)?;
@@ -156,11 +161,17 @@ pub async fn run_probe(settings: ProbeSettings) -> Result<ProbeSummary, AppError
     Ok(summary)
 }
 
+/// What the bus saw: published, and missed by a subscriber that fell behind.
+struct BusCounts {
+    published: u64,
+    lagged: u64,
+}
+
 fn summarize(
     kernel: KernelCounters,
     reader: ring::ReaderStats,
     printed: u64,
-    bus_published: u64,
+    bus: BusCounts,
     table: FlowTableStats,
 ) -> ProbeSummary {
     ProbeSummary {
@@ -170,8 +181,8 @@ fn summarize(
             delivered: reader.delivered,
             malformed: reader.malformed,
             printed,
-            bus_published,
-            bus_lagged: 0,
+            bus_published: bus.published,
+            bus_lagged: bus.lagged,
             flow_table_inserted: table.inserted,
             flow_table_rejected_full: table.rejected_full,
         },

@@ -9,7 +9,7 @@
 use std::{
     fs::{File, OpenOptions},
     io::{self, BufWriter, Read as _, Seek as _, SeekFrom, Write as _},
-    path::{Path, PathBuf},
+    path::Path,
     sync::Arc,
     time::{SystemTime, UNIX_EPOCH},
 };
@@ -30,7 +30,6 @@ const QUEUE: usize = 4096;
 const BATCH: usize = 512;
 
 pub struct NdjsonAudit {
-    path: PathBuf,
     tx: mpsc::Sender<(Arc<OutboundResult>, Ack)>,
 }
 
@@ -52,14 +51,7 @@ impl NdjsonAudit {
         std::thread::Builder::new()
             .name("audit-ndjson".into())
             .spawn(move || writer(file, rx, &shown, &node, next))?;
-        Ok(Self {
-            path: path.to_path_buf(),
-            tx,
-        })
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.path
+        Ok(Self { tx })
     }
 }
 

@@ -100,10 +100,6 @@ impl S3Store {
         }
     }
 
-    pub fn bucket(&self) -> &str {
-        &self.settings.bucket
-    }
-
     /// At boot: the bucket exists and these credentials may use it — or one clear error.
     pub async fn check(&self) -> Result<(), S3Error> {
         let s = &self.settings;

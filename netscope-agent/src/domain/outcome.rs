@@ -120,27 +120,6 @@ pub struct OutboundResult {
     pub network: NetworkFacts,
 }
 
-impl OutboundResult {
-    /// Status class for metrics labels: "2xx" … "5xx", or the outcome when there was none.
-    pub fn status_class(&self) -> &'static str {
-        match self.status {
-            Some(s) if (200..300).contains(&s) => "2xx",
-            Some(s) if (300..400).contains(&s) => "3xx",
-            Some(s) if (400..500).contains(&s) => "4xx",
-            Some(s) if (500..600).contains(&s) => "5xx",
-            Some(_) => "other",
-            None => match self.outcome {
-                CallOutcome::Response => "other",
-                CallOutcome::TransportError => "transport_error",
-                CallOutcome::DeadlineExceeded => "deadline_exceeded",
-                CallOutcome::CircuitOpen => "circuit_open",
-                CallOutcome::BulkheadFull => "bulkhead_full",
-                CallOutcome::RateLimited => "rate_limited",
-            },
-        }
-    }
-}
-
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum CircuitState {

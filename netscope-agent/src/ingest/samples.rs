@@ -1,5 +1,5 @@
 //! The stored request samples (`samples/requests/`): valid v1 messages and the malformed corpus
-//! with the rejection each must get. Used by the tests and by `netscope-agent send`.
+//! with the rejection each must get. Used by the unit and broker tests.
 
 use std::{fs, io, path::Path};
 

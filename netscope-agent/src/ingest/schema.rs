@@ -259,10 +259,6 @@ impl Normalizer {
         Self { targets, limits }
     }
 
-    pub fn limits(&self) -> &Limits {
-        &self.limits
-    }
-
     /// Validates and normalises one record. Never panics, whatever the bytes.
     pub fn normalize(&self, msg: &Incoming<'_>) -> Result<Normalized, Rejection> {
         let trace =

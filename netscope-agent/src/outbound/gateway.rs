@@ -77,7 +77,6 @@ pub struct HttpGateway {
     targets: HashMap<TargetName, Arc<TargetRuntime>>,
     fallback: Arc<TargetRuntime>,
     global: Arc<Semaphore>,
-    global_max: usize,
     observer: Option<Arc<dyn ConnectionObserver>>,
 }
 
@@ -139,7 +138,6 @@ impl HttpGateway {
             targets,
             fallback: Arc::new(TargetRuntime::new(TargetName("fallback".into()), fallback)?),
             global: Arc::new(Semaphore::new(global_max_in_flight)),
-            global_max: global_max_in_flight,
             observer,
         })
     }
@@ -255,7 +253,9 @@ impl HttpGateway {
             };
             let worth_retrying = match (a.status, a.error) {
                 (Some(s), _) => retry::retryable_status(s),
-                (None, Some(e)) => retry::retryable_error(e),
+                // Every transport failure is worth another attempt; whether this request may
+                // be repeated at all is checked next.
+                (None, Some(_)) => true,
                 (None, None) => false,
             };
             if !worth_retrying {
@@ -409,14 +409,6 @@ impl HttpGateway {
             saturation: in_flight as f64 / max as f64,
             retry_budget_left: rt.budget.left(Instant::now()),
         }
-    }
-
-    /// Calls in flight across the agent, and the global limit.
-    pub fn global_in_flight(&self) -> (usize, usize) {
-        (
-            self.global_max - self.global.available_permits(),
-            self.global_max,
-        )
     }
 }
 

@@ -41,12 +41,6 @@ pub fn retryable_status(status: u16) -> bool {
     matches!(status, 429 | 502 | 503 | 504)
 }
 
-/// Transport failures worth another attempt (all of them: the request is retried only when
-/// it is idempotent or carries a key, which the caller checks).
-pub fn retryable_error(_e: AttemptError) -> bool {
-    true
-}
-
 /// Does this attempt count as a failure of the target (for its circuit)?
 pub fn is_failure(status: Option<u16>, error: Option<AttemptError>) -> bool {
     error.is_some() || status.is_some_and(|s| s >= 500)

@@ -80,10 +80,6 @@ impl FlowTable {
             })
     }
 
-    pub fn iter(&self) -> impl Iterator<Item = &Flow> {
-        self.flows.values()
-    }
-
     /// Records what one kernel event says about a flow and returns the update to publish.
     pub fn apply(&mut self, kind: FlowUpdateKind, flow: Flow, now_unix_ns: u64) -> FlowUpdate {
         let id = flow.id;

@@ -487,24 +487,6 @@ impl Probe {
         Ok(counters)
     }
 
-    /// The kernel's live state of a tracked connection (counters so far), if still tracked.
-    pub fn sock_state(&self, sock_id: u64) -> Result<Option<SockState>, ProbeError> {
-        let err = |source| ProbeError::Map {
-            map: names::MAP_SOCKS,
-            source,
-        };
-        let map = self
-            .ebpf
-            .map(names::MAP_SOCKS)
-            .ok_or(ProbeError::MissingMap(names::MAP_SOCKS))?;
-        let socks: BpfHashMap<&MapData, u64, SockState> = BpfHashMap::try_from(map).map_err(err)?;
-        match socks.get(&sock_id, 0) {
-            Ok(state) => Ok(Some(state)),
-            Err(aya::maps::MapError::KeyNotFound) => Ok(None),
-            Err(e) => Err(err(e)),
-        }
-    }
-
     /// Run count and run time of every loaded program.
     pub fn program_stats(&self) -> Result<Vec<ProgramStats>, ProbeError> {
         self.loaded
