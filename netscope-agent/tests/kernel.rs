@@ -135,6 +135,9 @@ fn bytes_and_calls_equal_what_the_application_wrote_and_read() {
         client.shutdown(Shutdown::Write).unwrap();
         let (read, read_calls) = read_counting(&mut client);
         assert_eq!(read, down as u64);
+        // On a loaded machine a tail-loss probe can fire even on loopback: the kernel's own
+        // count is the reference, not zero.
+        let kernel_retrans = tcp_info(&client).tcpi_total_retrans;
         drop(client);
 
         let flow = probe.finished_flow(sport);
@@ -148,7 +151,10 @@ fn bytes_and_calls_equal_what_the_application_wrote_and_read() {
         assert_eq!(flow.send_calls, write_calls, "send calls, case {up}/{down}");
         assert_eq!(flow.bytes_received, read, "received, case {up}/{down}");
         assert_eq!(flow.recv_calls, read_calls, "recv calls, case {up}/{down}");
-        assert_eq!(flow.retransmits, 0);
+        assert_eq!(
+            flow.retransmits, kernel_retrans,
+            "retransmits, case {up}/{down}"
+        );
         assert_eq!(flow.pid, std::process::id());
     }
     server.join().unwrap();
