@@ -6,6 +6,8 @@
 #   scripts/ceph.sh start     create the cluster if new, start it, wait until S3 answers
 #   scripts/ceph.sh stop      stop every daemon (SIGTERM, then SIGKILL); nothing is left behind
 #   scripts/ceph.sh status
+#   scripts/ceph.sh rgw-stop  stop only radosgw (an RGW outage: mon and OSD keep the data)
+#   scripts/ceph.sh rgw-start start radosgw again and wait until S3 answers
 #
 # NETSCOPE_CEPH_STORE=memstore (default; fast, data lost when the OSD stops — tests) or
 # bluestore (a sparse file; survives restarts — a local instance that keeps its data).
@@ -122,17 +124,7 @@ start() {
   fi
   ceph-osd -c "${conf}" -i 0
   radosgw -c "${conf}" -n client.rgw.a
-  for _ in $(seq 1 120); do
-    if s3_answers; then
-      break
-    fi
-    sleep 0.5
-  done
-  if ! s3_answers; then
-    say "radosgw did not answer within 60 s; last log lines:" >&2
-    tail -n 20 "${dir}/log/ceph-client.rgw.a.log" >&2 || true
-    exit 1
-  fi
+  wait_s3
   if ! radosgw-admin -c "${conf}" user info --uid netscope >/dev/null 2>&1; then
     radosgw-admin -c "${conf}" user create --uid netscope --display-name NetScope \
       --access-key "${access_key}" --secret "${secret_key}" >/dev/null
@@ -140,10 +132,35 @@ start() {
   say "ready: S3 on http://127.0.0.1:${rgw_port} (access key ${access_key}, ${store})"
 }
 
+wait_s3() {
+  for _ in $(seq 1 120); do
+    if s3_answers; then
+      return 0
+    fi
+    sleep 0.5
+  done
+  say "radosgw did not answer within 60 s; last log lines:" >&2
+  tail -n 20 "${dir}/log/ceph-client.rgw.a.log" >&2 || true
+  exit 1
+}
+
+rgw_start() {
+  if ! alive "${dir}/run/osd.0.pid"; then
+    say "the cluster is not running: scripts/ceph.sh start" >&2
+    exit 1
+  fi
+  if ! alive "${dir}/run/client.rgw.a.pid"; then
+    radosgw -c "${conf}" -n client.rgw.a
+  fi
+  wait_s3
+  say "radosgw ready on http://127.0.0.1:${rgw_port}"
+}
+
 stop() {
   local quiet="${1:-}"
   local any=0
-  for name in client.rgw.a osd.0 mon.a; do
+  local names="${2:-client.rgw.a osd.0 mon.a}"
+  for name in ${names}; do
     local pidfile="${dir}/run/${name}.pid"
     if alive "${pidfile}"; then
       any=1
@@ -169,6 +186,8 @@ case "${1:-}" in
   install) install ;;
   start) start ;;
   stop) stop ;;
+  rgw-stop) stop quiet client.rgw.a; say "radosgw stopped" ;;
+  rgw-start) rgw_start ;;
   status)
     if alive "${dir}/run/client.rgw.a.pid" && s3_answers; then
       say "running (S3 on 127.0.0.1:${rgw_port}, ${store})"
@@ -177,5 +196,5 @@ case "${1:-}" in
       exit 3
     fi
     ;;
-  *) echo "usage: $0 install|start|stop|status" >&2; exit 2 ;;
+  *) echo "usage: $0 install|start|stop|status|rgw-stop|rgw-start" >&2; exit 2 ;;
 esac

@@ -1,9 +1,10 @@
 //! The execution stage: jobs from the bounded ingest queue → the outbound gateway → every
 //! outcome sink (durably) → the bus → the record marked finished, so that its offset may be
 //! committed. At most `workers` calls run at once; the queue in front of them is what ingest
-//! pauses on when it is full. A worker is free again as soon as its call is over: delivering
-//! the result to the sinks (concurrently) is a stage of its own, bounded to `4 × workers`
-//! results, which makes the workers wait when it is full.
+//! pauses on when it is full. A worker is free again as soon as its call is over and its result
+//! has a place in the delivery stage: delivering to the sinks (concurrently) is a stage of its
+//! own, bounded to `4 × workers` results, which makes the workers wait when it is full (a
+//! stalled sink thus pauses consumption instead of piling results up in memory).
 
 use std::{
     sync::{
@@ -77,10 +78,14 @@ impl Executor {
             let stop = shutdown.clone();
             let deliveries = Arc::clone(&deliveries);
             running.spawn(async move {
-                let result = me.execute(&job, permit).await;
+                let result = me.execute(&job).await;
+                // The worker slot is given back only once the result has a place in the
+                // delivery stage: when sinks stall, workers stop taking jobs, the queue fills
+                // and ingest pauses, instead of results piling up in memory.
                 let Ok(_delivery) = deliveries.acquire_owned().await else {
                     return;
                 };
+                drop(permit);
                 me.deliver(job, result, stop).await;
             });
             while running.try_join_next().is_some() {}
@@ -98,14 +103,9 @@ impl Executor {
         }
     }
 
-    /// Runs the call; the worker slot is given back as soon as it is over.
-    async fn execute(
-        &self,
-        job: &Job,
-        slot: tokio::sync::OwnedSemaphorePermit,
-    ) -> Arc<OutboundResult> {
+    /// Runs the call.
+    async fn execute(&self, job: &Job) -> Arc<OutboundResult> {
         let result = Arc::new(self.gateway.execute(job.call.clone()).await);
-        drop(slot);
         self.counters.executed.fetch_add(1, Ordering::Relaxed);
         let _in = info_span!("call", trace_id = %result.ctx.trace_id, request_id = %result.ctx.request_id).entered();
         info!(

@@ -1,6 +1,7 @@
 //! The composition root: wires configuration, the probe, the flow table, ingest, outbound,
 //! sinks and the bus together. One function per command.
 
+mod audit;
 mod probe;
 mod run;
 mod send;
@@ -11,6 +12,7 @@ use netscope_common::{ConnEvent, EventKind};
 use tokio::sync::Notify;
 
 pub use self::{
+    audit::{VerifyArgs, VerifySettings, verify_audit},
     probe::{ProbeSummary, run_probe},
     run::{Pipeline, RunSummary, run_pipeline},
     send::{SendArgs, send_demo},
@@ -37,6 +39,8 @@ pub enum AppError {
     Other(String),
     #[error(transparent)]
     Probe(#[from] ProbeError),
+    #[error(transparent)]
+    Audit(#[from] crate::audit::rgw::AuditError),
     #[error("signal handling: {0}")]
     Signals(std::io::Error),
     #[error("ring buffer polling: {0}")]

@@ -21,9 +21,12 @@ use tracing::info;
 
 use super::{AppError, FlowPipeline, shutdown_signal};
 use crate::{
-    audit::ndjson::NdjsonAudit,
+    audit::{
+        ndjson::NdjsonAudit,
+        rgw::{AuditSummary, RgwAudit},
+    },
     bus::BroadcastBus,
-    config::RunSettings,
+    config::{AuditSettings, RunSettings},
     demo::upstream::Upstream,
     domain::{BusEvent, ConnectionObserver, OutcomeSink},
     ingest::{
@@ -49,6 +52,9 @@ pub struct RunSummary {
     pub finished: u64,
     pub backpressure_pauses: u64,
     pub sink_retries: u64,
+    /// The RGW audit trail's spool and uploads (`--audit-sink rgw`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub audit: Option<AuditSummary>,
 }
 
 async fn ensure_topics(s: &RunSettings) -> Result<(), AppError> {
@@ -80,6 +86,7 @@ pub struct Pipeline {
     bus: BroadcastBus,
     probe_task: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
     counters: Arc<PipelineCounters>,
+    rgw_audit: Option<Arc<RgwAudit>>,
     _upstream: Option<Upstream>,
 }
 
@@ -98,6 +105,25 @@ impl Pipeline {
             Some(u)
         } else {
             None
+        };
+
+        // The audit trail first: a bad bucket or key fails the boot before anything is consumed.
+        let (audit, rgw_audit): (Arc<dyn OutcomeSink>, _) = match &s.audit {
+            AuditSettings::File(path) => {
+                let file = NdjsonAudit::open(path, &s.node).map_err(|source| AppError::Io {
+                    what: format!("audit file {}", path.display()),
+                    source,
+                })?;
+                (Arc::new(file), None)
+            }
+            AuditSettings::Rgw(r) => {
+                let rgw = Arc::new(
+                    RgwAudit::connect(r.s3.clone(), r.spool.clone(), r.lock_days, r.create_bucket)
+                        .await?,
+                );
+                info!(endpoint = %r.s3.endpoint, bucket = %r.s3.bucket, spool = %r.spool.dir.display(), "audit trail: Ceph RGW");
+                (Arc::clone(&rgw) as Arc<dyn OutcomeSink>, Some(rgw))
+            }
         };
 
         // The kernel's side: flows into the table, the correlator reading it.
@@ -142,12 +168,6 @@ impl Pipeline {
         )?);
         let results: Arc<dyn OutcomeSink> =
             Arc::new(KafkaResults::new(&s.brokers, &s.results_topic)?);
-        let audit: Arc<dyn OutcomeSink> = Arc::new(
-            NdjsonAudit::open(&s.audit_file, &s.node).map_err(|source| AppError::Io {
-                what: format!("audit file {}", s.audit_file.display()),
-                source,
-            })?,
-        );
         let ingest = KafkaIngest::connect(
             KafkaSettings {
                 brokers: s.brokers.clone(),
@@ -173,6 +193,7 @@ impl Pipeline {
             bus,
             probe_task,
             counters,
+            rgw_audit,
             _upstream: upstream,
         })
     }
@@ -197,6 +218,11 @@ impl Pipeline {
         self.ingest.run(jobs_tx, stop).await?;
         let _ = execution.await;
         self.ingest.commit_now();
+        // Every committed record's event is spooled; ship what RGW takes in the grace time.
+        let audit = match &self.rgw_audit {
+            Some(rgw) => Some(rgw.close(Duration::from_secs(10)).await),
+            None => None,
+        };
         if let Some(task) = self.probe_task
             && let Ok(Err(e)) = task.await
         {
@@ -213,6 +239,7 @@ impl Pipeline {
             finished: c.finished.load(Ordering::Relaxed),
             backpressure_pauses: ic.backpressure_pauses.load(Ordering::Relaxed),
             sink_retries: c.sink_retries.load(Ordering::Relaxed),
+            audit,
         })
     }
 }

@@ -17,7 +17,8 @@ use aws_sdk_s3::{
         Builder, Credentials, Region, RequestChecksumCalculation, ResponseChecksumValidation,
     },
     error::{DisplayErrorContext, SdkError},
-    primitives::ByteStream,
+    primitives::{ByteStream, DateTime},
+    types::{ObjectLockEnabled, ObjectLockMode, ObjectLockRetentionMode},
 };
 use base64::Engine as _;
 use flate2::{Compression, read::GzDecoder, write::GzEncoder};
@@ -68,9 +69,17 @@ pub enum PutOutcome {
     AlreadyThere,
 }
 
+/// Object Lock retention given to every batch written (when the bucket has Object Lock).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Retention {
+    pub mode: ObjectLockMode,
+    pub days: u32,
+}
+
 pub struct S3Store {
     client: Client,
     settings: S3Settings,
+    retention: Option<Retention>,
 }
 
 fn detail<E: std::error::Error + 'static, R: std::fmt::Debug>(e: &SdkError<E, R>) -> String {
@@ -97,7 +106,61 @@ impl S3Store {
         Self {
             client: Client::from_conf(conf),
             settings,
+            retention: None,
         }
+    }
+
+    pub fn settings(&self) -> &S3Settings {
+        &self.settings
+    }
+
+    /// Every batch written from now on gets this retention.
+    pub fn set_retention(&mut self, retention: Option<Retention>) {
+        self.retention = retention;
+    }
+
+    /// The retention the bucket's Object Lock asks for: its default rule, or COMPLIANCE for
+    /// `fallback_days` when it has none; `None` when the bucket has no Object Lock.
+    pub async fn object_lock(&self, fallback_days: u32) -> Result<Option<Retention>, S3Error> {
+        let out = match self
+            .client
+            .get_object_lock_configuration()
+            .bucket(&self.settings.bucket)
+            .send()
+            .await
+        {
+            Ok(out) => out,
+            Err(e) if e.raw_response().is_some_and(|r| r.status().as_u16() == 404) => {
+                return Ok(None);
+            }
+            Err(e) => {
+                return Err(S3Error::Request {
+                    op: "GetObjectLockConfiguration",
+                    key: self.settings.bucket.clone(),
+                    detail: detail(&e),
+                });
+            }
+        };
+        let Some(conf) = out
+            .object_lock_configuration()
+            .filter(|c| c.object_lock_enabled() == Some(&ObjectLockEnabled::Enabled))
+        else {
+            return Ok(None);
+        };
+        let rule = conf.rule().and_then(|r| r.default_retention());
+        let mode = match rule.and_then(|r| r.mode()) {
+            Some(ObjectLockRetentionMode::Governance) => ObjectLockMode::Governance,
+            _ => ObjectLockMode::Compliance,
+        };
+        let days = rule
+            .and_then(|r| {
+                r.days()
+                    .or_else(|| r.years().map(|y| y.saturating_mul(365)))
+            })
+            .and_then(|d| u32::try_from(d).ok())
+            .filter(|&d| d > 0)
+            .unwrap_or(fallback_days);
+        Ok(Some(Retention { mode, days }))
     }
 
     /// At boot: the bucket exists and these credentials may use it — or one clear error.
@@ -174,7 +237,7 @@ impl S3Store {
         }
         let crc =
             base64::engine::general_purpose::STANDARD.encode(crc32fast::hash(&body).to_be_bytes());
-        let sent = self
+        let mut put = self
             .client
             .put_object()
             .bucket(&self.settings.bucket)
@@ -183,9 +246,15 @@ impl S3Store {
             .checksum_crc32(crc)
             .content_type("application/x-ndjson")
             .content_encoding("gzip")
-            .body(ByteStream::from(body))
-            .send()
-            .await;
+            .body(ByteStream::from(body));
+        if let Some(r) = &self.retention {
+            let until = std::time::SystemTime::now()
+                + std::time::Duration::from_secs(u64::from(r.days) * 86_400);
+            put = put
+                .object_lock_mode(r.mode.clone())
+                .object_lock_retain_until_date(DateTime::from(until));
+        }
+        let sent = put.send().await;
         match sent {
             Ok(_) => Ok(PutOutcome::Written),
             Err(e) if e.raw_response().is_some_and(|r| r.status().as_u16() == 412) => {

@@ -12,8 +12,10 @@ use clap::Args;
 
 use crate::domain::Cidr;
 
+pub mod audit;
 pub mod pipeline;
 
+pub use audit::{AuditArgs, AuditSettings, S3Args};
 pub use pipeline::{RunArgs, RunSettings};
 
 #[derive(Debug, thiserror::Error)]

@@ -7,7 +7,10 @@ use std::{collections::HashSet, path::PathBuf, time::Duration};
 use clap::Args;
 use serde::Deserialize;
 
-use super::{ConfigError, ProbeArgs, ProbeSettings};
+use super::{
+    ConfigError, ProbeArgs, ProbeSettings,
+    audit::{AuditArgs, AuditSettings},
+};
 use crate::{
     domain::{
         Cidr, RouteName, TargetName,
@@ -50,13 +53,8 @@ pub struct RunArgs {
     /// This agent's name in audit events (default: the host name).
     #[arg(long, env = "NETSCOPE_NODE")]
     pub node: Option<String>,
-    /// Local audit trail (NDJSON, fsynced before a record is committed).
-    #[arg(
-        long,
-        env = "NETSCOPE_AUDIT_FILE",
-        default_value = ".netscope/audit.ndjson"
-    )]
-    pub audit_file: PathBuf,
+    #[command(flatten)]
+    pub audit: AuditArgs,
     /// Jobs waiting between ingest and execution; when full, consumption pauses.
     #[arg(long, env = "NETSCOPE_QUEUE", default_value_t = 1024)]
     pub queue: usize,
@@ -85,7 +83,7 @@ pub struct RunSettings {
     pub results_topic: String,
     pub dlq_topic: String,
     pub create_topics: bool,
-    pub audit_file: PathBuf,
+    pub audit: AuditSettings,
     pub node: String,
     pub queue: usize,
     pub workers: usize,
@@ -381,6 +379,7 @@ impl RunArgs {
         {
             errors.push(format!("node `{node}`: 1–64 of a-z A-Z 0-9 - _ ."));
         }
+        let audit = self.audit.validate_into(&node, &mut errors);
         let probe = if self.no_probe {
             None
         } else {
@@ -392,9 +391,9 @@ impl RunArgs {
                 }
             }
         };
-        if !errors.is_empty() {
+        let (true, Some(audit)) = (errors.is_empty(), audit) else {
             return Err(ConfigError::Invalid(errors));
-        }
+        };
         Ok(RunSettings {
             brokers: self.brokers.clone(),
             group: self.group.clone(),
@@ -402,7 +401,7 @@ impl RunArgs {
             results_topic: self.results_topic.clone(),
             dlq_topic: self.dlq_topic.clone(),
             create_topics: self.create_topics,
-            audit_file: self.audit_file.clone(),
+            audit,
             node,
             queue: self.queue,
             workers: self.workers,
