@@ -36,11 +36,15 @@ install() {
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends ceph-mon ceph-osd radosgw ceph-common
 }
 
+pid_alive() { # pid → 0 when the process runs (a zombie is dead)
+  kill -0 "$1" 2>/dev/null && ! grep -q '^State:.*Z' "/proc/$1/status" 2>/dev/null
+}
+
 alive() { # pidfile → 0 when the process runs (a zombie is dead)
   [ -f "$1" ] || return 1
   local pid
-  pid="$(cat "$1")"
-  kill -0 "${pid}" 2>/dev/null && ! grep -q '^State:.*Z' "/proc/${pid}/status" 2>/dev/null
+  pid="$(cat "$1" 2>/dev/null)" || return 1 # the daemon removes it as it exits
+  [ -n "${pid}" ] && pid_alive "${pid}"
 }
 
 write_conf() {
@@ -162,16 +166,17 @@ stop() {
   local names="${2:-client.rgw.a osd.0 mon.a}"
   for name in ${names}; do
     local pidfile="${dir}/run/${name}.pid"
-    if alive "${pidfile}"; then
+    local pid
+    pid="$(cat "${pidfile}" 2>/dev/null)" || pid=""
+    if [ -n "${pid}" ] && pid_alive "${pid}"; then
       any=1
-      local pid
-      pid="$(cat "${pidfile}")"
       kill -TERM "${pid}" 2>/dev/null || true
+      # Wait on the process, not its pidfile (the daemon removes that before it is gone).
       for _ in $(seq 1 40); do
-        alive "${pidfile}" || break
+        pid_alive "${pid}" || break
         sleep 0.25
       done
-      if alive "${pidfile}"; then
+      if pid_alive "${pid}"; then
         kill -KILL "${pid}" 2>/dev/null || true
       fi
     fi

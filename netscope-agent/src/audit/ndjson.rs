@@ -164,40 +164,9 @@ impl AuditSink for NdjsonAudit {}
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::{
-        RouteName, SpanId, TargetName, TraceId,
-        call::RequestContext,
-        outcome::{CallOutcome, CircuitState, NetworkFacts, RequestLine, RetryStop},
-    };
 
     fn result(id: &str) -> Arc<OutboundResult> {
-        Arc::new(OutboundResult {
-            ctx: RequestContext {
-                trace_id: TraceId([1; 16]),
-                span_id: SpanId([2; 8]),
-                parent_span_id: None,
-                trace_flags: 1,
-                tracestate: None,
-                request_id: id.into(),
-                idempotency_key: None,
-                target: TargetName("t".into()),
-                route: RouteName("default".into()),
-                internal_ip: None,
-                external_ip: None,
-            },
-            method: "GET",
-            request: RequestLine::of(&"http://127.0.0.1:1/".parse().unwrap()),
-            outcome: CallOutcome::Response,
-            status: Some(200),
-            attempts: Vec::new(),
-            retry_stop: RetryStop::Succeeded,
-            started_unix_ms: 0,
-            duration_ms: 0.0,
-            request_bytes: 0,
-            response_bytes: 0,
-            circuit: CircuitState::Closed,
-            network: NetworkFacts::default(),
-        })
+        Arc::new(OutboundResult::example(id))
     }
 
     fn events(path: &Path) -> Vec<AuditEvent> {

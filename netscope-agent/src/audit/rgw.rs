@@ -171,33 +171,38 @@ fn now_unix_ms() -> u64 {
 }
 
 impl RgwAudit {
-    /// At boot: (creates the bucket when asked,) checks the bucket and credentials — a clear
-    /// error otherwise — reads the bucket's Object Lock retention, then [`Self::start`]s.
+    /// At boot: checks the bucket and credentials (creating the bucket first when asked) — a
+    /// missing bucket or refused credentials is a clear error; an RGW that does not answer is
+    /// an outage, not a configuration error: events are spooled until it is back. Then
+    /// [`Self::start`]s. `lock_days`: retention when the bucket's Object Lock has no default.
     pub async fn connect(
         s3: S3Settings,
         spool: SpoolSettings,
         lock_days: u32,
         create_bucket: bool,
     ) -> Result<Self, AuditError> {
-        let mut store = S3Store::new(s3);
-        if create_bucket {
+        let store = S3Store::new(s3);
+        let mut checked = store.check().await;
+        if create_bucket && matches!(checked, Err(S3Error::NoSuchBucket { .. })) {
             store.create_bucket().await?;
+            checked = store.check().await;
         }
-        store.check().await?;
-        let retention = store.object_lock(lock_days).await?;
-        match &retention {
-            Some(r) => {
-                info!(mode = ?r.mode, days = r.days, "audit bucket has Object Lock: every batch gets this retention")
-            }
-            None => info!("audit bucket has no Object Lock: batches are write-once by key only"),
+        match checked {
+            Ok(()) => {}
+            Err(S3Error::Unreachable { endpoint, detail }) => warn!(%endpoint, %detail,
+                "RGW does not answer at boot: audit events are spooled locally until it does"),
+            Err(e) => return Err(e.into()),
         }
-        store.set_retention(retention);
-        Self::start(store, spool)
+        Self::start(store, spool, lock_days)
     }
 
     /// Recovers the spool (a crash's open segment is sealed, its torn tail quarantined), then
     /// starts the writer thread and the shipper task. `store` was checked at boot.
-    pub fn start(store: S3Store, settings: SpoolSettings) -> Result<Self, AuditError> {
+    pub fn start(
+        store: S3Store,
+        settings: SpoolSettings,
+        lock_days: u32,
+    ) -> Result<Self, AuditError> {
         let spool_err = |source| AuditError::Spool {
             dir: settings.dir.clone(),
             source,
@@ -238,6 +243,8 @@ impl RgwAudit {
         let (drain_until, drain_rx) = watch::channel(None);
         let shipper = Shipper {
             store,
+            lock_days,
+            retention_known: false,
             dir: settings.dir,
             node: settings.node,
             stats: Arc::clone(&stats),
@@ -271,8 +278,15 @@ impl RgwAudit {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .take();
-        if let Some(task) = shipper {
-            let _ = task.await;
+        if let Some(mut task) = shipper {
+            // An upload in flight at the deadline is cut: its segment stays spooled and the
+            // write-once upload is redone after the next start.
+            if tokio::time::timeout(grace + Duration::from_secs(1), &mut task)
+                .await
+                .is_err()
+            {
+                task.abort();
+            }
         }
         let summary = self.stats.summary();
         if summary.backlog_segments > 0 {
@@ -339,17 +353,29 @@ impl Writer {
                 }
                 continue;
             }
-            let result = self.append(&mut open, &mut frames, &group);
-            for (_, ack) in group {
-                let _ = ack.send(result.clone());
-            }
-            let full = open.as_ref().is_some_and(|(seg, at)| {
-                seg.events >= self.settings.batch_events
-                    || seg.bytes >= self.settings.batch_bytes
-                    || at.elapsed() >= self.settings.batch_age
-            });
-            if full {
-                self.seal(open.take());
+            // A segment never holds more than `batch_events`: the group is split at its end.
+            let mut rest = group;
+            while !rest.is_empty() {
+                let room = open
+                    .as_ref()
+                    .map_or(self.settings.batch_events, |(seg, _)| {
+                        self.settings.batch_events.saturating_sub(seg.events).max(1)
+                    });
+                let tail =
+                    rest.split_off(rest.len().min(usize::try_from(room).unwrap_or(usize::MAX)));
+                let result = self.append(&mut open, &mut frames, &rest);
+                for (_, ack) in rest {
+                    let _ = ack.send(result.clone());
+                }
+                rest = tail;
+                let full = open.as_ref().is_some_and(|(seg, at)| {
+                    seg.events >= self.settings.batch_events
+                        || seg.bytes >= self.settings.batch_bytes
+                        || at.elapsed() >= self.settings.batch_age
+                });
+                if full {
+                    self.seal(open.take());
+                }
             }
         }
         self.seal(open.take());
@@ -392,6 +418,9 @@ impl Writer {
         let fail = |e: &dyn std::fmt::Display| format!("audit spool {}: {e}", s.dir.display());
         if open.is_none() {
             let seg = OpenSegment::create(&s.dir, self.next).map_err(|e| fail(&e))?;
+            self.stats
+                .spool_bytes
+                .fetch_add(seg.bytes, Ordering::Relaxed);
             *open = Some((seg, Instant::now()));
         }
         let Some((seg, _)) = open.as_mut() else {
@@ -424,6 +453,7 @@ impl Writer {
         let Some((seg, _)) = open else { return };
         let path = seg.path.clone();
         let sealed = if seg.events == 0 {
+            release(&self.stats, seg.bytes);
             seg.discard().map(|()| None)
         } else {
             seg.seal(&self.settings.dir).map(Some)
@@ -439,6 +469,9 @@ impl Writer {
 
 struct Shipper {
     store: S3Store,
+    lock_days: u32,
+    /// The bucket's Object Lock was read (once RGW answered).
+    retention_known: bool,
     dir: PathBuf,
     node: String,
     stats: Arc<AuditStats>,
@@ -479,7 +512,7 @@ fn load(node: &str, seg: &Sealed) -> io::Result<Result<Batch, String>> {
 }
 
 impl Shipper {
-    async fn run(self, mut drain_until: watch::Receiver<Option<Instant>>) {
+    async fn run(mut self, mut drain_until: watch::Receiver<Option<Instant>>) {
         let mut backoff = Duration::from_millis(100);
         loop {
             let Some(seg) = self.backlog.front() else {
@@ -515,7 +548,7 @@ impl Shipper {
                     continue;
                 }
             };
-            match self.store.put_once(&batch.key, batch.body).await {
+            match self.upload(&batch.key, batch.body).await {
                 Ok(outcome) => {
                     self.stats.puts.fetch_add(1, Ordering::Relaxed);
                     if outcome == PutOutcome::AlreadyThere {
@@ -549,12 +582,29 @@ impl Shipper {
         }
     }
 
+    /// Writes a batch once, with the bucket's Object Lock retention (read before the first).
+    async fn upload(&mut self, key: &str, body: Vec<u8>) -> Result<PutOutcome, S3Error> {
+        if !self.retention_known {
+            let retention = self.store.object_lock(self.lock_days).await?;
+            match &retention {
+                Some(r) => info!(mode = ?r.mode, days = r.days,
+                    "audit bucket has Object Lock: every batch gets this retention"),
+                None => {
+                    info!("audit bucket has no Object Lock: batches are write-once by key only")
+                }
+            }
+            self.store.set_retention(retention);
+            self.retention_known = true;
+        }
+        self.store.put_once(key, body).await
+    }
+
     /// RGW holds the segment's events: record that, then delete the segment.
     fn forget(&self, seg: &Sealed) -> io::Result<()> {
         spool::write_shipped(&self.dir, seg.last)?;
         std::fs::remove_file(&seg.path)?;
         spool::sync_dir(&self.dir)?;
-        self.release(seg.bytes);
+        release(&self.stats, seg.bytes);
         Ok(())
     }
 
@@ -564,18 +614,8 @@ impl Shipper {
             error!(segment = %seg.path.display(), error = %e, "audit spool: cannot quarantine a corrupt segment; it is skipped in this run");
         }
         self.stats.quarantined.fetch_add(1, Ordering::Relaxed);
-        self.release(seg.bytes);
+        release(&self.stats, seg.bytes);
         self.backlog.pop(&self.stats);
-    }
-
-    /// The spool no longer holds `bytes` (shipped or quarantined).
-    fn release(&self, bytes: u64) {
-        let _ = self
-            .stats
-            .spool_bytes
-            .try_update(Ordering::Relaxed, Ordering::Relaxed, |b| {
-                Some(b.saturating_sub(bytes))
-            });
     }
 
     /// Sleeps `backoff` (doubling up to 5 s), or until the drain deadline passes.
@@ -595,6 +635,15 @@ impl Shipper {
             () = changed(drain_until) => {}
         }
     }
+}
+
+/// The spool no longer holds `bytes` (shipped, quarantined or discarded).
+fn release(stats: &AuditStats, bytes: u64) {
+    let _ = stats
+        .spool_bytes
+        .try_update(Ordering::Relaxed, Ordering::Relaxed, |b| {
+            Some(b.saturating_sub(bytes))
+        });
 }
 
 /// Resolves when the drain deadline is set; never once nobody can set it any more.

@@ -9,12 +9,16 @@
 //! `If-None-Match` for plain buckets. Checksums: calculated only when required (streamed bodies
 //! otherwise fail on RGW with `XAmzContentSHA256Mismatch`), plus an explicit CRC32 on every body.
 
-use std::io::{Read as _, Write as _};
+use std::{
+    io::{Read as _, Write as _},
+    time::Duration,
+};
 
 use aws_sdk_s3::{
     Client,
     config::{
         Builder, Credentials, Region, RequestChecksumCalculation, ResponseChecksumValidation,
+        retry::RetryConfig, timeout::TimeoutConfig,
     },
     error::{DisplayErrorContext, SdkError},
     primitives::{ByteStream, DateTime},
@@ -100,6 +104,15 @@ impl S3Store {
                 None,
                 "netscope",
             ))
+            // The shipper retries with its own backoff: one attempt per call here, and a dead
+            // endpoint is noticed within seconds.
+            .retry_config(RetryConfig::disabled())
+            .timeout_config(
+                TimeoutConfig::builder()
+                    .connect_timeout(Duration::from_secs(3))
+                    .operation_attempt_timeout(Duration::from_secs(60))
+                    .build(),
+            )
             .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
             .response_checksum_validation(ResponseChecksumValidation::WhenRequired)
             .build();
@@ -248,8 +261,8 @@ impl S3Store {
             .content_encoding("gzip")
             .body(ByteStream::from(body));
         if let Some(r) = &self.retention {
-            let until = std::time::SystemTime::now()
-                + std::time::Duration::from_secs(u64::from(r.days) * 86_400);
+            let until =
+                std::time::SystemTime::now() + Duration::from_secs(u64::from(r.days) * 86_400);
             put = put
                 .object_lock_mode(r.mode.clone())
                 .object_lock_retain_until_date(DateTime::from(until));
@@ -288,6 +301,17 @@ impl S3Store {
 
     /// Every key under `prefix`, in key order.
     pub async fn list(&self, prefix: &str) -> Result<Vec<String>, S3Error> {
+        self.list_range(prefix, None, None).await
+    }
+
+    /// The keys under `prefix` after `start_after` and before `end`, in key order (listing
+    /// stops at `end`: a range costs what it holds, not what the bucket holds).
+    pub async fn list_range(
+        &self,
+        prefix: &str,
+        start_after: Option<&str>,
+        end: Option<&str>,
+    ) -> Result<Vec<String>, S3Error> {
         let mut keys = Vec::new();
         let mut token = None;
         loop {
@@ -296,6 +320,7 @@ impl S3Store {
                 .list_objects_v2()
                 .bucket(&self.settings.bucket)
                 .prefix(prefix)
+                .set_start_after(start_after.map(str::to_owned))
                 .set_continuation_token(token)
                 .send()
                 .await
@@ -304,13 +329,18 @@ impl S3Store {
                     key: prefix.to_owned(),
                     detail: detail(&e),
                 })?;
+            let before = keys.len();
             keys.extend(
                 out.contents()
                     .iter()
-                    .filter_map(|o| o.key().map(str::to_owned)),
+                    .filter_map(|o| o.key().map(str::to_owned))
+                    .take_while(|k| end.is_none_or(|end| k.as_str() < end)),
             );
+            let reached_end = keys.len() - before < out.contents().len();
             match out.next_continuation_token() {
-                Some(t) if out.is_truncated() == Some(true) => token = Some(t.to_owned()),
+                Some(t) if out.is_truncated() == Some(true) && !reached_end => {
+                    token = Some(t.to_owned());
+                }
                 _ => break,
             }
         }
@@ -335,10 +365,18 @@ pub fn utc_parts(unix_ms: u64) -> (i64, u32, u32, u32) {
     (year, month, day, (rem / 3600) as u32)
 }
 
+/// `v1/<yyyy-mm-dd>/<hh>/`: where the batches starting in that UTC hour are.
+pub fn hour_prefix(unix_ms: u64) -> String {
+    let (y, m, d, h) = utc_parts(unix_ms);
+    format!("v1/{y:04}-{m:02}-{d:02}/{h:02}/")
+}
+
 /// The key of a batch of `node`'s events `first..=last`, dated by its first event.
 pub fn batch_key(node: &str, first: u64, last: u64, first_unix_ms: u64) -> String {
-    let (y, m, d, h) = utc_parts(first_unix_ms);
-    format!("v1/{y:04}-{m:02}-{d:02}/{h:02}/{node}/{first:020}-{last:020}.ndjson.gz")
+    format!(
+        "{}{node}/{first:020}-{last:020}.ndjson.gz",
+        hour_prefix(first_unix_ms)
+    )
 }
 
 /// Gzip-compressed NDJSON of the events.

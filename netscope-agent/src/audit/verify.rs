@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use super::s3::{S3Error, S3Store, decode_batch, utc_parts};
+use super::s3::{S3Error, S3Store, decode_batch, hour_prefix};
 
 const HOUR_MS: u64 = 3_600_000;
 
@@ -144,38 +144,40 @@ pub async fn verify(
         ..VerifyReport::default()
     };
     let mut seqs: BTreeMap<String, Vec<u64>> = BTreeMap::new();
-    let mut hour = (from_unix_ms / HOUR_MS).saturating_sub(1) * HOUR_MS;
-    while hour < to_unix_ms {
-        let (y, m, d, h) = utc_parts(hour);
-        let prefix = match node {
-            Some(n) => format!("v1/{y:04}-{m:02}-{d:02}/{h:02}/{n}/"),
-            None => format!("v1/{y:04}-{m:02}-{d:02}/{h:02}/"),
-        };
-        for key in store.list(&prefix).await? {
-            report.objects += 1;
-            let events = match decode_batch(&key, &store.get(&key).await?) {
-                Ok(events) => events,
-                Err(e) => {
-                    report.bad_objects.push(format!("{key}: {e}"));
-                    continue;
-                }
-            };
-            let in_key: Vec<u64> = events.iter().map(|e| e.sequence).collect();
-            let consecutive = key_range(&key).is_some_and(|(a, b)| {
-                b >= a && in_key.len() as u64 == b - a + 1 && in_key.iter().copied().eq(a..=b)
-            });
-            if !consecutive {
-                report.bad_objects.push(format!(
-                    "{key}: its events are not the sequences its key names"
-                ));
+    // From the hour before `from` (a batch started then may hold events of the range) up to
+    // and including the hour of `to`.
+    let start_after = hour_prefix((from_unix_ms / HOUR_MS).saturating_sub(1) * HOUR_MS);
+    let end = hour_prefix((to_unix_ms / HOUR_MS + 1) * HOUR_MS);
+    let keys = store
+        .list_range("v1/", Some(&start_after), Some(&end))
+        .await?;
+    let node_dir = node.map(|n| format!("/{n}/"));
+    for key in keys {
+        if node_dir.as_ref().is_some_and(|d| !key.contains(d.as_str())) {
+            continue;
+        }
+        report.objects += 1;
+        let events = match decode_batch(&key, &store.get(&key).await?) {
+            Ok(events) => events,
+            Err(e) => {
+                report.bad_objects.push(format!("{key}: {e}"));
+                continue;
             }
-            for e in events {
-                if (from_unix_ms..to_unix_ms).contains(&e.timestamp_unix_ms) {
-                    seqs.entry(e.node).or_default().push(e.sequence);
-                }
+        };
+        let in_key: Vec<u64> = events.iter().map(|e| e.sequence).collect();
+        let consecutive = key_range(&key).is_some_and(|(a, b)| {
+            b >= a && in_key.len() as u64 == b - a + 1 && in_key.iter().copied().eq(a..=b)
+        });
+        if !consecutive {
+            report.bad_objects.push(format!(
+                "{key}: its events are not the sequences its key names"
+            ));
+        }
+        for e in events {
+            if (from_unix_ms..to_unix_ms).contains(&e.timestamp_unix_ms) {
+                seqs.entry(e.node).or_default().push(e.sequence);
             }
         }
-        hour += HOUR_MS;
     }
     report.nodes = seqs
         .into_iter()

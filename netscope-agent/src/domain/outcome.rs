@@ -120,6 +120,52 @@ pub struct OutboundResult {
     pub network: NetworkFacts,
 }
 
+impl OutboundResult {
+    /// A representative finished call (`GET http://127.0.0.1:18080/orders/1`, one attempt,
+    /// 200) with this request id: what benchmarks and tests of the sinks feed them.
+    pub fn example(request_id: &str) -> Self {
+        use super::{RouteName, SpanId, TargetName, TraceId, call::RequestContext};
+        Self {
+            ctx: RequestContext {
+                trace_id: TraceId([0x4b; 16]),
+                span_id: SpanId([0x11; 8]),
+                parent_span_id: None,
+                trace_flags: 1,
+                tracestate: None,
+                request_id: request_id.into(),
+                idempotency_key: None,
+                target: TargetName("demo".into()),
+                route: RouteName("orders".into()),
+                internal_ip: None,
+                external_ip: None,
+            },
+            method: "GET",
+            request: RequestLine {
+                scheme: "http".into(),
+                host: "127.0.0.1".into(),
+                port: 18080,
+                path: "/orders/1".into(),
+            },
+            outcome: CallOutcome::Response,
+            status: Some(200),
+            attempts: vec![Attempt {
+                number: 1,
+                status: Some(200),
+                error: None,
+                duration_ms: 1.2,
+                backoff_ms: 0.0,
+            }],
+            retry_stop: RetryStop::Succeeded,
+            started_unix_ms: 0,
+            duration_ms: 1.3,
+            request_bytes: 0,
+            response_bytes: 128,
+            circuit: CircuitState::Closed,
+            network: NetworkFacts::default(),
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum CircuitState {

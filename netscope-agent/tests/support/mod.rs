@@ -24,6 +24,7 @@ use netscope_common::{ConnEvent, EventKind};
 /// would disturb, and every probe sees every connection on the host.
 static SERIAL: Mutex<()> = Mutex::new(());
 
+pub mod ceph;
 pub mod kafka;
 
 /// Returns a guard when kernel tests can run here; otherwise explains why they are skipped, or

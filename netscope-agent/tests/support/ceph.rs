@@ -1,0 +1,78 @@
+//! The local Ceph RGW for tests (scripts/ceph.sh; `xtask test` starts it).
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::{
+    net::TcpStream,
+    process::Command,
+    sync::{Mutex, MutexGuard, PoisonError},
+    time::Duration,
+};
+
+use netscope_agent::audit::s3::S3Settings;
+
+use super::kafka::unique;
+
+/// RGW tests run one at a time: some stop RGW, which the others would see as an outage.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+pub fn endpoint() -> String {
+    std::env::var("NETSCOPE_RGW_ENDPOINT").unwrap_or_else(|_| "127.0.0.1:7480".into())
+}
+
+/// The local RGW's settings, with a bucket name of the test's own (not created), when RGW
+/// answers; otherwise explains the skip, or fails when `NETSCOPE_REQUIRE_CEPH_TESTS=1`.
+pub fn ceph_test(name: &str) -> Option<(MutexGuard<'static, ()>, S3Settings)> {
+    let guard = SERIAL.lock().unwrap_or_else(PoisonError::into_inner);
+    let endpoint = endpoint();
+    let up = endpoint
+        .parse()
+        .ok()
+        .is_some_and(|a| TcpStream::connect_timeout(&a, Duration::from_secs(1)).is_ok());
+    let required = std::env::var("NETSCOPE_REQUIRE_CEPH_TESTS").is_ok_and(|v| v == "1");
+    if !up {
+        assert!(
+            !required,
+            "{name}: Ceph RGW is required but {endpoint} does not answer"
+        );
+        eprintln!("{name}: SKIPPED: no RGW at {endpoint} (scripts/ceph.sh start)");
+        return None;
+    }
+    Some((
+        guard,
+        S3Settings {
+            endpoint: format!("http://{endpoint}"),
+            bucket: unique("audit").replace('_', "-"),
+            access_key: "netscope-local".into(),
+            secret_key: "netscope-local-secret".into(),
+            region: "default".into(),
+        },
+    ))
+}
+
+fn script(what: &str) {
+    let status = Command::new("bash")
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/ceph.sh"))
+        .arg(what)
+        .status()
+        .unwrap();
+    assert!(status.success(), "scripts/ceph.sh {what}: {status}");
+}
+
+/// An RGW outage: radosgw is stopped (mon and OSD keep the data) until this is dropped —
+/// also when the test fails.
+pub struct RgwOutage;
+
+impl RgwOutage {
+    pub fn begin() -> Self {
+        script("rgw-stop");
+        Self
+    }
+
+    pub fn end(self) {}
+}
+
+impl Drop for RgwOutage {
+    fn drop(&mut self) {
+        script("rgw-start");
+    }
+}
