@@ -1,5 +1,7 @@
 //! `netscope-agent run` end to end: the real binary, a real Kafka broker, a real upstream.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
+// The RGW test's serial lock is held across awaits: the test drives a runtime of its own.
+#![allow(clippy::await_holding_lock)]
 
 mod support;
 
@@ -10,10 +12,17 @@ use std::{
     time::{Duration, Instant},
 };
 
-use netscope_agent::{demo::upstream::Upstream, domain::audit::AuditEvent};
+use netscope_agent::{
+    audit::s3::{S3Store, decode_batch},
+    demo::upstream::Upstream,
+    domain::audit::AuditEvent,
+};
 use rdkafka::Message as _;
 use serde_json::{Value, json};
-use support::kafka::{self, kafka_test, unique};
+use support::{
+    ceph::ceph_test,
+    kafka::{self, kafka_test, unique},
+};
 
 const BIN: &str = env!("CARGO_BIN_EXE_netscope-agent");
 
@@ -131,6 +140,44 @@ impl Setup {
             .iter()
             .map(|m| serde_json::from_slice(m.payload().unwrap()).unwrap())
             .collect()
+    }
+
+    /// Runs the agent on the `n` messages sent, SIGKILLs it once some results are out (the
+    /// rest in flight or queued; `at_kill` looks at what it left), restarts it and stops it
+    /// once every message has a result. Returns every result, duplicates included.
+    fn killed_midway(&self, n: usize, args: &[&str], at_kill: impl FnOnce()) -> Vec<Value> {
+        let mut agent = self.start(args);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while self.results(20).len() < 20 {
+            assert!(Instant::now() < deadline, "no progress: {}", self.log());
+        }
+        agent.kill().unwrap(); // SIGKILL
+        agent.wait().unwrap();
+        let before = self.results_within(n, Duration::from_secs(3)).len();
+        assert!(
+            before < n,
+            "the kill came too late to test anything ({before} results)"
+        );
+        at_kill();
+
+        let agent = self.start(args);
+        let deadline = Instant::now() + Duration::from_secs(90);
+        let mut results;
+        loop {
+            results = self.results_within(n + 300, Duration::from_secs(3));
+            let distinct: BTreeSet<String> = results.iter().map(request_id).collect();
+            if distinct.len() == n {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} of {n} after restart: {}",
+                distinct.len(),
+                self.log()
+            );
+        }
+        self.stop(agent);
+        results
     }
 
     async fn send(&self, messages: &[(String, Vec<u8>)]) {
@@ -279,38 +326,7 @@ async fn a_sigkill_mid_stream_loses_nothing_and_duplicates_carry_their_key() {
         })
         .collect();
     s.send(&messages).await;
-    let agent = s.start(&["--no-probe", "--workers", "4"]);
-    // Kill it once some results are out, the rest still in flight or queued.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while s.results(20).len() < 20 {
-        assert!(Instant::now() < deadline, "no progress: {}", s.log());
-    }
-    let mut agent = agent;
-    agent.kill().unwrap(); // SIGKILL
-    agent.wait().unwrap();
-    let before = s.results_within(N, Duration::from_secs(3)).len();
-    assert!(
-        before < N,
-        "the kill came too late to test anything ({before} results)"
-    );
-
-    let agent = s.start(&["--no-probe", "--workers", "4"]);
-    let deadline = Instant::now() + Duration::from_secs(90);
-    let mut results;
-    loop {
-        results = s.results_within(N + 300, Duration::from_secs(3));
-        let distinct: BTreeSet<String> = results.iter().map(request_id).collect();
-        if distinct.len() == N {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{} of {N} after restart: {}",
-            distinct.len(),
-            s.log()
-        );
-    }
-    s.stop(agent);
+    let results = s.killed_midway(N, &["--no-probe", "--workers", "4"], || {});
     let mut per_key: BTreeMap<String, usize> = BTreeMap::new();
     for r in &results {
         assert_eq!(
@@ -330,6 +346,105 @@ async fn a_sigkill_mid_stream_loses_nothing_and_duplicates_carry_their_key() {
         .map(|r| r.header("idempotency-key").unwrap().to_owned())
         .collect();
     assert_eq!(served_keys.len(), N);
+}
+
+/// The audit trail in RGW across a SIGKILL that lands while a batch is open in the spool:
+/// after the restart every call has its audit event, and no sequence is stored twice or lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sigkill_mid_batch_loses_no_audit_event_and_stores_none_twice() {
+    let Some(brokers) = kafka_test("pipeline-audit-kill") else {
+        return;
+    };
+    let Some((_serial, s3)) = ceph_test("pipeline-audit-kill") else {
+        return;
+    };
+    const N: usize = 150;
+    let up = Upstream::start("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let base = format!("http://{}", up.addr);
+    let s = Setup::new("akill", brokers, up.addr.port()).await;
+    let messages: Vec<_> = (0..N)
+        .map(|i| {
+            let id = format!("a{i}");
+            (id.clone(), request(&base, "GET", "/delay/20", None, None))
+        })
+        .collect();
+    s.send(&messages).await;
+    let from = now_ms() - 60_000;
+    let spool = s.dir.join("spool");
+    let spool_arg = spool.to_str().unwrap();
+    let args = [
+        "--no-probe",
+        "--workers",
+        "4",
+        "--node",
+        "akill",
+        "--audit-sink",
+        "rgw",
+        "--audit-s3-bucket",
+        &s3.bucket,
+        "--audit-create-bucket",
+        "--audit-spool-dir",
+        spool_arg,
+        // Batches close on size only: the kill finds one open.
+        "--audit-batch-events",
+        "50",
+        "--audit-batch-age-ms",
+        "600000",
+    ];
+    let results = s.killed_midway(N, &args, || {
+        let open: Vec<u64> = std::fs::read_dir(spool.join("akill"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|x| x == "open"))
+            .map(|p| std::fs::metadata(p).unwrap().len())
+            .collect();
+        assert!(
+            open.iter().any(|&len| len > 8),
+            "the kill found no batch open: {open:?}"
+        );
+    });
+
+    let out = Command::new(BIN)
+        .args(["audit", "verify", "--node", "akill"])
+        .args(["--from", &from.to_string()])
+        .args(["--to", &(now_ms() + 60_000).to_string()])
+        .args(["--audit-s3-endpoint", &s3.endpoint])
+        .args(["--audit-s3-bucket", &s3.bucket])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "audit verify: {stderr}");
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let node = &report["nodes"]["akill"];
+    assert_eq!(node["gaps"], json!([]), "{report}");
+    assert_eq!(node["duplicates"], json!([]), "{report}");
+    assert_eq!(node["first_sequence"], 1);
+    assert!(node["events"].as_u64().unwrap() >= N as u64);
+
+    // Every call has its event in RGW, and the spool was drained at the clean stop.
+    let store = S3Store::new(s3);
+    let mut audited = BTreeSet::new();
+    for key in store.list("v1/").await.unwrap() {
+        for e in decode_batch(&key, &store.get(&key).await.unwrap()).unwrap() {
+            audited.insert(e.context.request_id);
+        }
+    }
+    let called: BTreeSet<String> = results.iter().map(request_id).collect();
+    assert_eq!(audited, called);
+    let left: Vec<String> = std::fs::read_dir(spool.join("akill"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(left, vec!["shipped".to_owned()]);
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
 }
 
 /// Root: the agent runs its probe. A plain test holding the kernel tests' lock and driving a
