@@ -99,12 +99,25 @@ ceph_cli() { ceph -c "${conf}" --connect-timeout 10 "$@"; }
 
 s3_answers() { (exec 3<>"/dev/tcp/127.0.0.1/${rgw_port}") 2>/dev/null; }
 
+stop_other_stores() { # the memstore and bluestore clusters use the same ports
+  local other
+  for other in memstore bluestore; do
+    [ "${other}" != "${store}" ] || continue
+    local other_dir="${HOME}/.local/share/netscope/ceph-${other}"
+    if [ -z "${NETSCOPE_CEPH_DIR:-}" ] && alive "${other_dir}/run/mon.a.pid"; then
+      say "stopping the ${other} cluster (same ports)"
+      NETSCOPE_CEPH_STORE="${other}" bash "$0" stop >/dev/null
+    fi
+  done
+}
+
 start() {
   install
   if alive "${dir}/run/client.rgw.a.pid" && s3_answers; then
     say "already running (S3 on 127.0.0.1:${rgw_port}, ${store})"
     return
   fi
+  stop_other_stores
   stop quiet
   if [ "${store}" = memstore ]; then
     # A memstore OSD comes back empty while the monitor still maps placement groups to it:

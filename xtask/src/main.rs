@@ -12,17 +12,21 @@ const USAGE: &str = "usage: cargo xtask <task>
 tasks:
   setup                 install toolchains, bpf-linker, apt packages; mount tracefs/bpffs
   build-ebpf [--out F]  build the kernel object (BTF included); copy it to F if given
-  run [ARGS…]           start the local Kafka broker, build (release) and run the pipeline
-                        `netscope-agent run --demo-upstream ARGS…` (root: with the probe)
+  run [ARGS…]           start the local Kafka broker and Ceph (bluestore: keeps its data),
+                        build (release) and run the pipeline `netscope-agent run
+                        --demo-upstream --audit-sink rgw --audit-create-bucket ARGS…`
+                        (root: with the probe)
   send [ARGS…]          send demo requests to the local pipeline (`netscope-agent send`)
   probe [ARGS…]         build (release) and run `netscope-agent probe ARGS…` (root)
   test                  fmt check, clippy -D warnings, start the local Kafka broker and Ceph
                         RGW, then every test; the Kafka and RGW tests are required, and as
                         root the kernel tests too (NETSCOPE_REQUIRE_{KAFKA,CEPH,KERNEL}_TESTS=1)
   kafka start|stop|status  the local Kafka broker (scripts/kafka.sh)
-  ceph start|stop|status   the local Ceph RGW (scripts/ceph.sh)
+  ceph start|stop|status|rgw-stop|rgw-start  the local Ceph RGW (scripts/ceph.sh)
   bench probe [ARGS…]   kernel cost and connection rate: none vs NetScope vs empty programs
-  bench pipeline [ARGS…]  pipeline throughput and latency vs a bare reqwest loop (starts Kafka)";
+  bench pipeline [ARGS…]  pipeline throughput and latency vs a bare reqwest loop (starts Kafka)
+  bench audit [ARGS…]   events/s into RGW, PUTs per 10,000 events, request-path latency with
+                        RGW healthy vs stopped (starts Ceph)";
 
 fn workspace() -> PathBuf {
     let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
@@ -200,6 +204,10 @@ fn bench(args: &[String]) -> Result<(), String> {
             run("bash", &["scripts/kafka.sh", "start"], &[])?;
             bench_bin("pipeline", rest)
         }
+        "audit" => {
+            run("bash", &["scripts/ceph.sh", "start"], &[])?;
+            bench_bin("audit", rest)
+        }
         other => Err(format!("bench: unknown benchmark `{other}`\n{USAGE}")),
     }
 }
@@ -215,7 +223,25 @@ fn main() -> ExitCode {
         "build-ebpf" => build_ebpf(rest),
         "probe" => agent(&["probe"], rest),
         "run" => run("bash", &["scripts/kafka.sh", "start"], &[])
-            .and_then(|()| agent(&["run", "--demo-upstream"], rest)),
+            .and_then(|()| {
+                run(
+                    "bash",
+                    &["scripts/ceph.sh", "start"],
+                    &[("NETSCOPE_CEPH_STORE", "bluestore")],
+                )
+            })
+            .and_then(|()| {
+                agent(
+                    &[
+                        "run",
+                        "--demo-upstream",
+                        "--audit-sink",
+                        "rgw",
+                        "--audit-create-bucket",
+                    ],
+                    rest,
+                )
+            }),
         "send" => agent(&["send"], rest),
         "test" => test(),
         "bench" => bench(rest),

@@ -1,4 +1,5 @@
 //! `netscope-bench probe` (run through `cargo xtask bench probe`): what the kernel probe costs.
+//! (`pipeline` and `audit` are in their modules.)
 //!
 //! A fixed loopback workload (connect, send a payload, get it back, close) runs in a private
 //! network namespace, in interleaved rounds of three phases: no programs, NetScope's programs,
@@ -24,6 +25,7 @@ use aya::sys::{Stats, enable_stats};
 use clap::{Parser, Subcommand};
 use netscope_agent::probe::{Probe, ProbeOptions, ProgramSet, ProgramStats};
 
+mod audit;
 mod pipeline;
 
 #[derive(Parser)]
@@ -51,6 +53,30 @@ enum Bench {
         /// Upstream latency per call, one run each (the last one gives the closing line).
         #[arg(long, value_delimiter = ',', default_value = "0,20")]
         upstream_delay_ms: Vec<u64>,
+    },
+    /// The RGW audit trail: sustained events/s into RGW, PUTs per 10,000 events, and the
+    /// request path's latency with RGW healthy vs stopped.
+    Audit {
+        /// Events of the throughput run.
+        #[arg(long, default_value_t = 200_000)]
+        events: u64,
+        /// Concurrent deliveries (the pipeline's delivery stage allows 4 × workers).
+        #[arg(long, default_value_t = 256)]
+        concurrency: usize,
+        /// Events/s offered in the latency rounds.
+        #[arg(long, default_value_t = 2_000)]
+        rate: u64,
+        /// Seconds of each latency round (healthy, then stopped).
+        #[arg(long, default_value_t = 3)]
+        round_secs: u64,
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+        #[arg(
+            long,
+            env = "NETSCOPE_AUDIT_S3_ENDPOINT",
+            default_value = "http://127.0.0.1:7480"
+        )]
+        endpoint: String,
     },
     /// Kernel cost and connection rate of the probe.
     Probe {
@@ -91,6 +117,21 @@ fn main() -> ExitCode {
             rounds,
             no_tc,
         } => bench_probe(connections, payload, rounds.max(1), no_tc),
+        Bench::Audit {
+            events,
+            concurrency,
+            rate,
+            round_secs,
+            rounds,
+            endpoint,
+        } => audit::bench(&audit::AuditBench {
+            events: events.max(1),
+            concurrency: concurrency.max(1),
+            rate: rate.max(1),
+            round_secs: round_secs.max(1),
+            rounds: rounds.max(1),
+            endpoint,
+        }),
         Bench::Pipeline {
             calls,
             concurrency,
