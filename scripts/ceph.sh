@@ -82,7 +82,7 @@ osd_objectstore = ${store}
 CONF
     if [ "${store}" = bluestore ]; then
       cat <<CONF
-bluestore_block_path = ${dir}/osd/0/block
+bluestore_block_path = ${dir}/osd/block.0
 bluestore_block_create = true
 bluestore_block_size = 10737418240
 CONF
@@ -119,14 +119,15 @@ start() {
   fi
   stop_other_stores
   stop quiet
-  if [ "${store}" = memstore ]; then
+  if [ "${store}" = memstore ] || [ ! -f "${dir}/created" ]; then
     # A memstore OSD comes back empty while the monitor still maps placement groups to it:
-    # a memstore cluster is always made anew (its data never outlives its OSD anyway).
+    # a memstore cluster is always made anew (its data never outlives its OSD anyway). A
+    # cluster whose creation did not finish is made anew too.
     rm -rf "${dir}"
   fi
   write_conf
   local fresh=0
-  if [ ! -d "${dir}/mon/a/store.db" ]; then
+  if [ ! -f "${dir}/created" ]; then
     fresh=1
     say "creating the cluster in ${dir} (${store})"
     monmaptool --create --fsid "${fsid}" --addv a "[v2:127.0.0.1:${mon_v2},v1:127.0.0.1:${mon_v1}]" "${dir}/monmap" >/dev/null
@@ -137,7 +138,12 @@ start() {
     local uuid
     uuid="$(cat /proc/sys/kernel/random/uuid)"
     ceph_cli osd new "${uuid}" 0 >/dev/null
-    ceph-osd -c "${conf}" -i 0 --mkfs --osd-uuid "${uuid}" >/dev/null 2>&1
+    if ! ceph-osd -c "${conf}" -i 0 --mkfs --osd-uuid "${uuid}" >/dev/null 2>&1; then
+      say "creating the OSD failed; last log lines:" >&2
+      tail -n 5 "${dir}/log/ceph-osd.0.log" >&2 || true
+      stop quiet
+      exit 1
+    fi
   fi
   ceph-osd -c "${conf}" -i 0
   radosgw -c "${conf}" -n client.rgw.a
@@ -146,6 +152,7 @@ start() {
     radosgw-admin -c "${conf}" user create --uid netscope --display-name NetScope \
       --access-key "${access_key}" --secret "${secret_key}" >/dev/null
   fi
+  touch "${dir}/created"
   say "ready: S3 on http://127.0.0.1:${rgw_port} (access key ${access_key}, ${store})"
 }
 
