@@ -20,7 +20,7 @@ use aws_sdk_s3::{primitives::ByteStream, types::ObjectLockMode};
 use base64::Engine as _;
 use netscope_agent::{
     audit::{
-        rgw::{RgwAudit, SpoolSettings},
+        rgw::{AuditSummary, RgwAudit, SpoolSettings},
         s3::{PutOutcome, S3Error, S3Settings, S3Store, batch_key, decode_batch, encode_batch},
         verify::{Gap, verify},
     },
@@ -272,32 +272,34 @@ async fn an_rgw_outage_under_load_is_spooled_then_shipped_exactly_once() {
     assert_exactly_once(&S3Store::new(settings), N).await;
 }
 
+/// A run with RGW stopped throughout, boot included: events r0..r{n-1} stay in the spool.
+async fn spool_during_outage(settings: &S3Settings, sp: &SpoolSettings, n: u64) -> AuditSummary {
+    S3Store::new(settings.clone())
+        .create_bucket()
+        .await
+        .unwrap();
+    let _outage = RgwOutage::begin();
+    let audit = Arc::new(
+        RgwAudit::connect(settings.clone(), sp.clone(), 1, false)
+            .await
+            .unwrap(),
+    );
+    deliver(&audit, 0..n).await;
+    audit.close(Duration::from_millis(200)).await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn what_the_spool_kept_is_shipped_after_a_restart_and_numbering_continues() {
     let Some((_serial, settings)) = ceph_test("rgw-restart") else {
         return;
     };
-    S3Store::new(settings.clone())
-        .create_bucket()
-        .await
-        .unwrap();
     let sp = spool("rgw-restart", 100);
-    {
-        // RGW is down the whole first run, boot included: everything stays spooled.
-        let _outage = RgwOutage::begin();
-        let audit = Arc::new(
-            RgwAudit::connect(settings.clone(), sp.clone(), 1, false)
-                .await
-                .unwrap(),
-        );
-        deliver(&audit, 0..450).await;
-        let summary = audit.close(Duration::from_millis(200)).await;
-        assert_eq!((summary.spooled, summary.shipped), (450, 0));
-        assert_eq!(
-            summary.backlog_segments, 5,
-            "4 full batches and the sealed rest"
-        );
-    }
+    let summary = spool_during_outage(&settings, &sp, 450).await;
+    assert_eq!((summary.spooled, summary.shipped), (450, 0));
+    assert_eq!(
+        summary.backlog_segments, 5,
+        "4 full batches and the sealed rest"
+    );
     let audit = Arc::new(
         RgwAudit::connect(settings.clone(), sp, 1, false)
             .await
@@ -314,21 +316,8 @@ async fn a_corrupt_spool_segment_is_quarantined_and_reported_as_a_gap() {
     let Some((_serial, settings)) = ceph_test("rgw-corrupt") else {
         return;
     };
-    S3Store::new(settings.clone())
-        .create_bucket()
-        .await
-        .unwrap();
     let sp = spool("rgw-corrupt", 100);
-    {
-        let _outage = RgwOutage::begin();
-        let audit = Arc::new(
-            RgwAudit::connect(settings.clone(), sp.clone(), 1, false)
-                .await
-                .unwrap(),
-        );
-        deliver(&audit, 0..300).await;
-        audit.close(Duration::ZERO).await;
-    }
+    spool_during_outage(&settings, &sp, 300).await;
     // Flip one byte in the middle of the second segment (events 101..=200).
     let second = sp.dir.join(format!("{:020}-{:020}.seg", 101, 200));
     let mut bytes = std::fs::read(&second).unwrap();

@@ -9,8 +9,7 @@ use std::{
 use netscope_agent::{
     demo::upstream::Upstream,
     domain::{
-        CallRequest, HttpMethod, OutboundRequest, RequestContext, RouteName, SpanId, TargetName,
-        TraceId,
+        CallRequest, HttpMethod, OutboundRequest, RequestContext, TargetName,
         outcome::{
             AttemptError, CallOutcome, CircuitState, OutboundGateway, RetryStop, TripReason,
         },
@@ -34,17 +33,8 @@ fn call(
 ) -> CallRequest {
     CallRequest {
         ctx: RequestContext {
-            trace_id: TraceId([0x4b; 16]),
-            span_id: SpanId([0x11; 8]),
-            parent_span_id: None,
-            trace_flags: 1,
-            tracestate: None,
-            request_id: format!("req-{path}"),
             idempotency_key: key.map(str::to_owned),
-            target: TargetName("demo".into()),
-            route: RouteName("default".into()),
-            internal_ip: None,
-            external_ip: None,
+            ..RequestContext::example(&format!("req-{path}"))
         },
         request: OutboundRequest {
             method,

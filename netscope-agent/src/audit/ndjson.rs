@@ -14,15 +14,15 @@ use std::{
     time::{SystemTime, UNIX_EPOCH},
 };
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
+
+use super::{Ack, hand_over};
 
 use crate::domain::{
     AuditSink, OutcomeSink, SinkError,
     audit::AuditEvent,
     outcome::{BoxFuture, OutboundResult},
 };
-
-type Ack = oneshot::Sender<Result<(), String>>;
 
 /// Results waiting for the writer at most (the channel is bounded: callers wait when it is full).
 const QUEUE: usize = 4096;
@@ -142,20 +142,7 @@ impl OutcomeSink for NdjsonAudit {
     }
 
     fn deliver(&self, result: Arc<OutboundResult>) -> BoxFuture<'_, Result<(), SinkError>> {
-        Box::pin(async move {
-            let err = |reason: String| SinkError {
-                sink: "audit-ndjson",
-                reason,
-            };
-            let (ack, done) = oneshot::channel();
-            self.tx
-                .send((result, ack))
-                .await
-                .map_err(|_| err("the writer thread is gone".to_owned()))?;
-            done.await
-                .map_err(|_| err("the writer thread is gone".to_owned()))?
-                .map_err(err)
-        })
+        Box::pin(hand_over(&self.tx, "audit-ndjson", |ack| (result, ack)))
     }
 }
 

@@ -29,6 +29,7 @@ use tokio::sync::{Notify, mpsc, oneshot, watch};
 use tracing::{error, info, warn};
 
 use super::{
+    Ack, hand_over,
     s3::{PutOutcome, S3Error, S3Settings, S3Store, batch_key},
     spool::{self, Frame, OpenSegment, Sealed},
 };
@@ -103,8 +104,6 @@ impl AuditStats {
         }
     }
 }
-
-type Ack = oneshot::Sender<Result<(), String>>;
 
 enum Msg {
     Event(Arc<OutboundResult>, Ack),
@@ -659,20 +658,9 @@ impl OutcomeSink for RgwAudit {
     }
 
     fn deliver(&self, result: Arc<OutboundResult>) -> BoxFuture<'_, Result<(), SinkError>> {
-        Box::pin(async move {
-            let err = |reason: String| SinkError {
-                sink: "audit-rgw",
-                reason,
-            };
-            let (ack, done) = oneshot::channel();
-            self.tx
-                .send(Msg::Event(result, ack))
-                .await
-                .map_err(|_| err("the audit spool writer has stopped".to_owned()))?;
-            done.await
-                .map_err(|_| err("the audit spool writer has stopped".to_owned()))?
-                .map_err(err)
-        })
+        Box::pin(hand_over(&self.tx, "audit-rgw", |ack| {
+            Msg::Event(result, ack)
+        }))
     }
 }
 

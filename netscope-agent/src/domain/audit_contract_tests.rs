@@ -7,7 +7,7 @@ use serde_json::Value;
 
 use super::*;
 use crate::domain::{
-    RouteName, SpanId, TargetName, TraceId,
+    RouteName,
     call::RequestContext,
     outcome::{Attempt, RequestLine},
 };
@@ -112,17 +112,10 @@ fn the_code_requires_exactly_what_schema_v1_requires() {
 fn an_event_round_trips_and_records_no_body_nor_query() {
     let result = OutboundResult {
         ctx: RequestContext {
-            trace_id: TraceId([0x4b; 16]),
-            span_id: SpanId([0x11; 8]),
-            parent_span_id: None,
-            trace_flags: 1,
-            tracestate: None,
-            request_id: "r1".into(),
             idempotency_key: Some("k1".into()),
-            target: TargetName("demo".into()),
             route: RouteName("orders".into()),
-            internal_ip: None,
             external_ip: Some("127.0.0.1".parse().unwrap()),
+            ..RequestContext::example("r1")
         },
         method: "POST",
         request: RequestLine::of(

@@ -86,6 +86,24 @@ pub struct RequestContext {
 }
 
 impl RequestContext {
+    /// A context of target `demo`, route `default`, fixed trace and span ids, no key: what
+    /// benchmarks and tests start from.
+    pub fn example(request_id: &str) -> Self {
+        Self {
+            trace_id: TraceId([0x4b; 16]),
+            span_id: SpanId([0x11; 8]),
+            parent_span_id: None,
+            trace_flags: 1,
+            tracestate: None,
+            request_id: request_id.to_owned(),
+            idempotency_key: None,
+            target: TargetName("demo".into()),
+            route: RouteName("default".into()),
+            internal_ip: None,
+            external_ip: None,
+        }
+    }
+
     /// The `traceparent` to send downstream: same trace, this call's span as parent.
     pub fn traceparent(&self) -> String {
         format!(

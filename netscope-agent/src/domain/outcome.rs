@@ -124,20 +124,10 @@ impl OutboundResult {
     /// A representative finished call (`GET http://127.0.0.1:18080/orders/1`, one attempt,
     /// 200) with this request id: what benchmarks and tests of the sinks feed them.
     pub fn example(request_id: &str) -> Self {
-        use super::{RouteName, SpanId, TargetName, TraceId, call::RequestContext};
         Self {
             ctx: RequestContext {
-                trace_id: TraceId([0x4b; 16]),
-                span_id: SpanId([0x11; 8]),
-                parent_span_id: None,
-                trace_flags: 1,
-                tracestate: None,
-                request_id: request_id.into(),
-                idempotency_key: None,
-                target: TargetName("demo".into()),
-                route: RouteName("orders".into()),
-                internal_ip: None,
-                external_ip: None,
+                route: super::RouteName("orders".into()),
+                ..RequestContext::example(request_id)
             },
             method: "GET",
             request: RequestLine {
