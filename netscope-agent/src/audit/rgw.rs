@@ -15,7 +15,7 @@
 use std::{
     collections::VecDeque,
     io,
-    path::{Path, PathBuf},
+    path::PathBuf,
     sync::{
         Arc, Mutex, PoisonError,
         atomic::{AtomicBool, AtomicU64, Ordering},
@@ -665,8 +665,3 @@ impl OutcomeSink for RgwAudit {
 }
 
 impl AuditSink for RgwAudit {}
-
-/// The spool directory of `node` under `root`.
-pub fn node_spool_dir(root: &Path, node: &str) -> PathBuf {
-    root.join(node)
-}

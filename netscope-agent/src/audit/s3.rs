@@ -123,10 +123,6 @@ impl S3Store {
         }
     }
 
-    pub fn settings(&self) -> &S3Settings {
-        &self.settings
-    }
-
     /// Every batch written from now on gets this retention.
     pub fn set_retention(&mut self, retention: Option<Retention>) {
         self.retention = retention;
