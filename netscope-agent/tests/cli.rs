@@ -1,4 +1,4 @@
-//! `netscope-agent probe` as a user runs it: a real process, real signals, real output.
+//! `netscope-agent` as a user runs it: a real process, real signals, real output.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod support;
@@ -74,6 +74,48 @@ fn bad_configuration_lists_every_problem_and_exits_2() {
         );
     }
     assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+#[test]
+fn bad_audit_settings_are_all_listed_at_boot_and_exit_2() {
+    let output = Command::new(BIN)
+        .args(["run", "--no-probe", "--audit-sink", "rgw"])
+        .args(["--audit-s3-endpoint", "ftp://rgw"])
+        .args(["--audit-s3-bucket", "Not_A_Bucket"])
+        .args(["--audit-batch-events", "0"])
+        .args(["--audit-s3-access-key", "someone"])
+        .env_remove("NETSCOPE_AUDIT_S3_SECRET_KEY")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    for needle in [
+        "audit-s3-endpoint `ftp://rgw`",
+        "audit-s3-bucket `Not_A_Bucket`",
+        "audit-batch-events 0",
+        "NETSCOPE_AUDIT_S3_SECRET_KEY is not set",
+    ] {
+        assert!(
+            stderr.contains(needle),
+            "`{needle}` missing from:\n{stderr}"
+        );
+    }
+
+    let output = Command::new(BIN)
+        .args(["audit", "verify", "--from", "yesterday"])
+        .args(["--to", "2026-11-26T10:00Z"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("--from `yesterday`"), "{stderr}");
+    let output = Command::new(BIN)
+        .args(["audit", "verify", "--from", "2026-11-26T11:00Z"])
+        .args(["--to", "2026-11-26T10:00Z"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("is not before --to"));
 }
 
 #[test]

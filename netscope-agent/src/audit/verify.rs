@@ -10,6 +10,8 @@ use serde::Serialize;
 use super::s3::{S3Error, S3Store, decode_batch, hour_prefix};
 
 const HOUR_MS: u64 = 3_600_000;
+/// 9999-12-31T23:59:59.999Z: keys have four-digit years.
+const MAX_UNIX_MS: u64 = 253_402_300_799_999;
 
 /// Days since 1970-01-01 of a civil date (Howard Hinnant's days_from_civil).
 fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
@@ -25,7 +27,9 @@ fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
 /// `2026-11-26T10:00:00Z` (seconds optional, `Z` required) or Unix milliseconds.
 pub fn parse_time(s: &str) -> Result<u64, String> {
     if let Ok(ms) = s.parse::<u64>() {
-        return Ok(ms);
+        return (ms <= MAX_UNIX_MS)
+            .then_some(ms)
+            .ok_or_else(|| format!("`{s}`: after 9999-12-31"));
     }
     let bad = || format!("`{s}`: expected YYYY-MM-DDTHH:MM[:SS]Z (UTC) or Unix milliseconds");
     let body = s.strip_suffix('Z').ok_or_else(bad)?;
@@ -199,6 +203,11 @@ mod tests {
         );
         assert_eq!(parse_time("2000-02-29T05:00:00Z").unwrap(), 951_800_400_000);
         assert_eq!(parse_time("1795690000123").unwrap(), 1_795_690_000_123);
+        assert_eq!(
+            parse_time("9999-12-31T23:59:59Z").unwrap(),
+            MAX_UNIX_MS - 999
+        );
+        assert!(parse_time("253402300800000").is_err());
         for bad in [
             "2026-11-26",
             "2026-11-26T10:00:00",
