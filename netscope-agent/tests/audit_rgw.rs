@@ -409,7 +409,8 @@ async fn on_an_object_lock_bucket_batches_can_be_neither_overwritten_nor_deleted
     let Some((_serial, settings)) = ceph_test("rgw-lock") else {
         return;
     };
-    let client = raw_client(&settings);
+    let raw = S3Store::new(settings.clone());
+    let client = raw.client();
     client
         .create_bucket()
         .bucket(&settings.bucket)
@@ -495,29 +496,6 @@ async fn on_an_object_lock_bucket_batches_can_be_neither_overwritten_nor_deleted
         kept.body.collect().await.unwrap().into_bytes().to_vec(),
         original
     );
-}
-
-fn raw_client(s: &S3Settings) -> aws_sdk_s3::Client {
-    use aws_sdk_s3::config::{
-        Builder, Credentials, Region, RequestChecksumCalculation, ResponseChecksumValidation,
-    };
-    aws_sdk_s3::Client::from_conf(
-        Builder::new()
-            .behavior_version_latest()
-            .endpoint_url(&s.endpoint)
-            .region(Region::new(s.region.clone()))
-            .force_path_style(true)
-            .credentials_provider(Credentials::new(
-                &s.access_key,
-                &s.secret_key,
-                None,
-                None,
-                "test",
-            ))
-            .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
-            .response_checksum_validation(ResponseChecksumValidation::WhenRequired)
-            .build(),
-    )
 }
 
 #[test]
