@@ -23,14 +23,13 @@ use std::{
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
-use flate2::{Compression, write::GzEncoder};
 use serde::Serialize;
 use tokio::sync::{Notify, mpsc, oneshot, watch};
 use tracing::{error, info, warn};
 
 use super::{
     Ack, hand_over,
-    s3::{PutOutcome, S3Error, S3Settings, S3Store, batch_key},
+    s3::{PutOutcome, S3Error, S3Settings, S3Store, batch_key, encode_lines},
     spool::{self, Frame, OpenSegment, Sealed},
 };
 use crate::domain::{
@@ -497,15 +496,9 @@ fn load(node: &str, seg: &Sealed) -> io::Result<Result<Batch, String>> {
             "holds {count} events, its name says {expected}"
         )));
     };
-    let key = batch_key(node, seg.first, seg.last, first.unix_ms);
-    let mut gz = GzEncoder::new(Vec::with_capacity(bytes.len() / 8), Compression::fast());
-    for f in &parsed.frames {
-        io::Write::write_all(&mut gz, &f.payload)?;
-        io::Write::write_all(&mut gz, b"\n")?;
-    }
     Ok(Ok(Batch {
-        key,
-        body: gz.finish()?,
+        key: batch_key(node, seg.first, seg.last, first.unix_ms),
+        body: encode_lines(parsed.frames.iter().map(|f| f.payload.as_slice())),
         events: count,
     }))
 }
@@ -529,20 +522,18 @@ impl Shipper {
                 return;
             }
             let (node, loaded) = (self.node.clone(), seg.clone());
-            let loaded = tokio::task::spawn_blocking(move || load(&node, &loaded)).await;
+            let loaded = tokio::task::spawn_blocking(move || load(&node, &loaded))
+                .await
+                .map_err(|e| e.to_string())
+                .and_then(|read| read.map_err(|e| e.to_string()));
             let batch = match loaded {
-                Ok(Ok(Ok(batch))) => batch,
-                Ok(Ok(Err(why))) => {
+                Ok(Ok(batch)) => batch,
+                Ok(Err(why)) => {
                     self.quarantine(&seg, &why);
                     continue;
                 }
-                Ok(Err(e)) => {
-                    error!(segment = %seg.path.display(), error = %e, "audit spool: cannot read a segment; retrying");
-                    self.sleep(&mut backoff, &mut drain_until).await;
-                    continue;
-                }
                 Err(e) => {
-                    error!(error = %e, "audit spool: reading a segment panicked; retrying");
+                    error!(segment = %seg.path.display(), error = %e, "audit spool: cannot read a segment; retrying");
                     self.sleep(&mut backoff, &mut drain_until).await;
                     continue;
                 }

@@ -380,15 +380,25 @@ pub fn batch_key(node: &str, first: u64, last: u64, first_unix_ms: u64) -> Strin
     )
 }
 
-/// Gzip-compressed NDJSON of the events.
-pub fn encode_batch(events: &[AuditEvent]) -> Vec<u8> {
+/// A batch's body: gzip-compressed NDJSON of events already serialised (one JSON each).
+pub fn encode_lines<'a>(lines: impl IntoIterator<Item = &'a [u8]>) -> Vec<u8> {
     let mut gz = GzEncoder::new(Vec::new(), Compression::fast());
-    for e in events {
-        // Writing to a Vec cannot fail; serialising our own types cannot either.
-        let _ = serde_json::to_writer(&mut gz, e);
+    for line in lines {
+        // Writing to a Vec cannot fail.
+        let _ = gz.write_all(line);
         let _ = gz.write_all(b"\n");
     }
     gz.finish().unwrap_or_default()
+}
+
+/// Gzip-compressed NDJSON of the events.
+pub fn encode_batch(events: &[AuditEvent]) -> Vec<u8> {
+    // Serialising our own types cannot fail.
+    let lines: Vec<Vec<u8>> = events
+        .iter()
+        .map(|e| serde_json::to_vec(e).unwrap_or_default())
+        .collect();
+    encode_lines(lines.iter().map(Vec::as_slice))
 }
 
 pub fn decode_batch(key: &str, bytes: &[u8]) -> Result<Vec<AuditEvent>, S3Error> {
