@@ -387,9 +387,11 @@ async fn a_sigkill_mid_batch_loses_no_audit_event_and_stores_none_twice() {
         "--audit-create-bucket",
         "--audit-spool-dir",
         spool_arg,
-        // Batches close on size only: the kill finds one open.
+        // No batch closes before the kill (more events than the N calls, a 10-minute age):
+        // the kill always finds the first run's events in an open segment, whatever the
+        // timing. After the restart that segment is recovered, sealed and shipped.
         "--audit-batch-events",
-        "50",
+        "1000",
         "--audit-batch-age-ms",
         "600000",
     ];
