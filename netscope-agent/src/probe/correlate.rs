@@ -4,8 +4,8 @@
 //! event is not drained yet, the ring reader is poked and the table watched, for a bounded
 //! time. Bytes and retransmits are deltas of the socket's live kernel counters: HTTP/1.1 runs one
 //! request at a time on a connection, so the counters at the end of the previous call on it are
-//! this call's baseline; a connection opened for the call starts from zero. When no flow
-//! matches, the facts say so and carry nothing else.
+//! this call's baseline; a connection no earlier call used was opened for this one and starts
+//! from zero. When no flow matches, the facts say so and carry nothing else.
 
 use std::{
     collections::HashMap,
@@ -31,6 +31,10 @@ struct Counters {
     received: u64,
     retransmits: u32,
 }
+
+/// How far a flow's start (kernel monotonic → wall time) may lie before the call's start and
+/// still be a connection opened for that call.
+const CLOCK_SLACK_NS: u64 = 50_000_000;
 
 /// Baselines kept at most (connections idle in pools); the oldest go first.
 const MAX_BASELINES: usize = 65_536;
@@ -100,16 +104,23 @@ impl Correlator {
 
     fn compute(&self, flow: &Flow, call_started: SystemTime) -> NetworkFacts {
         let key = (flow.id.sock_id, flow.id.start_mono_ns);
-        let new_connection = flow.start_unix_ns >= unix_ns(call_started);
         let now = self.counters(flow);
         let mut baselines = self
             .baselines
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        let base = if new_connection {
-            Some(Counters::default())
-        } else {
-            baselines.get(&key).copied()
+        // A connection an earlier call used has its baseline here. One without was opened for
+        // this call — the client opens connections only for calls — when it started around the
+        // call's start: the flow's start is a kernel monotonic time converted to wall time,
+        // so it is compared with a slack rather than exactly (compared exactly, a connection
+        // opened at once could look older than the call, and its bytes were lost).
+        let (new_connection, base) = match baselines.get(&key) {
+            Some(b) => (false, Some(*b)),
+            None if flow.start_unix_ns + CLOCK_SLACK_NS >= unix_ns(call_started) => {
+                (true, Some(Counters::default()))
+            }
+            // Older than the call and never seen (its baseline was evicted): unknown.
+            None => (false, None),
         };
         if flow.state == FlowState::Established {
             if baselines.len() >= MAX_BASELINES {
