@@ -4,7 +4,9 @@
 
 pub mod app;
 pub mod audit;
+pub mod backoff;
 pub mod bus;
+pub mod clock;
 pub mod config;
 pub mod demo;
 pub mod domain;

@@ -8,7 +8,7 @@
 
 use std::{
     sync::{
-        Arc, Mutex, PoisonError,
+        Arc,
         atomic::{AtomicU64, Ordering},
     },
     time::Duration,
@@ -21,11 +21,11 @@ use tokio::{
 use tracing::{Instrument as _, info, info_span, warn};
 
 use crate::{
+    backoff::Backoff,
     domain::{
-        BusEvent, EventBus, OutcomeSink,
+        BusEvent, EventBus, Job, OutcomeSink, SourceLog,
         outcome::{OutboundGateway, OutboundResult},
     },
-    ingest::{kafka::Job, offsets::OffsetTracker},
 };
 
 #[derive(Debug, Default)]
@@ -39,7 +39,8 @@ pub struct Executor {
     pub gateway: Arc<dyn OutboundGateway>,
     pub sinks: Vec<Arc<dyn OutcomeSink>>,
     pub bus: Arc<dyn EventBus>,
-    pub tracker: Arc<Mutex<OffsetTracker>>,
+    /// Where finished records are acknowledged.
+    pub source: Arc<dyn SourceLog>,
     pub workers: usize,
     /// How long in-flight calls may take to finish after shutdown is asked for.
     pub grace: Duration,
@@ -77,17 +78,25 @@ impl Executor {
             let me = Arc::clone(&self);
             let stop = shutdown.clone();
             let deliveries = Arc::clone(&deliveries);
-            running.spawn(async move {
-                let result = me.execute(&job).await;
-                // The worker slot is given back only once the result has a place in the
-                // delivery stage: when sinks stall, workers stop taking jobs, the queue fills
-                // and ingest pauses, instead of results piling up in memory.
-                let Ok(_delivery) = deliveries.acquire_owned().await else {
-                    return;
-                };
-                drop(permit);
-                me.deliver(job, result, stop).await;
-            });
+            // One span per call, from execution to delivery: every log line of the call
+            // carries its trace and request ids.
+            let ctx = &job.call.ctx;
+            let span = info_span!("call", trace_id = %ctx.trace_id, request_id = %ctx.request_id,
+                target = %ctx.target, route = %ctx.route);
+            running.spawn(
+                async move {
+                    let result = me.execute(&job).await;
+                    // The worker slot is given back only once the result has a place in the
+                    // delivery stage: when sinks stall, workers stop taking jobs, the queue
+                    // fills and ingest pauses, instead of results piling up in memory.
+                    let Ok(_delivery) = deliveries.acquire_owned().await else {
+                        return;
+                    };
+                    drop(permit);
+                    me.deliver(job, result, stop).await;
+                }
+                .instrument(span),
+            );
             while running.try_join_next().is_some() {}
         }
         let waited = tokio::time::timeout(self.grace, async {
@@ -107,9 +116,8 @@ impl Executor {
     async fn execute(&self, job: &Job) -> Arc<OutboundResult> {
         let result = Arc::new(self.gateway.execute(job.call.clone()).await);
         self.counters.executed.fetch_add(1, Ordering::Relaxed);
-        let _in = info_span!("call", trace_id = %result.ctx.trace_id, request_id = %result.ctx.request_id).entered();
         info!(
-            target = %result.ctx.target, route = %result.ctx.route, outcome = ?result.outcome,
+            outcome = ?result.outcome,
             status = result.status, attempts = result.attempts.len(), duration_ms = result.duration_ms,
             connection_matched = result.network.matched, "call finished"
         );
@@ -124,7 +132,6 @@ impl Executor {
         result: Arc<OutboundResult>,
         shutdown: watch::Receiver<bool>,
     ) {
-        let span = info_span!("deliver", trace_id = %result.ctx.trace_id, request_id = %result.ctx.request_id);
         async {
             let mut pending = JoinSet::new();
             for sink in &self.sinks {
@@ -133,7 +140,7 @@ impl Executor {
                 let counters = Arc::clone(&self.counters);
                 pending.spawn(
                     async move {
-                        let mut backoff = Duration::from_millis(100);
+                        let mut backoff = Backoff::redelivery();
                         loop {
                             match sink.deliver(Arc::clone(&result)).await {
                                 Ok(()) => return true,
@@ -143,8 +150,7 @@ impl Executor {
                                     if *shutdown.borrow() {
                                         return false; // not durable: consumed again later
                                     }
-                                    tokio::time::sleep(backoff).await;
-                                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                                    tokio::time::sleep(backoff.next_delay()).await;
                                 }
                             }
                         }
@@ -160,13 +166,9 @@ impl Executor {
                 return;
             }
             self.bus.publish(BusEvent::Call(Arc::clone(&result)));
-            self.tracker
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .finished(&job.record);
+            self.source.finished(&job.record);
             self.counters.finished.fetch_add(1, Ordering::Relaxed);
         }
-        .instrument(span)
         .await;
     }
 }

@@ -160,18 +160,16 @@ async fn assert_exactly_once(store: &S3Store, n: u64) {
         .collect();
     assert_eq!(ids.len() as u64, n, "each request once");
     assert!(ids.contains("r0") && ids.contains(format!("r{}", n - 1).as_str()));
-    let report = verify(store, now_ms() - 3_600_000, now_ms() + 60_000, None)
-        .await
-        .unwrap();
+    let report = verify(
+        store,
+        netscope_agent::clock::now_unix_ms() - 3_600_000,
+        netscope_agent::clock::now_unix_ms() + 60_000,
+        None,
+    )
+    .await
+    .unwrap();
     assert!(report.complete(), "{report:?}");
     assert_eq!(report.nodes["node-a"].events, n);
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64
 }
 
 async fn wait_for(what: &str, limit: Duration, mut ok: impl FnMut() -> bool) {
@@ -340,8 +338,8 @@ async fn a_corrupt_spool_segment_is_quarantined_and_reported_as_a_gap() {
     );
     let report = verify(
         &S3Store::new(settings),
-        now_ms() - 3_600_000,
-        now_ms() + 60_000,
+        netscope_agent::clock::now_unix_ms() - 3_600_000,
+        netscope_agent::clock::now_unix_ms() + 60_000,
         None,
     )
     .await
@@ -440,10 +438,7 @@ async fn on_an_object_lock_bucket_batches_can_be_neither_overwritten_nor_deleted
         .unwrap();
     assert_eq!(head.object_lock_mode(), Some(&ObjectLockMode::Compliance));
     let until = head.object_lock_retain_until_date().unwrap().secs();
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64;
+    let now = (netscope_agent::clock::now_unix_ms() / 1000) as i64;
     assert!(
         (now + 86_400 - 600..=now + 86_400 + 600).contains(&until),
         "retained for the configured day"

@@ -7,13 +7,12 @@ use std::{collections::BTreeSet, path::PathBuf, time::Duration};
 
 use netscope_agent::{
     domain::{
-        RouteName, TargetName,
+        Job, RouteName, TargetName,
         targets::{HostMatch, RouteRule, Target, Targets},
     },
     ingest::{
         kafka::{
-            DLQ_REASON, DLQ_SOURCE, DLQ_TRUNCATED, DLQ_TRUNCATED_BYTES, Job, KafkaIngest,
-            KafkaSettings,
+            DLQ_REASON, DLQ_SOURCE, DLQ_TRUNCATED, DLQ_TRUNCATED_BYTES, KafkaIngest, KafkaSettings,
         },
         samples,
         schema::{Limits, Normalizer},

@@ -1,10 +1,7 @@
 //! The outbound gateway against a real local upstream with programmable faults.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::{
-    sync::Arc,
-    time::{Duration, SystemTime, UNIX_EPOCH},
-};
+use std::{sync::Arc, time::Duration};
 
 use netscope_agent::{
     demo::upstream::Upstream,
@@ -16,13 +13,6 @@ use netscope_agent::{
     },
     outbound::{HttpGateway, RetryConfig, TargetPolicy, circuit::CircuitConfig},
 };
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64
-}
 
 fn call(
     base: &str,
@@ -45,7 +35,7 @@ fn call(
             } else {
                 Vec::new()
             },
-            deadline_unix_ms: now_ms() + timeout_ms,
+            deadline_unix_ms: netscope_agent::clock::now_unix_ms() + timeout_ms,
         },
     }
 }
@@ -355,7 +345,7 @@ async fn transport_failures_are_classified() {
     assert_eq!(r.outcome, CallOutcome::DeadlineExceeded, "{r:?}");
 
     let mut late = call(&base, HttpMethod::Get, "/late", None, 0);
-    late.request.deadline_unix_ms = now_ms() - 1;
+    late.request.deadline_unix_ms = netscope_agent::clock::now_unix_ms() - 1;
     let r = gw.execute(late).await;
     assert_eq!(
         (r.outcome, r.attempts.len()),

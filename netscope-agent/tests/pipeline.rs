@@ -371,7 +371,7 @@ async fn a_sigkill_mid_batch_loses_no_audit_event_and_stores_none_twice() {
         })
         .collect();
     s.send(&messages).await;
-    let from = now_ms() - 60_000;
+    let from = netscope_agent::clock::now_unix_ms() - 60_000;
     let spool = s.dir.join("spool");
     let spool_arg = spool.to_str().unwrap();
     let args = [
@@ -411,7 +411,10 @@ async fn a_sigkill_mid_batch_loses_no_audit_event_and_stores_none_twice() {
     let out = Command::new(BIN)
         .args(["audit", "verify", "--node", "akill"])
         .args(["--from", &from.to_string()])
-        .args(["--to", &(now_ms() + 60_000).to_string()])
+        .args([
+            "--to",
+            &(netscope_agent::clock::now_unix_ms() + 60_000).to_string(),
+        ])
         .args(["--audit-s3-endpoint", &s3.endpoint])
         .args(["--audit-s3-bucket", &s3.bucket])
         .output()
@@ -440,13 +443,6 @@ async fn a_sigkill_mid_batch_loses_no_audit_event_and_stores_none_twice() {
         .map(|e| e.unwrap().file_name().into_string().unwrap())
         .collect();
     assert_eq!(left, vec!["shipped".to_owned()]);
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64
 }
 
 /// Root: the agent runs its probe. A plain test holding the kernel tests' lock and driving a

@@ -18,8 +18,9 @@ pub use self::{
     send::{SendArgs, send_demo},
 };
 use crate::{
+    clock::MonoClock,
     domain::{BusEvent, EventBus},
-    probe::{FlowTable, ProbeError, clock::MonoClock, convert},
+    probe::{FlowTable, ProbeError, convert},
 };
 
 #[derive(Debug, thiserror::Error)]

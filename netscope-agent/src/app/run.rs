@@ -182,7 +182,7 @@ impl Pipeline {
             gateway,
             sinks: vec![results, audit],
             bus: Arc::new(bus.clone()),
-            tracker: ingest.tracker(),
+            source: ingest.tracker(),
             workers: s.workers,
             grace: Duration::from_secs(10),
             counters: Arc::clone(&counters),

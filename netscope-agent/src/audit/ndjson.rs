@@ -11,17 +11,19 @@ use std::{
     io::{self, BufWriter, Read as _, Seek as _, SeekFrom, Write as _},
     path::Path,
     sync::Arc,
-    time::{SystemTime, UNIX_EPOCH},
 };
 
 use tokio::sync::mpsc;
 
 use super::{Ack, hand_over};
 
-use crate::domain::{
-    AuditSink, OutcomeSink, SinkError,
-    audit::AuditEvent,
-    outcome::{BoxFuture, OutboundResult},
+use crate::{
+    clock::now_unix_ms,
+    domain::{
+        AuditSink, OutcomeSink, SinkError,
+        audit::AuditEvent,
+        outcome::{BoxFuture, OutboundResult},
+    },
 };
 
 /// Results waiting for the writer at most (the channel is bounded: callers wait when it is full).
@@ -80,12 +82,6 @@ fn resume(file: &mut File, node: &str) -> io::Result<u64> {
         .find(|v| v["node"] == node)
         .and_then(|v| v["sequence"].as_u64());
     Ok(last.map_or(1, |s| s + 1))
-}
-
-fn now_unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 fn writer(

@@ -20,7 +20,7 @@ use std::{
         Arc, Mutex, PoisonError,
         atomic::{AtomicBool, AtomicU64, Ordering},
     },
-    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant},
 };
 
 use serde::Serialize;
@@ -32,10 +32,14 @@ use super::{
     s3::{PutOutcome, S3Error, S3Settings, S3Store, batch_key, encode_lines},
     spool::{self, Frame, OpenSegment, Sealed},
 };
-use crate::domain::{
-    AuditSink, OutcomeSink, SinkError,
-    audit::AuditEvent,
-    outcome::{BoxFuture, OutboundResult},
+use crate::{
+    backoff::Backoff,
+    clock::now_unix_ms,
+    domain::{
+        AuditSink, OutcomeSink, SinkError,
+        audit::AuditEvent,
+        outcome::{BoxFuture, OutboundResult},
+    },
 };
 
 /// Events appended per group commit (one `fdatasync`) at most.
@@ -160,12 +164,6 @@ pub struct RgwAudit {
     /// When the shipper must give up draining (set by `close`).
     drain_until: watch::Sender<Option<Instant>>,
     shipper: Mutex<Option<tokio::task::JoinHandle<()>>>,
-}
-
-fn now_unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 impl RgwAudit {
@@ -505,7 +503,7 @@ fn load(node: &str, seg: &Sealed) -> io::Result<Result<Batch, String>> {
 
 impl Shipper {
     async fn run(mut self, mut drain_until: watch::Receiver<Option<Instant>>) {
-        let mut backoff = Duration::from_millis(100);
+        let mut backoff = Backoff::redelivery();
         loop {
             let Some(seg) = self.backlog.front() else {
                 if self.backlog.writer_done.load(Ordering::Relaxed) {
@@ -551,7 +549,7 @@ impl Shipper {
                             "RGW answers again: draining the audit spool"
                         );
                     }
-                    backoff = Duration::from_millis(100);
+                    backoff = Backoff::redelivery();
                     if let Err(e) = self.forget(&seg) {
                         error!(segment = %seg.path.display(), error = %e,
                             "audit spool: shipped, but cannot delete the segment; it is uploaded again (found already there) after a restart");
@@ -608,14 +606,13 @@ impl Shipper {
         self.backlog.pop(&self.stats);
     }
 
-    /// Sleeps `backoff` (doubling up to 5 s), or until the drain deadline passes.
+    /// Sleeps the backoff's next delay, or until the drain deadline passes.
     async fn sleep(
         &self,
-        backoff: &mut Duration,
+        backoff: &mut Backoff,
         drain_until: &mut watch::Receiver<Option<Instant>>,
     ) {
-        let nap = *backoff;
-        *backoff = (*backoff * 2).min(Duration::from_secs(5));
+        let nap = backoff.next_delay();
         let deadline = *drain_until.borrow();
         let nap = deadline.map_or(nap, |d| {
             nap.min(d.saturating_duration_since(Instant::now()))

@@ -350,20 +350,19 @@ impl S3Store {
     }
 }
 
-/// (year, month, day, hour) in UTC of a Unix time in ms (civil-from-days, Howard Hinnant).
+/// (year, month, day, hour) in UTC of a Unix time in ms.
 pub fn utc_parts(unix_ms: u64) -> (i64, u32, u32, u32) {
-    let secs = (unix_ms / 1000) as i64;
-    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    (year, month, day, (rem / 3600) as u32)
+    let nanos = i128::from(unix_ms) * 1_000_000;
+    // Keys have four-digit years: beyond 9999 (refused by `audit verify`) the last instant is
+    // used rather than failing an upload.
+    let at = time::OffsetDateTime::from_unix_timestamp_nanos(nanos)
+        .unwrap_or(time::macros::datetime!(9999-12-31 23:59:59.999 UTC));
+    (
+        i64::from(at.year()),
+        u32::from(u8::from(at.month())),
+        u32::from(at.day()),
+        u32::from(at.hour()),
+    )
 }
 
 /// `v1/<yyyy-mm-dd>/<hh>/`: where the batches starting in that UTC hour are.

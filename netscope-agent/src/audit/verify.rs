@@ -13,55 +13,21 @@ const HOUR_MS: u64 = 3_600_000;
 /// 9999-12-31T23:59:59.999Z: keys have four-digit years.
 const MAX_UNIX_MS: u64 = 253_402_300_799_999;
 
-/// Days since 1970-01-01 of a civil date (Howard Hinnant's days_from_civil).
-fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (i64::from(m) + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + i64::from(d) - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
 /// `2026-11-26T10:00:00Z` (seconds optional, `Z` required) or Unix milliseconds.
 pub fn parse_time(s: &str) -> Result<u64, String> {
+    use time::{PrimitiveDateTime, macros::format_description};
     if let Ok(ms) = s.parse::<u64>() {
         return (ms <= MAX_UNIX_MS)
             .then_some(ms)
             .ok_or_else(|| format!("`{s}`: after 9999-12-31"));
     }
     let bad = || format!("`{s}`: expected YYYY-MM-DDTHH:MM[:SS]Z (UTC) or Unix milliseconds");
-    let body = s.strip_suffix('Z').ok_or_else(bad)?;
-    let (date, time) = body.split_once('T').ok_or_else(bad)?;
-    let num = |p: Option<&str>, len: usize| -> Result<u32, String> {
-        p.filter(|p| p.len() == len && p.bytes().all(|b| b.is_ascii_digit()))
-            .and_then(|p| p.parse().ok())
-            .ok_or_else(bad)
-    };
-    let mut d = date.split('-');
-    let (y, mo, da) = (num(d.next(), 4)?, num(d.next(), 2)?, num(d.next(), 2)?);
-    let mut t = time.split(':');
-    let (h, mi) = (num(t.next(), 2)?, num(t.next(), 2)?);
-    let sec = match t.next() {
-        None => 0,
-        some => num(some, 2)?,
-    };
-    if d.next().is_some() || t.next().is_some() {
-        return Err(bad());
-    }
-    let days_in_month = match mo {
-        2 if y % 4 == 0 && (y % 100 != 0 || y % 400 == 0) => 29,
-        2 => 28,
-        4 | 6 | 9 | 11 => 30,
-        1..=12 => 31,
-        _ => 0,
-    };
-    if !(1..=days_in_month).contains(&da) || h > 23 || mi > 59 || sec > 59 || y < 1970 {
-        return Err(bad());
-    }
-    let days = days_from_civil(i64::from(y), mo, da);
-    let secs = days * 86_400 + i64::from(h * 3600 + mi * 60 + sec);
+    let with_seconds = format_description!("[year]-[month]-[day]T[hour]:[minute]:[second]Z");
+    let without = format_description!("[year]-[month]-[day]T[hour]:[minute]Z");
+    let at = PrimitiveDateTime::parse(s, with_seconds)
+        .or_else(|_| PrimitiveDateTime::parse(s, without))
+        .map_err(|_| bad())?;
+    let secs = at.assume_utc().unix_timestamp();
     u64::try_from(secs).map(|s| s * 1000).map_err(|_| bad())
 }
 

@@ -4,6 +4,7 @@
 pub mod audit;
 pub mod call;
 pub mod flow;
+pub mod job;
 pub mod net;
 pub mod outcome;
 pub mod ports;
@@ -14,5 +15,8 @@ pub use call::{
     TraceId,
 };
 pub use flow::{Flow, FlowId, FlowOutcome, FlowState, FlowUpdate, FlowUpdateKind, WireStats};
+pub use job::{Job, RecordRef};
 pub use net::Cidr;
-pub use ports::{AuditSink, BusEvent, ConnectionObserver, EventBus, OutcomeSink, SinkError};
+pub use ports::{
+    AuditSink, BusEvent, ConnectionObserver, EventBus, OutcomeSink, SinkError, SourceLog,
+};

@@ -3,7 +3,7 @@
 use std::{net::SocketAddr, sync::Arc, time::SystemTime};
 
 use super::{
-    FlowUpdate,
+    FlowUpdate, RecordRef,
     outcome::{BoxFuture, NetworkFacts, OutboundResult},
 };
 
@@ -56,6 +56,12 @@ pub struct SinkError {
 pub trait OutcomeSink: Send + Sync {
     fn name(&self) -> &'static str;
     fn deliver(&self, result: Arc<OutboundResult>) -> BoxFuture<'_, Result<(), SinkError>>;
+}
+
+/// The log calls come from (Kafka): told when a record's outcome is durable everywhere, so
+/// that its offset may be committed once every record before it is too.
+pub trait SourceLog: Send + Sync {
+    fn finished(&self, record: &RecordRef);
 }
 
 /// The audit trail of calls (a local NDJSON file by default; Ceph RGW in production).

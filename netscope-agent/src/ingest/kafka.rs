@@ -4,7 +4,9 @@
 //! A record's offset is committed only once its outcome is durable: a dead-letter record
 //! acknowledged by the broker, or — for a valid call — the pipeline marking it finished in the
 //! shared [`OffsetTracker`] after its result was delivered. When the job queue is full the
-//! consumer pauses its partitions and keeps polling; nothing is dropped.
+//! consumer stops taking records (librdkafka's prefetch, bounded by
+//! `queued.max.messages.kbytes`, stays); when it stays full past [`PAUSE_AFTER`], the consumer
+//! pauses its partitions and keeps polling. Nothing is dropped.
 
 use std::{
     collections::VecDeque,
@@ -12,7 +14,7 @@ use std::{
         Arc, Mutex, PoisonError,
         atomic::{AtomicU64, Ordering},
     },
-    time::{Duration, SystemTime, UNIX_EPOCH},
+    time::Duration,
 };
 
 use rdkafka::{
@@ -22,15 +24,20 @@ use rdkafka::{
     message::{Header, Headers, OwnedHeaders, OwnedMessage},
     producer::{FutureProducer, FutureRecord},
 };
+use strum::EnumCount as _;
 use tokio::sync::{mpsc, watch};
 use tracing::{Instrument as _, info, warn};
 
 use super::{
-    offsets::{OffsetTracker, RecordRef},
+    offsets::OffsetTracker,
     schema::{Incoming, Normalizer, RejectReason, Rejection},
     trace_context::TraceParentStatus,
 };
-use crate::domain::CallRequest;
+use crate::{
+    backoff::Backoff,
+    clock::now_unix_ms,
+    domain::{Job, RecordRef},
+};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct KafkaSettings {
@@ -54,15 +61,6 @@ pub enum IngestError {
     Consume(KafkaError),
 }
 
-/// A valid call, with the record it came from (to be marked finished once its outcome is
-/// durable).
-#[derive(Clone, Debug)]
-pub struct Job {
-    pub call: CallRequest,
-    pub record: RecordRef,
-    pub received_unix_ms: u64,
-}
-
 /// What ingest did, for metrics and tests.
 #[derive(Debug, Default)]
 pub struct IngestCounters {
@@ -73,23 +71,21 @@ pub struct IngestCounters {
     pub dead_letter_truncated: AtomicU64,
     pub traceparent_invalid: AtomicU64,
     pub request_id_generated: AtomicU64,
+    /// Times the job queue was full (consumption waited, prefetched records kept).
+    pub backpressure_waits: AtomicU64,
+    /// Times the queue stayed full past [`PAUSE_AFTER`] and the partitions were paused.
     pub backpressure_pauses: AtomicU64,
     pub commit_errors: AtomicU64,
-    rejected: [AtomicU64; RejectReason::ALL.len()],
+    rejected: [AtomicU64; RejectReason::COUNT],
 }
 
 impl IngestCounters {
     pub fn rejected(&self, reason: RejectReason) -> u64 {
-        RejectReason::ALL
-            .iter()
-            .position(|r| *r == reason)
-            .map_or(0, |i| self.rejected[i].load(Ordering::Relaxed))
+        self.rejected[reason.index()].load(Ordering::Relaxed)
     }
 
     fn reject(&self, reason: RejectReason) {
-        if let Some(i) = RejectReason::ALL.iter().position(|r| *r == reason) {
-            self.rejected[i].fetch_add(1, Ordering::Relaxed);
-        }
+        bump(&self.rejected[reason.index()]);
     }
 }
 
@@ -97,13 +93,24 @@ fn bump(c: &AtomicU64) {
     c.fetch_add(1, Ordering::Relaxed);
 }
 
-fn now_unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
-
 type SharedTracker = Arc<Mutex<OffsetTracker>>;
+
+/// Safe offsets are committed this often (asynchronously) while consuming.
+const COMMIT_EVERY: Duration = Duration::from_millis(200);
+
+/// How long a full queue is waited for before the partitions are paused (see
+/// [`KafkaIngest::hand_over`]). Below `max.poll.interval.ms` by far, so the group keeps us.
+const PAUSE_AFTER: Duration = Duration::from_secs(1);
+
+/// Ingest stops: shutdown was asked for, or the executor is gone.
+struct Stopped;
+
+/// What waiting for room in the job queue needs.
+struct Waiting<'q> {
+    jobs: &'q mpsc::Sender<Job>,
+    tick: &'q mut tokio::time::Interval,
+    shutdown: &'q mut watch::Receiver<bool>,
+}
 
 fn lock(t: &SharedTracker) -> std::sync::MutexGuard<'_, OffsetTracker> {
     t.lock().unwrap_or_else(PoisonError::into_inner)
@@ -235,15 +242,16 @@ impl KafkaIngest {
         jobs: mpsc::Sender<Job>,
         mut shutdown: watch::Receiver<bool>,
     ) -> Result<(), IngestError> {
-        let mut tick = tokio::time::interval(Duration::from_millis(200));
+        let mut tick = tokio::time::interval(COMMIT_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Records fetched before a pause took effect, handed out first, in order.
         let mut held: VecDeque<OwnedMessage> = VecDeque::new();
-        'consume: loop {
+        loop {
             let message = match held.pop_front() {
                 Some(m) => m,
                 None => tokio::select! {
                     biased;
-                    _ = shutdown.changed() => break 'consume,
+                    _ = shutdown.changed() => break,
                     _ = tick.tick() => { self.commit(CommitMode::Async); continue; }
                     m = self.consumer.recv() => match m {
                         Ok(m) => m.detach(),
@@ -257,59 +265,13 @@ impl KafkaIngest {
             let Some(job) = self.handle(&message, &shutdown).await else {
                 continue;
             };
-            match jobs.try_send(job) {
-                Ok(()) => {}
-                Err(mpsc::error::TrySendError::Closed(_)) => break 'consume,
-                Err(mpsc::error::TrySendError::Full(job)) => {
-                    // Backpressure: stop fetching, keep polling (group liveness), wait for room.
-                    bump(&self.counters.backpressure_pauses);
-                    let assignment = self.consumer.assignment().unwrap_or_default();
-                    let _ = self.consumer.pause(&assignment);
-                    loop {
-                        tokio::select! {
-                            biased;
-                            _ = shutdown.changed() => break 'consume,
-                            permit = jobs.reserve() => {
-                                match permit {
-                                    Ok(p) => p.send(job),
-                                    Err(_) => break 'consume,
-                                }
-                                break;
-                            }
-                            _ = tick.tick() => self.commit(CommitMode::Async),
-                            m = self.consumer.recv() => {
-                                // Fetched before the pause took effect: keep it, in order.
-                                if let Ok(m) = m {
-                                    held.push_back(m.detach());
-                                }
-                            }
-                        }
-                    }
-                    // Hysteresis: resume once half the queue is free. Resuming at every free
-                    // slot would refetch from the broker for every record (pausing discards
-                    // what was prefetched): measured 16× slower on a backlog.
-                    let low = (jobs.max_capacity() / 2).max(1);
-                    loop {
-                        tokio::select! {
-                            biased;
-                            _ = shutdown.changed() => break 'consume,
-                            permits = jobs.reserve_many(low) => {
-                                if permits.is_err() {
-                                    break 'consume;
-                                }
-                                break;
-                            }
-                            _ = tick.tick() => self.commit(CommitMode::Async),
-                            m = self.consumer.recv() => {
-                                if let Ok(m) = m {
-                                    held.push_back(m.detach());
-                                }
-                            }
-                        }
-                    }
-                    let assignment = self.consumer.assignment().unwrap_or_default();
-                    let _ = self.consumer.resume(&assignment);
-                }
+            let mut waiting = Waiting {
+                jobs: &jobs,
+                tick: &mut tick,
+                shutdown: &mut shutdown,
+            };
+            if self.hand_over(job, &mut waiting, &mut held).await.is_err() {
+                break;
             }
         }
         self.commit(CommitMode::Sync);
@@ -318,6 +280,84 @@ impl KafkaIngest {
             "ingest stopped"
         );
         Ok(())
+    }
+
+    /// Puts a job in the queue, waiting for room: first without polling, so that what
+    /// librdkafka prefetched stays; after [`PAUSE_AFTER`], by pausing the partitions and polling
+    /// on (group liveness) until half the queue is free.
+    ///
+    /// Why not pause at once: librdkafka throws the paused partitions' prefetched records away,
+    /// and a resume takes effect only when its fetcher thread next wakes — up to a second later.
+    /// Pausing at every full queue capped the pipeline at ~1,200 calls/s.
+    async fn hand_over(
+        &self,
+        job: Job,
+        waiting: &mut Waiting<'_>,
+        held: &mut VecDeque<OwnedMessage>,
+    ) -> Result<(), Stopped> {
+        let job = match waiting.jobs.try_send(job) {
+            Ok(()) => return Ok(()),
+            Err(mpsc::error::TrySendError::Closed(_)) => return Err(Stopped),
+            Err(mpsc::error::TrySendError::Full(job)) => job,
+        };
+        bump(&self.counters.backpressure_waits);
+        let room = self.room(1, waiting, None, Some(PAUSE_AFTER)).await?;
+        if let Some(permit) = room.and_then(|mut r| r.next()) {
+            permit.send(job);
+            return Ok(());
+        }
+        bump(&self.counters.backpressure_pauses);
+        let assignment = self.consumer.assignment().unwrap_or_default();
+        let _ = self.consumer.pause(&assignment);
+        let room = self.room(1, waiting, Some(held), None).await?;
+        if let Some(permit) = room.and_then(|mut r| r.next()) {
+            permit.send(job);
+        }
+        // Hysteresis: a resume costs a refetch and up to a second, so resume only once half
+        // the queue is free.
+        let low = (waiting.jobs.max_capacity() / 2).max(1);
+        self.room(low, waiting, Some(held), None).await?;
+        let assignment = self.consumer.assignment().unwrap_or_default();
+        let _ = self.consumer.resume(&assignment);
+        Ok(())
+    }
+
+    /// Waits until the queue has room for `n` jobs (`None` once `limit` has passed first),
+    /// committing on the way. With `held`, it polls the consumer meanwhile and keeps what
+    /// arrives there, in order.
+    async fn room<'q>(
+        &self,
+        n: usize,
+        waiting: &mut Waiting<'q>,
+        mut held: Option<&mut VecDeque<OwnedMessage>>,
+        limit: Option<Duration>,
+    ) -> Result<Option<mpsc::PermitIterator<'q, Job>>, Stopped> {
+        let jobs = waiting.jobs;
+        let deadline = limit.map(|l| tokio::time::Instant::now() + l);
+        let expired = async {
+            match deadline {
+                Some(d) => tokio::time::sleep_until(d).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::pin!(expired);
+        loop {
+            tokio::select! {
+                biased;
+                _ = waiting.shutdown.changed() => return Err(Stopped),
+                permits = jobs.reserve_many(n) => {
+                    return permits.map(Some).map_err(|_| Stopped);
+                }
+                _ = waiting.tick.tick() => self.commit(CommitMode::Async),
+                () = &mut expired => return Ok(None),
+                m = self.consumer.recv(), if held.is_some() => {
+                    // Fetched before the pause took effect: keep it, in order.
+                    if let (Ok(m), Some(held)) = (m, held.as_deref_mut()) {
+                        held.push_back(m.detach());
+                    }
+                }
+            }
+        }
     }
 
     /// Normalises one record: a valid call comes back as a job; a rejected one is dead-lettered
@@ -408,7 +448,7 @@ impl KafkaIngest {
             });
         let original_len = m.payload().map_or(0, <[u8]>::len);
         let mut truncated = false;
-        let mut backoff = Duration::from_millis(100);
+        let mut backoff = Backoff::redelivery();
         loop {
             let (payload, headers) = if truncated {
                 let len = original_len.to_string();
@@ -451,8 +491,7 @@ impl KafkaIngest {
                     if *shutdown.borrow() {
                         return false;
                     }
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    tokio::time::sleep(backoff.next_delay()).await;
                 }
             }
         }

@@ -2,15 +2,12 @@
 //! only ever moves past a contiguous run of finished records. After a crash, everything past
 //! the committed offset is consumed again — never anything before it.
 
-use std::collections::{BTreeSet, HashMap};
+use std::{
+    collections::{BTreeSet, HashMap},
+    sync::{Mutex, PoisonError},
+};
 
-/// A record's place in the log.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct RecordRef {
-    pub topic: String,
-    pub partition: i32,
-    pub offset: i64,
-}
+use crate::domain::{RecordRef, SourceLog};
 
 #[derive(Default, Debug)]
 struct Partition {
@@ -70,6 +67,14 @@ impl OffsetTracker {
     /// Records handed out and not yet durable.
     pub fn in_flight(&self) -> usize {
         self.partitions.values().map(|p| p.pending.len()).sum()
+    }
+}
+
+impl SourceLog for Mutex<OffsetTracker> {
+    fn finished(&self, record: &RecordRef) {
+        self.lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .finished(record);
     }
 }
 

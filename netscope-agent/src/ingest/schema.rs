@@ -16,8 +16,12 @@ use crate::domain::{
     targets::{Host, Refusal, Targets},
 };
 
-/// Why a message was rejected. Codes are stable: dashboards and replays depend on them.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+/// Why a message was rejected. Codes (the snake_case names) are stable: dashboards and
+/// replays depend on them, and the stored corpus pins every one.
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, strum::EnumCount, strum::EnumIter, strum::IntoStaticStr,
+)]
+#[strum(serialize_all = "snake_case")]
 pub enum RejectReason {
     EmptyMessage,
     MessageTooLarge,
@@ -54,76 +58,13 @@ pub enum RejectReason {
 }
 
 impl RejectReason {
-    pub const ALL: [Self; 32] = [
-        Self::EmptyMessage,
-        Self::MessageTooLarge,
-        Self::InvalidJson,
-        Self::NotAnObject,
-        Self::MissingSchemaVersion,
-        Self::UnsupportedSchemaVersion,
-        Self::MissingField,
-        Self::UnknownField,
-        Self::InvalidFieldType,
-        Self::InvalidMethod,
-        Self::InvalidUrl,
-        Self::UnsupportedScheme,
-        Self::UrlCredentials,
-        Self::UrlTooLong,
-        Self::TargetForbidden,
-        Self::TargetNotAllowed,
-        Self::UnknownRoute,
-        Self::InvalidHeaderName,
-        Self::InvalidHeaderValue,
-        Self::ReservedHeader,
-        Self::HopByHopHeader,
-        Self::DuplicateHeader,
-        Self::TooManyHeaders,
-        Self::HeadersTooLarge,
-        Self::BodyTooLarge,
-        Self::AmbiguousBody,
-        Self::InvalidBase64,
-        Self::InvalidTimeout,
-        Self::AmbiguousDeadline,
-        Self::InvalidDeadline,
-        Self::InvalidIdempotencyKey,
-        Self::InvalidSourceIp,
-    ];
+    pub fn code(self) -> &'static str {
+        self.into()
+    }
 
-    pub const fn code(self) -> &'static str {
-        match self {
-            Self::EmptyMessage => "empty_message",
-            Self::MessageTooLarge => "message_too_large",
-            Self::InvalidJson => "invalid_json",
-            Self::NotAnObject => "not_an_object",
-            Self::MissingSchemaVersion => "missing_schema_version",
-            Self::UnsupportedSchemaVersion => "unsupported_schema_version",
-            Self::MissingField => "missing_field",
-            Self::UnknownField => "unknown_field",
-            Self::InvalidFieldType => "invalid_field_type",
-            Self::InvalidMethod => "invalid_method",
-            Self::InvalidUrl => "invalid_url",
-            Self::UnsupportedScheme => "unsupported_scheme",
-            Self::UrlCredentials => "url_credentials",
-            Self::UrlTooLong => "url_too_long",
-            Self::TargetForbidden => "target_forbidden",
-            Self::TargetNotAllowed => "target_not_allowed",
-            Self::UnknownRoute => "unknown_route",
-            Self::InvalidHeaderName => "invalid_header_name",
-            Self::InvalidHeaderValue => "invalid_header_value",
-            Self::ReservedHeader => "reserved_header",
-            Self::HopByHopHeader => "hop_by_hop_header",
-            Self::DuplicateHeader => "duplicate_header",
-            Self::TooManyHeaders => "too_many_headers",
-            Self::HeadersTooLarge => "headers_too_large",
-            Self::BodyTooLarge => "body_too_large",
-            Self::AmbiguousBody => "ambiguous_body",
-            Self::InvalidBase64 => "invalid_base64",
-            Self::InvalidTimeout => "invalid_timeout",
-            Self::AmbiguousDeadline => "ambiguous_deadline",
-            Self::InvalidDeadline => "invalid_deadline",
-            Self::InvalidIdempotencyKey => "invalid_idempotency_key",
-            Self::InvalidSourceIp => "invalid_source_ip",
-        }
+    /// Its place in `0..RejectReason::COUNT` (for per-reason counters).
+    pub fn index(self) -> usize {
+        self as usize
     }
 }
 
@@ -239,19 +180,6 @@ type Fail = (RejectReason, String);
 
 fn fail<T>(reason: RejectReason, detail: impl Into<String>) -> Result<T, Fail> {
     Err((reason, detail.into()))
-}
-
-fn is_token(name: &str) -> bool {
-    !name.is_empty()
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
-}
-
-fn is_field_value(value: &str) -> bool {
-    value
-        .bytes()
-        .all(|b| b == b'\t' || (0x20..0x7f).contains(&b))
 }
 
 impl Normalizer {
@@ -474,13 +402,14 @@ impl Normalizer {
         }
         let mut out: Vec<(String, String)> = Vec::with_capacity(raw.len());
         for (name, value) in raw {
-            if !is_token(&name) {
+            // An HTTP token (RFC 9110 §5.1), lower-cased.
+            let Ok(parsed) = http::HeaderName::from_bytes(name.as_bytes()) else {
                 return fail(
                     RejectReason::InvalidHeaderName,
                     format!("`{}`", name.escape_debug()),
                 );
-            }
-            let lower = name.to_ascii_lowercase();
+            };
+            let lower = parsed.as_str().to_owned();
             if RESERVED.contains(&lower.as_str()) {
                 return fail(
                     RejectReason::ReservedHeader,
@@ -490,7 +419,8 @@ impl Normalizer {
             if HOP_BY_HOP.contains(&lower.as_str()) || lower.starts_with("proxy-") {
                 return fail(RejectReason::HopByHopHeader, format!("`{lower}`"));
             }
-            if !is_field_value(&value) {
+            // Visible ASCII, spaces and tabs only (no obs-text).
+            if http::HeaderValue::from_str(&value).is_err() {
                 return fail(
                     RejectReason::InvalidHeaderValue,
                     format!("`{lower}`: control or non-ASCII characters"),

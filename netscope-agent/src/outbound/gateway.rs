@@ -15,27 +15,31 @@ use std::{
         Arc,
         atomic::{AtomicUsize, Ordering},
     },
-    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant, SystemTime},
 };
 
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use tokio::sync::Semaphore;
-use tracing::{Instrument as _, debug, info_span};
+use tracing::debug;
 
 use super::{
     budget::RetryBudget,
     circuit::CircuitBreaker,
     client::{self, ClientError},
     policy::TargetPolicy,
-    retry::{self, Backoff},
+    retry,
 };
-use crate::domain::{
-    CallRequest, TargetName,
-    outcome::{
-        Attempt, AttemptError, BoxFuture, CallOutcome, NetworkFacts, OutboundGateway,
-        OutboundResult, RequestLine, ResilienceSnapshot, RetryStop,
+use crate::{
+    backoff::Backoff,
+    clock::unix_ms,
+    domain::{
+        CallRequest, TargetName,
+        outcome::{
+            Attempt, AttemptError, BoxFuture, CallOutcome, NetworkFacts, OutboundGateway,
+            OutboundResult, RequestLine, ResilienceSnapshot, RetryStop,
+        },
+        ports::ConnectionObserver,
     },
-    ports::ConnectionObserver,
 };
 
 /// Responses are read to the end (the connection can then be reused) up to this size.
@@ -78,11 +82,6 @@ pub struct HttpGateway {
     fallback: Arc<TargetRuntime>,
     global: Arc<Semaphore>,
     observer: Option<Arc<dyn ConnectionObserver>>,
-}
-
-fn unix_ms(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 fn ms(d: Duration) -> f64 {
@@ -205,7 +204,7 @@ impl HttpGateway {
         // 4–5. Circuit and attempts.
         rt.budget.deposit(Instant::now());
         let retryable = call.request.retryable(&call.ctx);
-        let mut backoff = Backoff::new(&rt.policy.retry);
+        let mut backoff = Backoff::new(rt.policy.retry.min_backoff, rt.policy.retry.max_backoff);
         let mut waited = Duration::ZERO;
         loop {
             let now = Instant::now();
@@ -414,9 +413,8 @@ impl HttpGateway {
 
 impl OutboundGateway for HttpGateway {
     fn execute(&self, call: CallRequest) -> BoxFuture<'_, OutboundResult> {
-        let span = info_span!("call", trace_id = %call.ctx.trace_id, request_id = %call.ctx.request_id,
-            target = %call.ctx.target, route = %call.ctx.route);
-        Box::pin(self.run(call).instrument(span))
+        // The caller's span (the executor's, per call) carries the call's ids.
+        Box::pin(self.run(call))
     }
 
     fn snapshot(&self) -> Vec<ResilienceSnapshot> {

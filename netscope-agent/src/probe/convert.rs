@@ -6,7 +6,7 @@ use netscope_common::{
     AF_INET, ConnEvent, EventKind, FlowTuple, SK_ERR_UNKNOWN, SRTT_UNKNOWN, WireCounters,
 };
 
-use super::clock::MonoClock;
+use crate::clock::MonoClock;
 use crate::domain::{Flow, FlowId, FlowOutcome, FlowState, FlowUpdateKind, WireStats};
 
 fn ip(family: u16, bytes: &[u8; 16]) -> IpAddr {

@@ -11,7 +11,7 @@ use std::{
     collections::HashMap,
     net::SocketAddr,
     sync::{Arc, Mutex, PoisonError},
-    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant, SystemTime},
 };
 
 use aya::maps::{HashMap as BpfHashMap, MapData};
@@ -19,9 +19,12 @@ use netscope_common::SockState;
 use tokio::sync::Notify;
 
 use super::FlowTable;
-use crate::domain::{
-    ConnectionObserver, Flow, FlowState,
-    outcome::{BoxFuture, NetworkFacts},
+use crate::{
+    clock::unix_ns,
+    domain::{
+        ConnectionObserver, Flow, FlowState,
+        outcome::{BoxFuture, NetworkFacts},
+    },
 };
 
 /// Counters of a connection at some moment.
@@ -48,11 +51,6 @@ pub struct Correlator {
     kick: Arc<Notify>,
     baselines: Mutex<HashMap<(u64, u64), Counters>>,
     wait: Duration,
-}
-
-fn unix_ns(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
 }
 
 impl Correlator {

@@ -14,7 +14,6 @@
 //! | ring buffer        | BPF_MAP_TYPE_RINGBUF          | Linux ≥ 5.8                |
 //! | `sk_err`, `srtt_us`| kernel BTF (optional)         | `/sys/kernel/btf/vmlinux`  |
 
-pub mod clock;
 pub mod convert;
 pub mod correlate;
 pub mod flow_table;

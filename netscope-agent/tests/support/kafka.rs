@@ -3,7 +3,7 @@
 
 use std::{
     net::TcpStream,
-    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant, SystemTime},
 };
 
 use rdkafka::{
@@ -42,10 +42,7 @@ pub fn kafka_test(name: &str) -> Option<String> {
 
 /// A topic name no other test or run uses.
 pub fn unique(tag: &str) -> String {
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
+    let nanos = netscope_agent::clock::unix_ns(SystemTime::now());
     format!("nstest-{tag}-{}-{nanos}", std::process::id())
 }
 

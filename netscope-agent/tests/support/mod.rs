@@ -15,8 +15,9 @@ use std::{
 };
 
 use netscope_agent::{
+    clock::MonoClock,
     domain::Flow,
-    probe::{EventReader, KernelCounters, Probe, ProbeOptions, clock::MonoClock, convert},
+    probe::{EventReader, KernelCounters, Probe, ProbeOptions, convert},
 };
 use netscope_common::{ConnEvent, EventKind};
 

@@ -19,6 +19,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use crate::stats::Sample;
 use netscope_agent::{
     audit::{
         rgw::{AuditStats, RgwAudit, SpoolSettings},
@@ -37,9 +38,7 @@ pub struct AuditBench {
 }
 
 fn settings(endpoint: &str, tag: &str) -> (S3Settings, SpoolSettings) {
-    let stamp = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis());
+    let stamp = netscope_agent::clock::now_unix_ms();
     let bucket = format!("bench-{tag}-{stamp}");
     let dir: PathBuf = std::env::temp_dir().join(&bucket);
     (
@@ -137,13 +136,12 @@ struct Latency {
     p99: f64,
 }
 
-fn latency(mut us: Vec<f64>) -> Latency {
-    us.sort_by(f64::total_cmp);
-    let at = |q: f64| us[((us.len() as f64 * q) as usize).min(us.len() - 1)];
+fn latency(us: Vec<f64>) -> Latency {
+    let sample = Sample::new(us);
     Latency {
-        mean: us.iter().sum::<f64>() / us.len() as f64,
-        p50: at(0.5),
-        p99: at(0.99),
+        mean: sample.mean(),
+        p50: sample.median(),
+        p99: sample.quantile(0.99),
     }
 }
 

@@ -27,6 +27,9 @@ use netscope_agent::probe::{Probe, ProbeOptions, ProgramSet, ProgramStats};
 
 mod audit;
 mod pipeline;
+mod stats;
+
+use stats::Sample;
 
 #[derive(Parser)]
 #[command(name = "netscope-bench")]
@@ -37,22 +40,27 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Bench {
-    /// The pipeline against a bare reqwest loop, same upstream, same concurrency.
+    /// The pipeline against a bare reqwest loop, same upstream, same concurrency: its capacity
+    /// (instant upstream) and its throughput at a delayed upstream.
     Pipeline {
-        /// Calls in each of the two runs.
-        #[arg(long, default_value_t = 5_000)]
+        /// Calls in each run.
+        #[arg(long, default_value_t = 20_000)]
         calls: usize,
-        /// Concurrent calls (bare loop tasks; pipeline workers).
-        #[arg(long, default_value_t = 16)]
-        concurrency: usize,
+        /// Concurrency of the capacity run (bare loop tasks; pipeline workers).
+        #[arg(long, default_value_t = 64)]
+        capacity_workers: usize,
+        /// Latency of the delayed upstream.
+        #[arg(long, default_value_t = 20)]
+        delay_ms: u64,
+        /// Concurrency of the delayed run: enough for the bare loop to make thousands of
+        /// calls per second.
+        #[arg(long, default_value_t = 128)]
+        delay_workers: usize,
         #[arg(long, env = "NETSCOPE_KAFKA_BROKERS", default_value = "127.0.0.1:9092")]
         brokers: String,
         /// The pipeline's job queue (`run --queue`).
         #[arg(long, default_value_t = 1024)]
         queue: usize,
-        /// Upstream latency per call, one run each (the last one gives the closing line).
-        #[arg(long, value_delimiter = ',', default_value = "0,20")]
-        upstream_delay_ms: Vec<u64>,
     },
     /// The RGW audit trail: sustained events/s into RGW, PUTs per 10,000 events, and the
     /// request path's latency with RGW healthy vs stopped.
@@ -134,17 +142,19 @@ fn main() -> ExitCode {
         }),
         Bench::Pipeline {
             calls,
-            concurrency,
+            capacity_workers,
+            delay_ms,
+            delay_workers,
             brokers,
-            upstream_delay_ms,
             queue,
-        } => pipeline::bench(
-            calls,
-            concurrency.max(1),
-            queue.max(1),
-            &brokers,
-            &upstream_delay_ms,
-        ),
+        } => pipeline::bench(&pipeline::PipelineBench {
+            calls: calls.max(2),
+            capacity_workers: capacity_workers.max(1),
+            delay_ms,
+            delay_workers: delay_workers.max(1),
+            queue: queue.max(1),
+            brokers,
+        }),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -336,18 +346,6 @@ fn run_phase(
     })
 }
 
-fn median(v: &[f64]) -> f64 {
-    let mut v = v.to_vec();
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
-
-/// Interference on a shared VM only ever slows a round down: the fastest round is the one
-/// that shows the workload's own cost (the median is printed beside it).
-fn best(v: &[f64]) -> f64 {
-    v.iter().copied().fold(0.0, f64::max)
-}
-
 /// Sums per-program stats over rounds, in program order.
 fn sum_stats(rounds: &[Vec<ProgramStats>]) -> Vec<ProgramStats> {
     let mut total: Vec<ProgramStats> = Vec::new();
@@ -412,8 +410,10 @@ fn run(connections: usize, payload: usize, rounds: usize, tc: bool) -> Result<(f
     }
     drop(stats_fd);
 
-    let [none_rate, ns_rate, base_rate] = rates.each_ref().map(|r| best(r));
-    let [none_median, ns_median, base_median] = rates.each_ref().map(|r| median(r));
+    // The best round shows the workload's own cost (the median is printed beside it).
+    let samples = rates.each_ref().map(|r| Sample::new(r.clone()));
+    let [none_rate, ns_rate, base_rate] = samples.each_ref().map(Sample::max);
+    let [none_median, ns_median, base_median] = samples.each_ref().map(Sample::median);
     println!(
         "{:<18} {:<9} {:>12} {:>14} {:>8}",
         "program", "set", "runs", "total_ns", "ns/run"

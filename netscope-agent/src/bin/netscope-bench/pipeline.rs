@@ -1,7 +1,13 @@
-//! `netscope-bench pipeline`: the pipeline's throughput and per-call latency against a bare
-//! reqwest loop hitting the same upstream with the same concurrency, in one run, for each
-//! upstream latency asked for (0 ms: pure overhead; 20 ms: a typical external service). Ends
-//! with `bench pipeline: throughput_ratio=<x> p99_ratio=<y>` for the last latency.
+//! `netscope-bench pipeline`: the pipeline against a bare reqwest loop hitting the same upstream
+//! with the same concurrency, in one run:
+//! 1. capacity — an upstream that answers at once, so that the pipeline's own cost is the
+//!    limit (Kafka in and out, the durable audit file, the policies, the probe);
+//! 2. a delayed upstream (20 ms, a typical external service) at a concurrency at which the bare
+//!    loop makes thousands of calls per second, where the pipeline should keep up.
+//!
+//! The upstream runs on a thread of its own ("upstream"), so that the agent's CPU time is the
+//! process's minus that thread's. Ends with
+//! `bench pipeline: capacity_calls_per_s=<x> throughput_ratio=<y> cpu_us_per_call=<z>`.
 
 use std::{
     sync::atomic::Ordering,
@@ -9,6 +15,8 @@ use std::{
 };
 
 use clap::Parser;
+
+use crate::stats::{Sample, process_cpu, threads_cpu};
 use netscope_agent::{
     app::Pipeline, config::RunArgs, demo::upstream::Upstream, domain::BusEvent, outbound::client,
 };
@@ -26,30 +34,40 @@ struct Args {
     run: RunArgs,
 }
 
+/// What one run (bare or pipeline) did.
 struct Stats {
     per_sec: f64,
     p50: f64,
     p95: f64,
     p99: f64,
+    /// The agent's (or the bare client's) CPU time per call, upstream excluded.
+    cpu_us_per_call: f64,
 }
 
-fn stats(mut latencies_ms: Vec<f64>, elapsed: Duration, calls: usize) -> Stats {
-    latencies_ms.sort_by(f64::total_cmp);
-    let at = |q: f64| {
-        latencies_ms[((latencies_ms.len() as f64 * q) as usize).min(latencies_ms.len() - 1)]
-    };
+/// CPU time of everything in this process but the upstream.
+fn agent_cpu() -> Duration {
+    process_cpu().saturating_sub(threads_cpu(UPSTREAM_THREAD))
+}
+
+const UPSTREAM_THREAD: &str = "upstream";
+
+/// Figures of a run measured from `cpu_at_start` and `started` until now.
+fn stats(latencies_ms: Vec<f64>, started: Instant, cpu_at_start: Duration, calls: usize) -> Stats {
+    let cpu = agent_cpu().saturating_sub(cpu_at_start);
+    let latency = Sample::new(latencies_ms);
     Stats {
-        per_sec: calls as f64 / elapsed.as_secs_f64(),
-        p50: at(0.50),
-        p95: at(0.95),
-        p99: at(0.99),
+        per_sec: calls as f64 / started.elapsed().as_secs_f64(),
+        p50: latency.median(),
+        p95: latency.quantile(0.95),
+        p99: latency.quantile(0.99),
+        cpu_us_per_call: cpu.as_secs_f64() * 1e6 / calls.max(1) as f64,
     }
 }
 
 /// `calls` GETs with `concurrency` tasks on one reqwest client built like the gateway's.
 async fn bare(base: &str, path: &str, calls: usize, concurrency: usize) -> Result<Stats, String> {
     let http = client::build(Duration::from_secs(2)).map_err(|e| e.to_string())?;
-    let started = Instant::now();
+    let (started, cpu) = (Instant::now(), agent_cpu());
     let mut tasks = tokio::task::JoinSet::new();
     for t in 0..concurrency {
         let (http, base, path) = (http.clone(), base.to_owned(), path.to_owned());
@@ -72,7 +90,7 @@ async fn bare(base: &str, path: &str, calls: usize, concurrency: usize) -> Resul
     while let Some(r) = tasks.join_next().await {
         all.extend(r.map_err(|e| e.to_string())??);
     }
-    Ok(stats(all, started.elapsed(), calls))
+    Ok(stats(all, started, cpu, calls))
 }
 
 async fn through_pipeline(
@@ -188,13 +206,13 @@ async fn through_pipeline(
     let running = tokio::spawn(pipeline.run(stop_rx, settings.queue));
     // Throughput between the first and the last result: the group join is not the pipeline's.
     let mut latencies = Vec::with_capacity(calls);
-    let mut first = None;
+    let mut first: Option<(Instant, Duration)> = None;
     let mut matched = 0usize;
     let deadline = Instant::now() + Duration::from_secs(600);
     while latencies.len() < calls && Instant::now() < deadline {
         match tokio::time::timeout(Duration::from_secs(5), bus.recv()).await {
             Ok(Some(BusEvent::Call(r))) => {
-                first.get_or_insert_with(Instant::now);
+                first.get_or_insert_with(|| (Instant::now(), agent_cpu()));
                 latencies.push(r.duration_ms);
                 matched += usize::from(r.network.matched);
             }
@@ -202,7 +220,7 @@ async fn through_pipeline(
             Ok(None) => break,
         }
     }
-    let elapsed = first.map_or(Duration::ZERO, |f| f.elapsed());
+    let figures = first.map(|(at, cpu)| stats(latencies.clone(), at, cpu, calls - 1));
     let _ = stop_tx.send(true);
     let _ = running.await;
     let _ = std::fs::remove_dir_all(&dir);
@@ -219,43 +237,60 @@ async fn through_pipeline(
             matched
         );
     }
-    Ok((stats(latencies, elapsed, calls - 1), with_probe))
+    let figures = figures.ok_or("no result")?;
+    Ok((figures, with_probe))
 }
 
-pub fn bench(
-    calls: usize,
-    concurrency: usize,
-    queue: usize,
-    brokers: &str,
-    delays_ms: &[u64],
-) -> Result<(), String> {
+/// What `cargo xtask bench pipeline` runs.
+pub struct PipelineBench {
+    pub calls: usize,
+    /// Concurrency of the capacity run (bare loop tasks; pipeline workers).
+    pub capacity_workers: usize,
+    /// The delayed upstream's latency, and the concurrency of that run.
+    pub delay_ms: u64,
+    pub delay_workers: usize,
+    pub queue: usize,
+    pub brokers: String,
+}
+
+fn row(upstream: &str, run: &str, workers: usize, s: &Stats) {
+    println!(
+        "{upstream:<10} {run:<24} {workers:>7} {:>9.0} {:>8.2} {:>8.2} {:>8.2} {:>10.1}",
+        s.per_sec, s.p50, s.p95, s.p99, s.cpu_us_per_call
+    );
+}
+
+pub fn bench(b: &PipelineBench) -> Result<(), String> {
+    // The upstream on a runtime of its own, whose thread's CPU time is not the agent's.
+    let upstream_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name(UPSTREAM_THREAD)
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    let up = upstream_rt
+        .block_on(Upstream::start("127.0.0.1:0".parse().map_err(|_| "addr")?))
+        .map_err(|e| e.to_string())?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .map_err(|e| e.to_string())?;
-    rt.block_on(async {
-        let up = Upstream::start("127.0.0.1:0".parse().map_err(|_| "addr")?)
-            .await
-            .map_err(|e| e.to_string())?;
-        let base = format!("http://{}", up.addr);
-        eprintln!("bench pipeline: {calls} calls, concurrency {concurrency}, upstream {base}");
+    let base = format!("http://{}", up.addr);
+    let port = up.addr.port();
+    let result = rt.block_on(async {
+        eprintln!("bench pipeline: {} calls per run, upstream {base}", b.calls);
         println!(
-            "{:<10} {:<24} {:>10} {:>9} {:>9} {:>9}",
-            "upstream", "run", "calls/s", "p50 ms", "p95 ms", "p99 ms"
+            "{:<10} {:<24} {:>7} {:>9} {:>8} {:>8} {:>8} {:>10}",
+            "upstream", "run", "workers", "calls/s", "p50 ms", "p95 ms", "p99 ms", "cpu µs/call"
         );
-        let mut last = None;
-        for &delay in delays_ms {
+        let mut ratio = None;
+        let mut capacity = None;
+        for (delay, workers) in [(0, b.capacity_workers), (b.delay_ms, b.delay_workers)] {
             let path = format!("/delay/{delay}");
-            let baseline = bare(&base, &path, calls, concurrency).await?;
+            let bare = bare(&base, &path, b.calls, workers).await?;
             let (piped, with_probe) = through_pipeline(
-                &base,
-                &path,
-                up.addr.port(),
-                calls,
-                concurrency,
-                queue,
-                brokers,
+                &base, &path, port, b.calls, workers, b.queue, &b.brokers,
             )
             .await?;
             let name = if with_probe {
@@ -263,25 +298,24 @@ pub fn bench(
             } else {
                 "pipeline (no probe)"
             };
-            for (run, s) in [("bare reqwest loop", &baseline), (name, &piped)] {
-                println!(
-                    "{:<10} {run:<24} {:>10.0} {:>9.2} {:>9.2} {:>9.2}",
-                    format!("{delay} ms"),
-                    s.per_sec,
-                    s.p50,
-                    s.p95,
-                    s.p99
-                );
+            let upstream = format!("{delay} ms");
+            row(&upstream, "bare reqwest loop", workers, &bare);
+            row(&upstream, name, workers, &piped);
+            if delay == 0 {
+                capacity = Some(piped);
+            } else {
+                ratio = Some(piped.per_sec / bare.per_sec);
             }
-            let ratios = (piped.per_sec / baseline.per_sec, piped.p99 / baseline.p99);
-            println!(
-                "upstream {delay} ms: throughput_ratio={:.3} p99_ratio={:.2}",
-                ratios.0, ratios.1
-            );
-            last = Some(ratios);
         }
-        let (throughput, p99) = last.ok_or("no upstream delay given")?;
-        println!("bench pipeline: throughput_ratio={throughput:.3} p99_ratio={p99:.2}");
+        let (Some(capacity), Some(ratio)) = (capacity, ratio) else {
+            return Err("a run is missing".to_owned());
+        };
+        println!(
+            "bench pipeline: capacity_calls_per_s={:.0} throughput_ratio={ratio:.3} cpu_us_per_call={:.1}",
+            capacity.per_sec, capacity.cpu_us_per_call
+        );
         Ok(())
-    })
+    });
+    drop(up);
+    result
 }

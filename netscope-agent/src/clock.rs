@@ -1,4 +1,25 @@
-//! Kernel timestamps are CLOCK_MONOTONIC; people and logs want wall-clock time.
+//! The agent's clocks: wall-clock time as Unix milliseconds or nanoseconds (what results, audit
+//! events and deadlines carry), CLOCK_MONOTONIC (the kernel's `bpf_ktime_get_ns`), and the
+//! conversion between the two — kernel timestamps are monotonic; people and logs want wall time.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// `t` in milliseconds since the Unix epoch (0 before it, saturated far after it).
+pub fn unix_ms(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// `t` in nanoseconds since the Unix epoch (0 before it, saturated far after it).
+pub fn unix_ns(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+}
+
+/// Now, in milliseconds since the Unix epoch.
+pub fn now_unix_ms() -> u64 {
+    unix_ms(SystemTime::now())
+}
 
 /// Converts CLOCK_MONOTONIC nanoseconds to Unix-epoch nanoseconds, with the offset between the
 /// two clocks taken once (a later wall-clock step does not move past flows).
@@ -50,12 +71,16 @@ mod tests {
     use super::*;
 
     #[test]
+    fn unix_times_count_from_the_epoch() {
+        let t = UNIX_EPOCH + std::time::Duration::from_millis(1_500);
+        assert_eq!((unix_ms(t), unix_ns(t)), (1_500, 1_500_000_000));
+        assert_eq!(unix_ms(UNIX_EPOCH - std::time::Duration::from_secs(1)), 0);
+    }
+
+    #[test]
     fn maps_monotonic_to_wall_clock() {
         let clock = MonoClock::new();
-        let wall = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos() as i128;
+        let wall = i128::from(unix_ns(SystemTime::now()));
         let mapped = i128::from(clock.to_unix_ns(monotonic_now_ns()));
         assert!((mapped - wall).abs() < 1_000_000_000, "{mapped} vs {wall}");
         assert_eq!(MonoClock::with_offset(10).to_unix_ns(5), 15);

@@ -1,0 +1,77 @@
+//! What every benchmark reports about a sample: percentiles, medians, best rounds, and the CPU
+//! time a part of this process used.
+
+use std::time::Duration;
+
+/// A sorted sample.
+pub struct Sample(Vec<f64>);
+
+impl Sample {
+    pub fn new(mut values: Vec<f64>) -> Self {
+        values.sort_by(f64::total_cmp);
+        Self(values)
+    }
+
+    /// The value at quantile `q` (0–1), nearest rank; 0 for an empty sample.
+    pub fn quantile(&self, q: f64) -> f64 {
+        if self.0.is_empty() {
+            return 0.0;
+        }
+        let rank = (self.0.len() as f64 * q) as usize;
+        self.0[rank.min(self.0.len() - 1)]
+    }
+
+    pub fn median(&self) -> f64 {
+        self.quantile(0.5)
+    }
+
+    pub fn mean(&self) -> f64 {
+        if self.0.is_empty() {
+            return 0.0;
+        }
+        self.0.iter().sum::<f64>() / self.0.len() as f64
+    }
+
+    /// The largest value. Interference on a shared VM only ever slows a round down: the
+    /// fastest round is the one that shows the workload's own cost.
+    pub fn max(&self) -> f64 {
+        self.0.last().copied().unwrap_or(0.0)
+    }
+}
+
+/// CPU time used so far by this process (every thread, exited ones included).
+pub fn process_cpu() -> Duration {
+    // SAFETY: `usage` is a valid rusage to write to.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: RUSAGE_SELF with a valid pointer has no other precondition.
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) } != 0 {
+        return Duration::ZERO;
+    }
+    let tv = |t: libc::timeval| {
+        Duration::from_secs(t.tv_sec as u64) + Duration::from_micros(t.tv_usec as u64)
+    };
+    tv(usage.ru_utime) + tv(usage.ru_stime)
+}
+
+/// CPU time used so far by this process's live threads whose name starts with `prefix`
+/// (`/proc/self/task/*/schedstat`, in ns).
+pub fn threads_cpu(prefix: &str) -> Duration {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return Duration::ZERO;
+    };
+    let mut total = Duration::ZERO;
+    for task in tasks.flatten() {
+        let dir = task.path();
+        let named = std::fs::read_to_string(dir.join("comm"))
+            .is_ok_and(|comm| comm.trim_end().starts_with(prefix));
+        if !named {
+            continue;
+        }
+        let ns = std::fs::read_to_string(dir.join("schedstat"))
+            .ok()
+            .and_then(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+            .unwrap_or(0);
+        total += Duration::from_nanos(ns);
+    }
+    total
+}
