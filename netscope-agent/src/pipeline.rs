@@ -124,51 +124,50 @@ impl Executor {
         result
     }
 
-    /// Delivers to every sink at once, each retried until durable; then publishes and marks
-    /// the record finished.
+    /// Delivers to every sink at once (in this task: no spawn per sink), each retried until
+    /// durable; then publishes and marks the record finished.
     async fn deliver(
         &self,
         job: Job,
         result: Arc<OutboundResult>,
         shutdown: watch::Receiver<bool>,
     ) {
-        async {
-            let mut pending = JoinSet::new();
-            for sink in &self.sinks {
-                let (sink, result, shutdown) =
-                    (Arc::clone(sink), Arc::clone(&result), shutdown.clone());
-                let counters = Arc::clone(&self.counters);
-                pending.spawn(
-                    async move {
-                        let mut backoff = Backoff::redelivery();
-                        loop {
-                            match sink.deliver(Arc::clone(&result)).await {
-                                Ok(()) => return true,
-                                Err(e) => {
-                                    counters.sink_retries.fetch_add(1, Ordering::Relaxed);
-                                    warn!(error = %e, "outcome not delivered; retrying");
-                                    if *shutdown.borrow() {
-                                        return false; // not durable: consumed again later
-                                    }
-                                    tokio::time::sleep(backoff.next_delay()).await;
-                                }
-                            }
-                        }
-                    }
-                    .in_current_span(),
-                );
-            }
-            let mut durable = true;
-            while let Some(done) = pending.join_next().await {
-                durable &= done.unwrap_or(false);
-            }
-            if !durable {
-                return;
-            }
+        let deliveries = self
+            .sinks
+            .iter()
+            .map(|sink| self.deliver_to(sink.as_ref(), &result, &shutdown));
+        let durable = futures_util::future::join_all(deliveries)
+            .await
+            .into_iter()
+            .all(|durable| durable);
+        if durable {
             self.bus.publish(BusEvent::Call(Arc::clone(&result)));
             self.source.finished(&job.record);
             self.counters.finished.fetch_add(1, Ordering::Relaxed);
         }
-        .await;
+    }
+
+    /// One sink, retried with backoff until it says the result is durable; `false` when
+    /// shutdown comes first (not durable: the record is consumed again later).
+    async fn deliver_to(
+        &self,
+        sink: &dyn OutcomeSink,
+        result: &Arc<OutboundResult>,
+        shutdown: &watch::Receiver<bool>,
+    ) -> bool {
+        let mut backoff = Backoff::redelivery();
+        loop {
+            match sink.deliver(Arc::clone(result)).await {
+                Ok(()) => return true,
+                Err(e) => {
+                    self.counters.sink_retries.fetch_add(1, Ordering::Relaxed);
+                    warn!(sink = sink.name(), error = %e, "outcome not delivered; retrying");
+                    if *shutdown.borrow() {
+                        return false;
+                    }
+                    tokio::time::sleep(backoff.next_delay()).await;
+                }
+            }
+        }
     }
 }

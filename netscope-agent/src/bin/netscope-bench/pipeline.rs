@@ -16,7 +16,7 @@ use std::{
 
 use clap::Parser;
 
-use crate::stats::{Sample, process_cpu, threads_cpu};
+use crate::stats::{Sample, cpu_breakdown, cpu_by_thread, process_cpu, threads_cpu};
 use netscope_agent::{
     app::Pipeline, config::RunArgs, demo::upstream::Upstream, domain::BusEvent, outbound::client,
 };
@@ -207,12 +207,16 @@ async fn through_pipeline(
     // Throughput between the first and the last result: the group join is not the pipeline's.
     let mut latencies = Vec::with_capacity(calls);
     let mut first: Option<(Instant, Duration)> = None;
+    let mut threads_at_first = None;
     let mut matched = 0usize;
     let deadline = Instant::now() + Duration::from_secs(600);
     while latencies.len() < calls && Instant::now() < deadline {
         match tokio::time::timeout(Duration::from_secs(5), bus.recv()).await {
             Ok(Some(BusEvent::Call(r))) => {
-                first.get_or_insert_with(|| (Instant::now(), agent_cpu()));
+                if first.is_none() {
+                    first = Some((Instant::now(), agent_cpu()));
+                    threads_at_first = Some(cpu_by_thread());
+                }
                 latencies.push(r.duration_ms);
                 matched += usize::from(r.network.matched);
             }
@@ -221,9 +225,19 @@ async fn through_pipeline(
         }
     }
     let figures = first.map(|(at, cpu)| stats(latencies.clone(), at, cpu, calls - 1));
+    if let Some(before) = &threads_at_first {
+        eprintln!(
+            "bench pipeline: CPU µs per call by thread: {}",
+            cpu_breakdown(before, &cpu_by_thread(), calls - 1)
+        );
+    }
     let _ = stop_tx.send(true);
     let _ = running.await;
     let _ = std::fs::remove_dir_all(&dir);
+    // Partitions left behind would make every later run's broker slower.
+    let _ = admin
+        .delete_topics(&[&requests, &results, &dlq], &AdminOptions::new())
+        .await;
     let finished = counters.finished.load(Ordering::Relaxed) as usize;
     if latencies.len() < calls || finished < calls {
         return Err(format!(

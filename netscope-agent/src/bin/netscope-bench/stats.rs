@@ -1,7 +1,7 @@
 //! What every benchmark reports about a sample: percentiles, medians, best rounds, and the CPU
 //! time a part of this process used.
 
-use std::time::Duration;
+use std::{collections::BTreeMap, time::Duration};
 
 /// A sorted sample.
 pub struct Sample(Vec<f64>);
@@ -56,22 +56,49 @@ pub fn process_cpu() -> Duration {
 /// CPU time used so far by this process's live threads whose name starts with `prefix`
 /// (`/proc/self/task/*/schedstat`, in ns).
 pub fn threads_cpu(prefix: &str) -> Duration {
+    cpu_by_thread()
+        .into_iter()
+        .filter(|(name, _)| name.starts_with(prefix))
+        .map(|(_, cpu)| cpu)
+        .sum()
+}
+
+/// CPU time used so far by this process's live threads, summed by thread name.
+pub fn cpu_by_thread() -> BTreeMap<String, Duration> {
+    let mut by_name = BTreeMap::new();
     let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
-        return Duration::ZERO;
+        return by_name;
     };
-    let mut total = Duration::ZERO;
     for task in tasks.flatten() {
         let dir = task.path();
-        let named = std::fs::read_to_string(dir.join("comm"))
-            .is_ok_and(|comm| comm.trim_end().starts_with(prefix));
-        if !named {
+        let Ok(comm) = std::fs::read_to_string(dir.join("comm")) else {
             continue;
-        }
+        };
         let ns = std::fs::read_to_string(dir.join("schedstat"))
             .ok()
             .and_then(|s| s.split_whitespace().next()?.parse::<u64>().ok())
             .unwrap_or(0);
-        total += Duration::from_nanos(ns);
+        *by_name
+            .entry(comm.trim_end().to_owned())
+            .or_insert(Duration::ZERO) += Duration::from_nanos(ns);
     }
-    total
+    by_name
+}
+
+/// Per thread name, the CPU time used between `before` and `after`, in µs per `calls`.
+pub fn cpu_breakdown(
+    before: &BTreeMap<String, Duration>,
+    after: &BTreeMap<String, Duration>,
+    calls: usize,
+) -> String {
+    after
+        .iter()
+        .map(|(name, cpu)| {
+            let used = cpu.saturating_sub(before.get(name).copied().unwrap_or_default());
+            (name, used.as_secs_f64() * 1e6 / calls.max(1) as f64)
+        })
+        .filter(|(_, us)| *us >= 0.5)
+        .map(|(name, us)| format!("{name}={us:.1}"))
+        .collect::<Vec<_>>()
+        .join(" ")
 }
