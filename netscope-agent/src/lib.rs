@@ -10,6 +10,7 @@ pub mod clock;
 pub mod config;
 pub mod demo;
 pub mod domain;
+pub mod flows;
 pub mod ingest;
 pub mod observability;
 pub mod outbound;

@@ -6,27 +6,20 @@ mod probe;
 mod run;
 mod send;
 
-use std::sync::{Arc, Mutex, PoisonError};
-
-use netscope_common::{ConnEvent, EventKind};
-use tokio::sync::Notify;
-
 pub use self::{
     audit::{VerifyArgs, VerifySettings, verify_audit},
     probe::{ProbeSummary, run_probe},
     run::{Pipeline, RunSummary, run_pipeline},
     send::{SendArgs, send_demo},
 };
-use crate::{
-    clock::MonoClock,
-    domain::{BusEvent, EventBus},
-    probe::{FlowTable, ProbeError, convert},
-};
+use crate::probe::ProbeError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
     #[error(transparent)]
     Ingest(#[from] crate::ingest::kafka::IngestError),
+    #[error(transparent)]
+    Topics(#[from] crate::ingest::topics::TopicError),
     #[error(transparent)]
     Client(#[from] crate::outbound::client::ClientError),
     #[error("Kafka: {0}")]
@@ -36,8 +29,6 @@ pub enum AppError {
         what: String,
         source: std::io::Error,
     },
-    #[error("{0}")]
-    Other(String),
     #[error(transparent)]
     Probe(#[from] ProbeError),
     #[error(transparent)]
@@ -57,43 +48,6 @@ pub enum AppError {
         delivered: u64,
         malformed: u64,
     },
-}
-
-/// Turns kernel events into flow updates: flow table first, then the bus; wakes whoever
-/// waits for a flow (request correlation).
-pub struct FlowPipeline {
-    clock: MonoClock,
-    table: Arc<Mutex<FlowTable>>,
-    bus: Arc<dyn EventBus>,
-    updated: Arc<Notify>,
-}
-
-impl FlowPipeline {
-    pub fn new(table: Arc<Mutex<FlowTable>>, bus: Arc<dyn EventBus>) -> Self {
-        Self {
-            clock: MonoClock::new(),
-            table,
-            bus,
-            updated: Arc::new(Notify::new()),
-        }
-    }
-
-    /// Notified after every change of the flow table.
-    pub fn updated(&self) -> Arc<Notify> {
-        Arc::clone(&self.updated)
-    }
-
-    pub fn on_event(&self, kind: EventKind, event: ConnEvent) {
-        let flow = convert::flow_from_event(kind, &event, &self.clock);
-        let now = self.clock.to_unix_ns(event.header.ts_ns);
-        let update = {
-            let mut table = self.table.lock().unwrap_or_else(PoisonError::into_inner);
-            table.evict_expired(now);
-            table.apply(convert::update_kind(kind), flow, now)
-        };
-        self.updated.notify_waiters();
-        self.bus.publish(BusEvent::Flow(Arc::new(update)));
-    }
 }
 
 /// Turns SIGINT/SIGTERM into `true` on `stop`.

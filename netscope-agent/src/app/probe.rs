@@ -8,36 +8,14 @@ use std::{
 use serde::Serialize;
 use tokio::sync::{Notify, watch};
 
-use super::{AppError, FlowPipeline, shutdown_signal};
+use super::{AppError, shutdown_signal};
 use crate::{
     bus::BroadcastBus,
     config::ProbeSettings,
     domain::{BusEvent, FlowUpdate, FlowUpdateKind},
-    probe::{
-        Filters, FlowTable, FlowTableStats, KernelCounters, Probe, ProbeOptions, ProgramSet, ring,
-    },
+    flows::{FlowPipeline, FlowTable, FlowTableStats},
+    probe::{KernelCounters, Probe, ProbeOptions, ring},
 };
-
-impl ProbeSettings {
-    pub fn probe_options(&self) -> ProbeOptions {
-        ProbeOptions {
-            programs: ProgramSet::NetScope,
-            filters: Filters {
-                tgids: self.pids.clone(),
-                cgroup_ids: self.cgroup_ids.clone(),
-                dports: self.dports.clone(),
-                destinations: self.destinations.clone(),
-            },
-            ring_bytes: self.ring_bytes,
-            wakeup_bytes: self.wakeup_bytes,
-            max_connections: self.max_connections,
-            max_wire_flows: self.max_connections,
-            tc_interfaces: self.tc_interfaces.clone(),
-            object: self.ebpf_object.clone(),
-            helper_reads_only: false,
-        }
-    }
-}
 
 /// The closing report of `netscope-agent probe`.
 #[derive(Debug, Serialize)]
@@ -82,7 +60,7 @@ fn print_line(out: &mut impl std::io::Write, update: &FlowUpdate) -> std::io::Re
 /// `netscope-agent probe`: attach, print one JSON line per closed or failed connection until
 /// SIGINT/SIGTERM, then detach, drain, and print the reconciled counters.
 pub async fn run_probe(settings: ProbeSettings) -> Result<ProbeSummary, AppError> {
-    let mut probe = Probe::load(&settings.probe_options())?;
+    let mut probe = Probe::load(&ProbeOptions::from_settings(&settings))?;
     let reader = probe.take_events()?;
     let offsets = probe.kernel_offsets();
     tracing::info!(

@@ -9,17 +9,11 @@ use std::{
     time::Duration,
 };
 
-use rdkafka::{
-    ClientConfig,
-    admin::{AdminClient, AdminOptions, NewTopic, TopicReplication},
-    client::DefaultClientContext,
-    types::RDKafkaErrorCode,
-};
 use serde::Serialize;
 use tokio::sync::{Notify, mpsc, watch};
 use tracing::info;
 
-use super::{AppError, FlowPipeline, shutdown_signal};
+use super::{AppError, shutdown_signal};
 use crate::{
     audit::{
         ndjson::NdjsonAudit,
@@ -29,18 +23,21 @@ use crate::{
     config::{AuditSettings, RunSettings},
     demo::upstream::Upstream,
     domain::{BusEvent, ConnectionObserver, OutcomeSink},
+    flows::{FlowPipeline, FlowTable},
     ingest::{
         kafka::{KafkaIngest, KafkaSettings},
         results::KafkaResults,
         schema::Normalizer,
+        topics,
     },
     outbound::HttpGateway,
     pipeline::{Executor, PipelineCounters},
-    probe::{FlowTable, Probe, correlate::Correlator, ring},
+    probe::{Probe, ProbeOptions, correlate::Correlator, ring},
 };
 
 /// The demo upstream's address (the only target of the local default).
-pub const DEMO_UPSTREAM: &str = "127.0.0.1:18080";
+pub const DEMO_UPSTREAM: std::net::SocketAddr =
+    std::net::SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 18080);
 
 #[derive(Debug, Serialize)]
 pub struct RunSummary {
@@ -55,27 +52,6 @@ pub struct RunSummary {
     /// The RGW audit trail's spool and uploads (`--audit-sink rgw`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub audit: Option<AuditSummary>,
-}
-
-async fn ensure_topics(s: &RunSettings) -> Result<(), AppError> {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", &s.brokers)
-        .create()?;
-    let topics = [
-        NewTopic::new(&s.requests_topic, 3, TopicReplication::Fixed(1)),
-        NewTopic::new(&s.results_topic, 3, TopicReplication::Fixed(1)),
-        NewTopic::new(&s.dlq_topic, 1, TopicReplication::Fixed(1)),
-    ];
-    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
-    for result in admin.create_topics(&topics, &opts).await? {
-        match result {
-            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
-            Err((topic, code)) => {
-                return Err(AppError::Other(format!("creating topic {topic}: {code}")));
-            }
-        }
-    }
-    Ok(())
 }
 
 /// The assembled pipeline, ready to run. `netscope-agent run` and the pipeline benchmark
@@ -94,13 +70,12 @@ impl Pipeline {
     /// Connects everything; `stop` also stops the probe's reader.
     pub async fn build(s: &RunSettings, stop: watch::Receiver<bool>) -> Result<Self, AppError> {
         let upstream = if s.demo_upstream {
-            let addr = DEMO_UPSTREAM
-                .parse()
-                .map_err(|_| AppError::Other("bad demo address".into()))?;
-            let u = Upstream::start(addr).await.map_err(|source| AppError::Io {
-                what: format!("demo upstream on {DEMO_UPSTREAM}"),
-                source,
-            })?;
+            let u = Upstream::start(DEMO_UPSTREAM)
+                .await
+                .map_err(|source| AppError::Io {
+                    what: format!("demo upstream on {DEMO_UPSTREAM}"),
+                    source,
+                })?;
             info!(addr = %u.addr, "demo upstream listening");
             Some(u)
         } else {
@@ -136,7 +111,7 @@ impl Pipeline {
                 u64::try_from(ps.retention.as_nanos()).unwrap_or(u64::MAX),
             )));
             let flows = Arc::new(FlowPipeline::new(Arc::clone(&table), Arc::new(bus.clone())));
-            let mut probe = Probe::load(&ps.probe_options())?;
+            let mut probe = Probe::load(&ProbeOptions::from_settings(ps))?;
             let reader = probe.take_events()?;
             let socks = probe.take_socks()?;
             let kick = Arc::new(Notify::new());
@@ -158,7 +133,15 @@ impl Pipeline {
         }
 
         if s.create_topics {
-            ensure_topics(s).await?;
+            topics::ensure(
+                &s.brokers,
+                &[
+                    (&s.requests_topic, 3),
+                    (&s.results_topic, 3),
+                    (&s.dlq_topic, 1),
+                ],
+            )
+            .await?;
         }
         let gateway = Arc::new(HttpGateway::new(
             s.policies.clone(),

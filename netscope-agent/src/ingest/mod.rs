@@ -7,4 +7,5 @@ pub mod offsets;
 pub mod results;
 pub mod samples;
 pub mod schema;
+pub mod topics;
 pub mod trace_context;

@@ -2,13 +2,11 @@
 //!
 //! The call's 4-tuple (from the HTTP client) finds the flow; if the kernel's `Established`
 //! event is not drained yet, the ring reader is poked and the table watched, for a bounded
-//! time. Bytes and retransmits are deltas of the socket's live kernel counters: HTTP/1.1 runs one
-//! request at a time on a connection, so the counters at the end of the previous call on it are
-//! this call's baseline; a connection no earlier call used was opened for this one and starts
-//! from zero. When no flow matches, the facts say so and carry nothing else.
+//! time. Bytes and retransmits come from the socket's live kernel counters (this module reads
+//! them from the BPF map); [`CallDeltas`] turns them into the call's share. When no flow matches,
+//! the facts say so and carry nothing else.
 
 use std::{
-    collections::HashMap,
     net::SocketAddr,
     sync::{Arc, Mutex, PoisonError},
     time::{Duration, Instant, SystemTime},
@@ -18,29 +16,14 @@ use aya::maps::{HashMap as BpfHashMap, MapData};
 use netscope_common::SockState;
 use tokio::sync::Notify;
 
-use super::FlowTable;
 use crate::{
     clock::unix_ns,
     domain::{
         ConnectionObserver, Flow, FlowState,
         outcome::{BoxFuture, NetworkFacts},
     },
+    flows::{CallDeltas, Counters, FlowTable},
 };
-
-/// Counters of a connection at some moment.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-struct Counters {
-    sent: u64,
-    received: u64,
-    retransmits: u32,
-}
-
-/// How far a flow's start (kernel monotonic → wall time) may lie before the call's start and
-/// still be a connection opened for that call.
-const CLOCK_SLACK_NS: u64 = 50_000_000;
-
-/// Baselines kept at most (connections idle in pools); the oldest go first.
-const MAX_BASELINES: usize = 65_536;
 
 pub struct Correlator {
     table: Arc<Mutex<FlowTable>>,
@@ -49,7 +32,7 @@ pub struct Correlator {
     updated: Arc<Notify>,
     /// Pokes the ring reader to drain now.
     kick: Arc<Notify>,
-    baselines: Mutex<HashMap<(u64, u64), Counters>>,
+    deltas: Mutex<CallDeltas>,
     wait: Duration,
 }
 
@@ -66,7 +49,7 @@ impl Correlator {
             socks: Mutex::new(socks),
             updated,
             kick,
-            baselines: Mutex::new(HashMap::new()),
+            deltas: Mutex::new(CallDeltas::default()),
             wait,
         }
     }
@@ -93,53 +76,15 @@ impl Correlator {
                 };
             }
         }
-        Counters {
-            sent: flow.bytes_sent,
-            received: flow.bytes_received,
-            retransmits: flow.retransmits,
-        }
+        Counters::of(flow)
     }
 
     fn compute(&self, flow: &Flow, call_started: SystemTime) -> NetworkFacts {
-        let key = (flow.id.sock_id, flow.id.start_mono_ns);
         let now = self.counters(flow);
-        let mut baselines = self
-            .baselines
+        self.deltas
             .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        // A connection an earlier call used has its baseline here. One without was opened for
-        // this call — the client opens connections only for calls — when it started around the
-        // call's start: the flow's start is a kernel monotonic time converted to wall time,
-        // so it is compared with a slack rather than exactly (compared exactly, a connection
-        // opened at once could look older than the call, and its bytes were lost).
-        let (new_connection, base) = match baselines.get(&key) {
-            Some(b) => (false, Some(*b)),
-            None if flow.start_unix_ns + CLOCK_SLACK_NS >= unix_ns(call_started) => {
-                (true, Some(Counters::default()))
-            }
-            // Older than the call and never seen (its baseline was evicted): unknown.
-            None => (false, None),
-        };
-        if flow.state == FlowState::Established {
-            if baselines.len() >= MAX_BASELINES {
-                baselines.clear();
-            }
-            baselines.insert(key, now);
-        } else {
-            baselines.remove(&key);
-        }
-        NetworkFacts {
-            matched: true,
-            local: Some(flow.local),
-            remote: Some(flow.remote),
-            new_connection: Some(new_connection),
-            connect_latency_ns: flow.connect_latency_ns,
-            bytes_sent: base.map(|b| now.sent.saturating_sub(b.sent)),
-            bytes_received: base.map(|b| now.received.saturating_sub(b.received)),
-            retransmits: base.map(|b| now.retransmits.saturating_sub(b.retransmits)),
-            srtt_us: flow.srtt_us,
-            connect_errno: None,
-        }
+            .unwrap_or_else(PoisonError::into_inner)
+            .facts(flow, now, unix_ns(call_started))
     }
 }
 

@@ -14,9 +14,7 @@
 //! | ring buffer        | BPF_MAP_TYPE_RINGBUF          | Linux ≥ 5.8                |
 //! | `sk_err`, `srtt_us`| kernel BTF (optional)         | `/sys/kernel/btf/vmlinux`  |
 
-pub mod convert;
 pub mod correlate;
-pub mod flow_table;
 pub mod kernel_btf;
 pub mod privileges;
 pub mod ring;
@@ -39,13 +37,8 @@ use netscope_common::{
     counter, names,
 };
 
-pub use self::{
-    flow_table::{FlowTable, FlowTableStats},
-    kernel_btf::KernelOffsets,
-    ring::EventReader,
-    tracefs::Tracefs,
-};
-use crate::domain::Cidr;
+pub use self::{kernel_btf::KernelOffsets, ring::EventReader, tracefs::Tracefs};
+use crate::{config::ProbeSettings, domain::Cidr};
 
 /// The kernel object built by `cargo xtask build-ebpf` (the agent's build script runs the same
 /// build), embedded so that the agent is one self-contained binary.
@@ -226,6 +219,28 @@ impl Default for ProbeOptions {
             max_wire_flows: 65_536,
             tc_interfaces: Vec::new(),
             object: None,
+            helper_reads_only: false,
+        }
+    }
+}
+
+impl ProbeOptions {
+    /// What `probe` and `run` load: NetScope's programs under the validated settings.
+    pub fn from_settings(s: &ProbeSettings) -> Self {
+        Self {
+            programs: ProgramSet::NetScope,
+            filters: Filters {
+                tgids: s.pids.clone(),
+                cgroup_ids: s.cgroup_ids.clone(),
+                dports: s.dports.clone(),
+                destinations: s.destinations.clone(),
+            },
+            ring_bytes: s.ring_bytes,
+            wakeup_bytes: s.wakeup_bytes,
+            max_connections: s.max_connections,
+            max_wire_flows: s.max_connections,
+            tc_interfaces: s.tc_interfaces.clone(),
+            object: s.ebpf_object.clone(),
             helper_reads_only: false,
         }
     }

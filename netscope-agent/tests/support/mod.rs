@@ -17,7 +17,8 @@ use std::{
 use netscope_agent::{
     clock::MonoClock,
     domain::Flow,
-    probe::{EventReader, KernelCounters, Probe, ProbeOptions, convert},
+    flows::convert,
+    probe::{EventReader, KernelCounters, Probe, ProbeOptions},
 };
 use netscope_common::{ConnEvent, EventKind};
 

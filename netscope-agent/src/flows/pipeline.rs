@@ -1,0 +1,51 @@
+//! From kernel events to flow updates: each decoded ring record becomes a [`Flow`], goes into
+//! the [`FlowTable`] (expired flows evicted first), then onto the bus; whoever waits for a flow
+//! (request correlation) is woken after every change.
+
+use std::sync::{Arc, Mutex, PoisonError};
+
+use netscope_common::{ConnEvent, EventKind};
+use tokio::sync::Notify;
+
+use super::{FlowTable, convert};
+use crate::{
+    clock::MonoClock,
+    domain::{BusEvent, EventBus},
+};
+
+/// Turns kernel events into flow updates: flow table first, then the bus; wakes whoever
+/// waits for a flow (request correlation).
+pub struct FlowPipeline {
+    clock: MonoClock,
+    table: Arc<Mutex<FlowTable>>,
+    bus: Arc<dyn EventBus>,
+    updated: Arc<Notify>,
+}
+
+impl FlowPipeline {
+    pub fn new(table: Arc<Mutex<FlowTable>>, bus: Arc<dyn EventBus>) -> Self {
+        Self {
+            clock: MonoClock::new(),
+            table,
+            bus,
+            updated: Arc::new(Notify::new()),
+        }
+    }
+
+    /// Notified after every change of the flow table.
+    pub fn updated(&self) -> Arc<Notify> {
+        Arc::clone(&self.updated)
+    }
+
+    pub fn on_event(&self, kind: EventKind, event: ConnEvent) {
+        let flow = convert::flow_from_event(kind, &event, &self.clock);
+        let now = self.clock.to_unix_ns(event.header.ts_ns);
+        let update = {
+            let mut table = self.table.lock().unwrap_or_else(PoisonError::into_inner);
+            table.evict_expired(now);
+            table.apply(convert::update_kind(kind), flow, now)
+        };
+        self.updated.notify_waiters();
+        self.bus.publish(BusEvent::Flow(Arc::new(update)));
+    }
+}
