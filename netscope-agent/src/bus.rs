@@ -1,6 +1,6 @@
-//! The in-process [`EventBus`]: a bounded tokio broadcast channel. Publishing never waits; a
-//! subscriber that falls more than `capacity` updates behind loses the oldest ones, and the
-//! loss is counted.
+//! The in-process [`EventBus`] of flow updates and call results: a bounded tokio broadcast
+//! channel. Publishing never waits; a subscriber that falls more than `capacity` events behind
+//! loses the oldest ones, and the loss is counted.
 
 use std::sync::{
     Arc,
@@ -75,7 +75,7 @@ impl BusSubscriber {
                 Ok(update) => return Some(update),
                 Err(RecvError::Lagged(n)) => {
                     self.counters.lagged.fetch_add(n, Ordering::Relaxed);
-                    tracing::warn!(missed = n, "flow update subscriber fell behind");
+                    tracing::warn!(missed = n, "bus subscriber fell behind");
                 }
                 Err(RecvError::Closed) => return None,
             }

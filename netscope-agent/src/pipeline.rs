@@ -23,8 +23,7 @@ use tracing::{Instrument as _, info, info_span, warn};
 use crate::{
     backoff::Backoff,
     domain::{
-        BusEvent, EventBus, Job, OutcomeSink, SourceLog,
-        outcome::{OutboundGateway, OutboundResult},
+        BusEvent, EventBus, Job, OutboundGateway, OutcomeSink, SourceLog, outcome::OutboundResult,
     },
 };
 

@@ -6,10 +6,8 @@ use std::{sync::Arc, time::Duration};
 use netscope_agent::{
     demo::upstream::Upstream,
     domain::{
-        CallRequest, HttpMethod, OutboundRequest, RequestContext, TargetName,
-        outcome::{
-            AttemptError, CallOutcome, CircuitState, OutboundGateway, RetryStop, TripReason,
-        },
+        CallRequest, HttpMethod, OutboundGateway, OutboundRequest, RequestContext, TargetName,
+        outcome::{AttemptError, CallOutcome, CircuitState, RetryStop, TripReason},
     },
     outbound::{HttpGateway, RetryConfig, TargetPolicy, circuit::CircuitConfig},
 };

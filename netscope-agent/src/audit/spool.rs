@@ -4,7 +4,8 @@
 //!
 //! Layout of `<dir>` (one directory per node):
 //! - `<first seq:020>.open`: the segment being written (at most one);
-//! - `<first seq:020>.seg`: sealed segments, waiting for upload (the name orders them);
+//! - `<first seq:020>-<last seq:020>.seg`: sealed segments, waiting for upload (the names
+//!   order them);
 //! - `shipped`: the last sequence RGW holds (written before a shipped segment is deleted, so
 //!   the numbering continues after a restart with an empty spool);
 //! - `quarantine/`: corrupt segments and cut-off tails, kept for inspection, never shipped.

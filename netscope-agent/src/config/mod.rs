@@ -1,6 +1,8 @@
 //! Configuration: raw values from the command line and `NETSCOPE_*` environment variables,
-//! validated once at boot into typed settings. Validation is pure and reports every problem at
-//! once; nothing downstream re-checks.
+//! validated once at boot into typed settings. Validation reports every problem at once, and
+//! nothing downstream re-checks. It reads only what it must check — the TOML file, the host
+//! name, cgroup directories, interfaces, processes — the probe's through a `System` seam that
+//! unit tests replace.
 
 use std::{
     os::unix::fs::MetadataExt as _,
@@ -13,10 +15,10 @@ use clap::Args;
 use crate::domain::Cidr;
 
 pub mod audit;
-pub mod pipeline;
+pub mod run;
 
 pub use audit::{AuditArgs, AuditSettings, S3Args};
-pub use pipeline::{RunArgs, RunSettings};
+pub use run::{RunArgs, RunSettings};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {

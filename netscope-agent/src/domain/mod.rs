@@ -18,5 +18,6 @@ pub use flow::{Flow, FlowId, FlowOutcome, FlowState, FlowUpdate, FlowUpdateKind,
 pub use job::{Job, RecordRef};
 pub use net::Cidr;
 pub use ports::{
-    AuditSink, BusEvent, ConnectionObserver, EventBus, OutcomeSink, SinkError, SourceLog,
+    AuditSink, BusEvent, ConnectionObserver, EventBus, OutboundGateway, OutcomeSink, SinkError,
+    SourceLog,
 };

@@ -5,7 +5,7 @@ use std::{future::Future, net::SocketAddr, pin::Pin};
 
 use serde::Serialize;
 
-use super::{CallRequest, RequestContext, TargetName};
+use super::{RequestContext, TargetName};
 
 /// How a call ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
@@ -197,9 +197,3 @@ pub struct ResilienceSnapshot {
 }
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
-
-/// Executes outbound calls under the resilience policies.
-pub trait OutboundGateway: Send + Sync {
-    fn execute(&self, call: CallRequest) -> BoxFuture<'_, OutboundResult>;
-    fn snapshot(&self) -> Vec<ResilienceSnapshot>;
-}

@@ -3,8 +3,8 @@
 use std::{net::SocketAddr, sync::Arc, time::SystemTime};
 
 use super::{
-    FlowUpdate, RecordRef,
-    outcome::{BoxFuture, NetworkFacts, OutboundResult},
+    CallRequest, FlowUpdate, RecordRef,
+    outcome::{BoxFuture, NetworkFacts, OutboundResult, ResilienceSnapshot},
 };
 
 /// What travels on the [`EventBus`].
@@ -14,6 +14,12 @@ pub enum BusEvent {
     Flow(Arc<FlowUpdate>),
     /// A call finished.
     Call(Arc<OutboundResult>),
+}
+
+/// Executes outbound calls under the resilience policies.
+pub trait OutboundGateway: Send + Sync {
+    fn execute(&self, call: CallRequest) -> BoxFuture<'_, OutboundResult>;
+    fn snapshot(&self) -> Vec<ResilienceSnapshot>;
 }
 
 /// Internal fan-out of flow updates and call results to whoever listens (the CLI printer, the

@@ -1,4 +1,5 @@
-//! The retry budget (Finagle's, as in tower's `TpsBudget`): retries allowed are a share
+//! The retry budget (Finagle's algorithm, which tower's `TpsBudget` also follows; NetScope does
+//! not use tower's): retries allowed are a share
 //! (`ratio`) of the calls made over the last `ttl`, plus a reserve of `min_per_sec` per second
 //! so that a quiet target can still retry. Unlike tower's, it can say how much is left.
 

@@ -35,10 +35,10 @@ use crate::{
     domain::{
         CallRequest, TargetName,
         outcome::{
-            Attempt, AttemptError, BoxFuture, CallOutcome, NetworkFacts, OutboundGateway,
-            OutboundResult, RequestLine, ResilienceSnapshot, RetryStop,
+            Attempt, AttemptError, BoxFuture, CallOutcome, NetworkFacts, OutboundResult,
+            RequestLine, ResilienceSnapshot, RetryStop,
         },
-        ports::ConnectionObserver,
+        ports::{ConnectionObserver, OutboundGateway},
     },
 };
 
@@ -53,7 +53,8 @@ struct TargetRuntime {
     bulkhead: Arc<Semaphore>,
     limiter: Option<DefaultDirectRateLimiter>,
     budget: RetryBudget,
-    waiting: AtomicUsize,
+    /// Calls waiting for a bulkhead slot (the target's queue).
+    queue_depth: AtomicUsize,
 }
 
 impl TargetRuntime {
@@ -69,17 +70,22 @@ impl TargetRuntime {
             bulkhead: Arc::new(Semaphore::new(policy.max_in_flight)),
             limiter,
             budget: RetryBudget::new(r.budget_ttl, r.budget_min_per_sec, r.budget_ratio),
-            waiting: AtomicUsize::new(0),
+            queue_depth: AtomicUsize::new(0),
             name,
             policy,
         })
     }
 }
 
-/// Calls in progress across all targets at most.
+/// The name of the runtime that serves a call whose target has no policy of its own. A
+/// configured target cannot be named so (names are a-z 0-9 - _), so its metrics and snapshot
+/// never merge with a real target's.
+pub const FALLBACK: &str = "~fallback";
+
 pub struct HttpGateway {
     targets: HashMap<TargetName, Arc<TargetRuntime>>,
     fallback: Arc<TargetRuntime>,
+    /// Calls in progress across all targets at most.
     global: Arc<Semaphore>,
     observer: Option<Arc<dyn ConnectionObserver>>,
 }
@@ -135,7 +141,7 @@ impl HttpGateway {
         }
         Ok(Self {
             targets,
-            fallback: Arc::new(TargetRuntime::new(TargetName("fallback".into()), fallback)?),
+            fallback: Arc::new(TargetRuntime::new(TargetName(FALLBACK.into()), fallback)?),
             global: Arc::new(Semaphore::new(global_max_in_flight)),
             observer,
         })
@@ -186,7 +192,7 @@ impl HttpGateway {
             }
         }
         // 3. Bulkhead: the target's slots, then the agent's.
-        rt.waiting.fetch_add(1, Ordering::Relaxed);
+        rt.queue_depth.fetch_add(1, Ordering::Relaxed);
         let permits = tokio::select! {
             p = async {
                 let target = Arc::clone(&rt.bulkhead).acquire_owned().await;
@@ -195,7 +201,7 @@ impl HttpGateway {
             } => Some(p),
             _ = tokio::time::sleep_until(deadline.into()) => None,
         };
-        rt.waiting.fetch_sub(1, Ordering::Relaxed);
+        rt.queue_depth.fetch_sub(1, Ordering::Relaxed);
         let Some((Ok(_target_slot), Ok(_global_slot))) = permits else {
             result.outcome = CallOutcome::BulkheadFull;
             return finish(result);
@@ -402,7 +408,7 @@ impl HttpGateway {
             target: rt.name.clone(),
             circuit: rt.circuit.state(Instant::now()),
             trip_reason: rt.circuit.trip_reason(),
-            queue_depth: rt.waiting.load(Ordering::Relaxed),
+            queue_depth: rt.queue_depth.load(Ordering::Relaxed),
             in_flight,
             max_in_flight: max,
             saturation: in_flight as f64 / max as f64,

@@ -12,7 +12,7 @@ pub struct RetryConfig {
     /// Backoff before the first retry; doubles up to `max_backoff`; full jitter over each step.
     pub min_backoff: Duration,
     pub max_backoff: Duration,
-    /// Retry budget (tower's TpsBudget): retries allowed as a share of calls over `budget_ttl`,
+    /// Retry budget (Finagle's; see `budget.rs`): retries allowed as a share of calls over `budget_ttl`,
     /// plus `budget_min_per_sec` regardless of traffic.
     pub budget_ttl: Duration,
     pub budget_min_per_sec: u32,
@@ -92,7 +92,7 @@ impl TargetPolicy {
                 r.max_backoff, r.min_backoff
             ));
         }
-        // tower's TpsBudget asserts these: they must never reach it invalid.
+        // The budget's window arithmetic needs these: they must never reach it invalid.
         if !(Duration::from_secs(1)..=Duration::from_secs(60)).contains(&r.budget_ttl) {
             p.push(format!(
                 "retry budget_ttl {:?} must be 1–60 s",

@@ -1,18 +1,7 @@
 //! The probe: loads NetScope's kernel programs, attaches them, and exposes their ring buffer,
-//! counters and per-socket state. Only this module knows about aya.
-//!
-//! | program            | hook                          | needs                      |
-//! |--------------------|-------------------------------|----------------------------|
-//! | `ns_set_state`     | tracepoint sock/inet_sock_set_state | tracefs, Linux ≥ 4.16 |
-//! | `ns_send_length`   | tracepoint sock/sock_send_length    | Linux ≥ 6.4           |
-//! | `ns_recv_length`   | tracepoint sock/sock_recv_length    | Linux ≥ 6.4           |
-//! | `ns_retransmit`    | tracepoint tcp/tcp_retransmit_skb   | Linux ≥ 4.16          |
-//! | `ns_send_reset`    | tracepoint tcp/tcp_send_reset       | Linux ≥ 4.16          |
-//! | `ns_recv_reset`    | tracepoint tcp/tcp_receive_reset    | Linux ≥ 4.16          |
-//! | `ns_destroy_sock`  | tracepoint tcp/tcp_destroy_sock     | Linux ≥ 5.2           |
-//! | `ns_tc_egress/ingress` | TC (TCX ≥ 6.6, clsact before) | per configured interface |
-//! | ring buffer        | BPF_MAP_TYPE_RINGBUF          | Linux ≥ 5.8                |
-//! | `sk_err`, `srtt_us`| kernel BTF (optional)         | `/sys/kernel/btf/vmlinux`  |
+//! counters and per-socket state. Only this module knows about aya. Which program serves which
+//! hook, and what each needs of the kernel, is ARCHITECTURE.md's "Kernel compatibility" table
+//! (the one source); the attach list itself is `TRACEPOINTS`.
 
 pub mod correlate;
 pub mod kernel_btf;

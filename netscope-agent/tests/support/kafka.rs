@@ -92,7 +92,7 @@ pub async fn produce(
     key: &str,
     payload: Option<&[u8]>,
     headers: &[(&str, &[u8])],
-) {
+) -> (i32, i64) {
     let mut h = OwnedHeaders::new();
     for (k, v) in headers {
         h = h.insert(Header {
@@ -105,11 +105,12 @@ pub async fn produce(
         record = record.payload(p);
     }
     // The error carries the whole message back: keep only the error.
-    producer
+    let delivered = producer
         .send(record, Duration::from_secs(10))
         .await
         .map_err(|(e, _)| e)
         .unwrap();
+    (delivered.partition, delivered.offset)
 }
 
 /// Reads `n` records of `topic` from the beginning (a fresh reader outside any group).

@@ -435,12 +435,9 @@ mod tests {
     }
 
     fn with_file(text: &str) -> Result<RunSettings, ConfigError> {
-        let dir =
-            std::env::temp_dir().join(format!("ns-config-{}-{}", std::process::id(), text.len()));
-        std::fs::write(&dir, text).unwrap();
-        let out = args(&["--config", dir.to_str().unwrap()]).validate();
-        let _ = std::fs::remove_file(&dir);
-        out
+        let file = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(file.path(), text).unwrap();
+        args(&["--config", file.path().to_str().unwrap()]).validate()
     }
 
     #[test]
