@@ -19,12 +19,12 @@ use std::{
 };
 
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::debug;
 
 use super::{
     budget::RetryBudget,
-    circuit::CircuitBreaker,
+    circuit::{Admitted, CircuitBreaker},
     client::{self, ClientError},
     policy::TargetPolicy,
     retry,
@@ -119,6 +119,82 @@ fn classify(e: &reqwest::Error) -> AttemptError {
     }
 }
 
+/// One call on its way through the layers: its deadline, and its result as filled in so far.
+struct CallState<'a> {
+    call: &'a CallRequest,
+    rt: &'a TargetRuntime,
+    started: Instant,
+    started_wall: SystemTime,
+    deadline: Instant,
+    result: OutboundResult,
+}
+
+impl<'a> CallState<'a> {
+    /// The result before anything was tried: the deadline passed, unless a layer says
+    /// otherwise.
+    fn begin(call: &'a CallRequest, rt: &'a TargetRuntime) -> Self {
+        let started = Instant::now();
+        let started_wall = SystemTime::now();
+        let now_ms = unix_ms(started_wall);
+        let left = call.request.deadline_unix_ms.saturating_sub(now_ms);
+        Self {
+            call,
+            rt,
+            started,
+            started_wall,
+            deadline: started + Duration::from_millis(left),
+            result: OutboundResult {
+                method: call.request.method.as_str(),
+                request: RequestLine::of(&call.request.url),
+                outcome: CallOutcome::DeadlineExceeded,
+                status: None,
+                attempts: Vec::new(),
+                retry_stop: RetryStop::Deadline,
+                started_unix_ms: now_ms,
+                duration_ms: 0.0,
+                request_bytes: call.request.body.len() as u64,
+                response_bytes: 0,
+                circuit: rt.circuit.state(started),
+                network: NetworkFacts::default(),
+                ctx: call.ctx.clone(),
+            },
+        }
+    }
+
+    /// Deadline: nothing starts once it has passed.
+    fn within_deadline(&self) -> Result<(), CallOutcome> {
+        if Instant::now() >= self.deadline {
+            Err(CallOutcome::DeadlineExceeded)
+        } else {
+            Ok(())
+        }
+    }
+
+    fn finish(mut self) -> OutboundResult {
+        self.result.duration_ms = ms(self.started.elapsed());
+        self.result
+    }
+}
+
+/// Reads the body to the end — its bytes are part of the call, and the connection can then go
+/// back to the pool — up to [`MAX_RESPONSE_BYTES`]. Returns the bytes read and why reading
+/// stopped early, if it did.
+async fn read_body(response: &mut reqwest::Response) -> (u64, Option<AttemptError>) {
+    let mut bytes = 0u64;
+    loop {
+        match response.chunk().await {
+            Ok(Some(chunk)) => {
+                bytes += chunk.len() as u64;
+                if bytes > MAX_RESPONSE_BYTES {
+                    return (bytes, Some(AttemptError::Protocol));
+                }
+            }
+            Ok(None) => return (bytes, None),
+            Err(e) => return (bytes, Some(classify(&e))),
+        }
+    }
+}
+
 struct AttemptResult {
     status: Option<u16>,
     error: Option<AttemptError>,
@@ -151,47 +227,44 @@ impl HttpGateway {
         Arc::clone(self.targets.get(target).unwrap_or(&self.fallback))
     }
 
+    /// The call through the layers, outermost first: deadline → rate limit → bulkhead →
+    /// circuit and attempts. A layer that refuses the call ends it with its outcome.
     async fn run(&self, call: CallRequest) -> OutboundResult {
-        let started = Instant::now();
-        let started_wall = SystemTime::now();
-        let now_ms = unix_ms(started_wall);
-        let deadline =
-            started + Duration::from_millis(call.request.deadline_unix_ms.saturating_sub(now_ms));
         let rt = self.runtime(&call.ctx.target);
-        let mut result = OutboundResult {
-            method: call.request.method.as_str(),
-            request: RequestLine::of(&call.request.url),
-            outcome: CallOutcome::DeadlineExceeded,
-            status: None,
-            attempts: Vec::new(),
-            retry_stop: RetryStop::Deadline,
-            started_unix_ms: now_ms,
-            duration_ms: 0.0,
-            request_bytes: call.request.body.len() as u64,
-            response_bytes: 0,
-            circuit: rt.circuit.state(started),
-            network: NetworkFacts::default(),
-            ctx: call.ctx.clone(),
-        };
-        let finish = |mut r: OutboundResult| {
-            r.duration_ms = ms(started.elapsed());
-            r
-        };
-        if Instant::now() >= deadline {
-            return finish(result);
+        let mut c = CallState::begin(&call, &rt);
+        let admitted = async {
+            c.within_deadline()?;
+            self.rate_limit(&c).await?;
+            let slots = self.bulkhead(&c).await?;
+            self.attempts(&mut c).await;
+            drop(slots);
+            Ok::<(), CallOutcome>(())
         }
+        .await;
+        if let Err(refused) = admitted {
+            c.result.outcome = refused;
+        }
+        c.finish()
+    }
 
-        // 2. Rate limit.
-        if let Some(limiter) = &rt.limiter {
-            tokio::select! {
-                _ = limiter.until_ready() => {}
-                _ = tokio::time::sleep_until(deadline.into()) => {
-                    result.outcome = CallOutcome::RateLimited;
-                    return finish(result);
-                }
-            }
+    /// Rate limit: a token from the target's bucket, waiting at most until the deadline.
+    async fn rate_limit(&self, c: &CallState<'_>) -> Result<(), CallOutcome> {
+        let Some(limiter) = &c.rt.limiter else {
+            return Ok(());
+        };
+        tokio::select! {
+            _ = limiter.until_ready() => Ok(()),
+            _ = tokio::time::sleep_until(c.deadline.into()) => Err(CallOutcome::RateLimited),
         }
-        // 3. Bulkhead: the target's slots, then the agent's.
+    }
+
+    /// Bulkhead: a slot of the target, then one of the whole agent, waiting at most until the
+    /// deadline. The slots are held until the attempts are over.
+    async fn bulkhead(
+        &self,
+        c: &CallState<'_>,
+    ) -> Result<(OwnedSemaphorePermit, OwnedSemaphorePermit), CallOutcome> {
+        let rt = c.rt;
         rt.queue_depth.fetch_add(1, Ordering::Relaxed);
         let permits = tokio::select! {
             p = async {
@@ -199,104 +272,95 @@ impl HttpGateway {
                 let global = Arc::clone(&self.global).acquire_owned().await;
                 (target, global)
             } => Some(p),
-            _ = tokio::time::sleep_until(deadline.into()) => None,
+            _ = tokio::time::sleep_until(c.deadline.into()) => None,
         };
         rt.queue_depth.fetch_sub(1, Ordering::Relaxed);
-        let Some((Ok(_target_slot), Ok(_global_slot))) = permits else {
-            result.outcome = CallOutcome::BulkheadFull;
-            return finish(result);
-        };
+        match permits {
+            Some((Ok(target), Ok(global))) => Ok((target, global)),
+            _ => Err(CallOutcome::BulkheadFull),
+        }
+    }
 
-        // 4–5. Circuit and attempts.
+    /// Circuit breaker and attempts: each attempt must be admitted by the circuit; a failed
+    /// one is retried with backoff while [`retry::stop_reason`] allows, the deadline leaves
+    /// room, and the retry budget has some.
+    async fn attempts(&self, c: &mut CallState<'_>) {
+        let rt = c.rt;
         rt.budget.deposit(Instant::now());
-        let retryable = call.request.retryable(&call.ctx);
+        let retryable = c.call.request.retryable(&c.call.ctx);
         let mut backoff = Backoff::new(rt.policy.retry.min_backoff, rt.policy.retry.max_backoff);
         let mut waited = Duration::ZERO;
-        loop {
+        c.result.retry_stop = loop {
             let now = Instant::now();
             let Some(admitted) = rt.circuit.try_acquire(now) else {
-                if result.attempts.is_empty() {
-                    result.outcome = CallOutcome::CircuitOpen;
+                if c.result.attempts.is_empty() {
+                    c.result.outcome = CallOutcome::CircuitOpen;
                 }
-                result.retry_stop = RetryStop::CircuitOpen;
-                break;
+                break RetryStop::CircuitOpen;
             };
-            if result.attempts.is_empty() {
-                result.circuit = admitted.0;
+            if c.result.attempts.is_empty() {
+                c.result.circuit = admitted.0;
             }
-            let left = deadline.saturating_duration_since(now);
+            let left = c.deadline.saturating_duration_since(now);
             if left.is_zero() {
-                result.retry_stop = RetryStop::Deadline;
-                break;
+                break RetryStop::Deadline;
             }
-            let timeout = rt.policy.attempt_timeout.min(left);
-            let attempt_started = Instant::now();
-            let a = self.attempt(&rt, &call, timeout).await;
-            let took = attempt_started.elapsed();
-            rt.circuit.record(
-                admitted,
-                retry::is_failure(a.status, a.error),
-                took,
-                Instant::now(),
-            );
-            result.attempts.push(Attempt {
-                number: result.attempts.len() as u32 + 1,
-                status: a.status,
-                error: a.error,
-                duration_ms: ms(took),
-                backoff_ms: ms(waited),
-            });
-            result.network = self.network_facts(&call, &a, started_wall).await;
-            result.status = a.status;
-            result.response_bytes = a.response_bytes;
-            result.outcome = match (a.status, a.error) {
-                (Some(_), _) => CallOutcome::Response,
-                (None, Some(AttemptError::Timeout)) if Instant::now() >= deadline => {
-                    CallOutcome::DeadlineExceeded
-                }
-                _ => CallOutcome::TransportError,
-            };
-            let worth_retrying = match (a.status, a.error) {
-                (Some(s), _) => retry::retryable_status(s),
-                // Every transport failure is worth another attempt; whether this request may
-                // be repeated at all is checked next.
-                (None, Some(_)) => true,
-                (None, None) => false,
-            };
-            if !worth_retrying {
-                result.retry_stop = if a.status.is_some_and(|s| s < 400) {
-                    RetryStop::Succeeded
-                } else {
-                    RetryStop::NotRetryable
-                };
-                break;
-            }
-            if !retryable {
-                result.retry_stop = RetryStop::NotIdempotent;
-                break;
-            }
-            if result.attempts.len() as u32 >= rt.policy.retry.max_attempts {
-                result.retry_stop = RetryStop::MaxAttempts;
-                break;
+            let a = self.attempt(c, admitted, left, waited).await;
+            let tried = c.result.attempts.len() as u32;
+            if let Some(stop) =
+                retry::stop_reason(a.status, a.error, retryable, tried, &rt.policy.retry)
+            {
+                break stop;
             }
             let delay = backoff.next_delay();
-            if Instant::now() + delay >= deadline {
-                result.retry_stop = RetryStop::Deadline;
-                break;
+            if Instant::now() + delay >= c.deadline {
+                break RetryStop::Deadline;
             }
             if !rt.budget.withdraw(Instant::now()) {
-                result.retry_stop = RetryStop::BudgetExhausted;
-                break;
+                break RetryStop::BudgetExhausted;
             }
-            debug!(
-                delay_ms = ms(delay),
-                attempt = result.attempts.len(),
-                "retrying"
-            );
+            debug!(delay_ms = ms(delay), attempt = tried, "retrying");
             tokio::time::sleep(delay).await;
             waited = delay;
-        }
-        finish(result)
+        };
+    }
+
+    /// One attempt, admitted by the circuit and bounded by the attempt timeout and what is left
+    /// of the deadline: sent, recorded in the circuit and in the result with the kernel's facts
+    /// of its connection.
+    async fn attempt(
+        &self,
+        c: &mut CallState<'_>,
+        admitted: Admitted,
+        left: Duration,
+        waited: Duration,
+    ) -> AttemptResult {
+        let rt = c.rt;
+        let timeout = rt.policy.attempt_timeout.min(left);
+        let started = Instant::now();
+        let a = self.send(rt, c.call, timeout).await;
+        let took = started.elapsed();
+        let failed = retry::is_failure(a.status, a.error);
+        rt.circuit.record(admitted, failed, took, Instant::now());
+        let r = &mut c.result;
+        r.attempts.push(Attempt {
+            number: r.attempts.len() as u32 + 1,
+            status: a.status,
+            error: a.error,
+            duration_ms: ms(took),
+            backoff_ms: ms(waited),
+        });
+        r.network = self.network_facts(c.call, &a, c.started_wall).await;
+        r.status = a.status;
+        r.response_bytes = a.response_bytes;
+        r.outcome = match (a.status, a.error) {
+            (Some(_), _) => CallOutcome::Response,
+            (None, Some(AttemptError::Timeout)) if Instant::now() >= c.deadline => {
+                CallOutcome::DeadlineExceeded
+            }
+            _ => CallOutcome::TransportError,
+        };
+        a
     }
 
     /// The kernel's facts for this attempt's connection — or, for a connect that failed to a
@@ -333,7 +397,8 @@ impl HttpGateway {
         }
     }
 
-    async fn attempt(
+    /// Sends the request once and reads the response to the end.
+    async fn send(
         &self,
         rt: &TargetRuntime,
         call: &CallRequest,
@@ -373,26 +438,7 @@ impl HttpGateway {
         };
         let status = response.status().as_u16();
         let connection = client::connection_of(&response);
-        // Read the body to the end: its bytes are part of the call, and the connection can
-        // then go back to the pool.
-        let mut bytes = 0u64;
-        let mut error = None;
-        loop {
-            match response.chunk().await {
-                Ok(Some(chunk)) => {
-                    bytes += chunk.len() as u64;
-                    if bytes > MAX_RESPONSE_BYTES {
-                        error = Some(AttemptError::Protocol);
-                        break;
-                    }
-                }
-                Ok(None) => break,
-                Err(e) => {
-                    error = Some(classify(&e));
-                    break;
-                }
-            }
-        }
+        let (bytes, error) = read_body(&mut response).await;
         AttemptResult {
             status: if error.is_none() { Some(status) } else { None },
             error,
