@@ -20,8 +20,9 @@ use aws_sdk_s3::{primitives::ByteStream, types::ObjectLockMode};
 use base64::Engine as _;
 use netscope_agent::{
     audit::{
+        batch::{batch_key, decode_batch, encode_batch},
         rgw::{AuditSummary, RgwAudit, SpoolSettings},
-        s3::{PutOutcome, S3Error, S3Settings, S3Store, batch_key, decode_batch, encode_batch},
+        s3::{PutOutcome, S3Error, S3Settings, S3Store},
         verify::{Gap, verify},
     },
     domain::{OutcomeSink as _, audit::AuditEvent, outcome::OutboundResult},

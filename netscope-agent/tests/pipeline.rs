@@ -13,7 +13,7 @@ use std::{
 };
 
 use netscope_agent::{
-    audit::s3::{S3Store, decode_batch},
+    audit::{batch::decode_batch, s3::S3Store},
     demo::upstream::Upstream,
     domain::audit::AuditEvent,
 };

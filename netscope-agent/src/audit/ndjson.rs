@@ -15,7 +15,7 @@ use std::{
 
 use tokio::sync::mpsc;
 
-use super::{Ack, hand_over};
+use super::{Ack, WriteError, hand_over};
 
 use crate::{
     clock::now_unix_ms,
@@ -125,7 +125,7 @@ fn writer(
                 let _ = out.get_ref().set_len(len);
             }
         }
-        let result = result.map_err(|e| format!("{}: {e}", path.display()));
+        let result = result.map_err(|e| WriteError::io(path, e));
         for (_, ack) in batch {
             let _ = ack.send(result.clone());
         }

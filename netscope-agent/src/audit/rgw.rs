@@ -13,7 +13,6 @@
 //! crash between the upload and the segment's deletion — finds the object already there.
 
 use std::{
-    collections::VecDeque,
     io,
     path::PathBuf,
     sync::{
@@ -24,26 +23,20 @@ use std::{
 };
 
 use serde::Serialize;
-use tokio::sync::{Notify, mpsc, oneshot, watch};
-use tracing::{error, info, warn};
+use tokio::sync::{mpsc, oneshot, watch};
+use tracing::{info, warn};
 
 use super::{
-    Ack, hand_over,
-    s3::{PutOutcome, S3Error, S3Settings, S3Store, batch_key, encode_lines},
-    spool::{self, Frame, OpenSegment, Sealed},
+    hand_over,
+    s3::{S3Error, S3Settings, S3Store},
+    shipper::{Backlog, Shipper},
+    spool,
+    writer::{SpoolRequest, Writer},
 };
-use crate::{
-    backoff::Backoff,
-    clock::now_unix_ms,
-    domain::{
-        AuditSink, OutcomeSink, SinkError,
-        audit::AuditEvent,
-        outcome::{BoxFuture, OutboundResult},
-    },
+use crate::domain::{
+    AuditSink, OutcomeSink, SinkError,
+    outcome::{BoxFuture, OutboundResult},
 };
-
-/// Events appended per group commit (one `fdatasync`) at most.
-const GROUP: usize = 1024;
 
 #[derive(Clone, Debug)]
 pub struct SpoolSettings {
@@ -93,59 +86,18 @@ pub struct AuditSummary {
 
 impl AuditStats {
     pub fn summary(&self) -> AuditSummary {
-        let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
         AuditSummary {
-            spooled: l(&self.spooled),
-            shipped: l(&self.shipped),
-            puts: l(&self.puts),
-            already_there: l(&self.already_there),
-            put_failures: l(&self.put_failures),
-            quarantined: l(&self.quarantined),
-            budget_waits: l(&self.budget_waits),
-            spool_bytes: l(&self.spool_bytes),
-            backlog_segments: l(&self.backlog_segments),
+            spooled: load(&self.spooled),
+            shipped: load(&self.shipped),
+            puts: load(&self.puts),
+            already_there: load(&self.already_there),
+            put_failures: load(&self.put_failures),
+            quarantined: load(&self.quarantined),
+            budget_waits: load(&self.budget_waits),
+            spool_bytes: load(&self.spool_bytes),
+            backlog_segments: load(&self.backlog_segments),
         }
-    }
-}
-
-enum Msg {
-    Event(Arc<OutboundResult>, Ack),
-    /// Seal the open segment and stop.
-    Close(oneshot::Sender<()>),
-}
-
-/// Sealed segments, from the writer to the shipper.
-#[derive(Default)]
-struct Backlog {
-    queue: Mutex<VecDeque<Sealed>>,
-    added: Notify,
-    writer_done: AtomicBool,
-}
-
-impl Backlog {
-    fn push(&self, s: Sealed, stats: &AuditStats) {
-        self.queue
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .push_back(s);
-        stats.backlog_segments.fetch_add(1, Ordering::Relaxed);
-        self.added.notify_one();
-    }
-
-    fn front(&self) -> Option<Sealed> {
-        self.queue
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .front()
-            .cloned()
-    }
-
-    fn pop(&self, stats: &AuditStats) {
-        self.queue
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .pop_front();
-        stats.backlog_segments.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -158,7 +110,7 @@ pub enum AuditError {
 }
 
 pub struct RgwAudit {
-    tx: mpsc::Sender<Msg>,
+    tx: mpsc::Sender<SpoolRequest>,
     stats: Arc<AuditStats>,
     closing: Arc<AtomicBool>,
     /// When the shipper must give up draining (set by `close`).
@@ -265,7 +217,7 @@ impl RgwAudit {
     pub async fn close(&self, grace: Duration) -> AuditSummary {
         self.closing.store(true, Ordering::Relaxed);
         let (done, sealed) = oneshot::channel();
-        if self.tx.send(Msg::Close(done)).await.is_ok() {
+        if self.tx.send(SpoolRequest::Close(done)).await.is_ok() {
             let _ = sealed.await;
         }
         let _ = self.drain_until.send(Some(Instant::now() + grace));
@@ -296,348 +248,13 @@ impl RgwAudit {
     }
 }
 
-struct Writer {
-    rt: tokio::runtime::Handle,
-    settings: SpoolSettings,
-    next: u64,
-    stats: Arc<AuditStats>,
-    backlog: Arc<Backlog>,
-    closing: Arc<AtomicBool>,
-}
-
-impl Writer {
-    fn run(mut self, mut rx: mpsc::Receiver<Msg>) {
-        let mut open: Option<(OpenSegment, Instant)> = None;
-        let mut frames = Vec::with_capacity(1 << 20);
-        let mut close = None;
-        while close.is_none() {
-            let wait = open.as_ref().map_or(Duration::from_secs(3600), |(_, at)| {
-                self.settings.batch_age.saturating_sub(at.elapsed())
-            });
-            // The timer is made inside the runtime's context (this thread is not one of its own).
-            let next = self
-                .rt
-                .block_on(async { tokio::time::timeout(wait, rx.recv()).await });
-            let first = match next {
-                Err(_) => {
-                    self.seal(open.take());
-                    continue;
-                }
-                Ok(None) => break,
-                Ok(Some(Msg::Close(done))) => {
-                    close = Some(done);
-                    break;
-                }
-                Ok(Some(Msg::Event(r, ack))) => (r, ack),
-            };
-            let mut group = vec![first];
-            while group.len() < GROUP {
-                match rx.try_recv() {
-                    Ok(Msg::Event(r, ack)) => group.push((r, ack)),
-                    Ok(Msg::Close(done)) => {
-                        close = Some(done);
-                        break;
-                    }
-                    Err(_) => break,
-                }
-            }
-            if !self.wait_for_budget() {
-                for (_, ack) in group {
-                    let _ = ack.send(Err(
-                        "shutting down with the audit spool full: not spooled".into()
-                    ));
-                }
-                continue;
-            }
-            // A segment never holds more than `batch_events`: the group is split at its end.
-            let mut rest = group;
-            while !rest.is_empty() {
-                let room = open
-                    .as_ref()
-                    .map_or(self.settings.batch_events, |(seg, _)| {
-                        self.settings.batch_events.saturating_sub(seg.events).max(1)
-                    });
-                let tail =
-                    rest.split_off(rest.len().min(usize::try_from(room).unwrap_or(usize::MAX)));
-                let result = self.append(&mut open, &mut frames, &rest);
-                for (_, ack) in rest {
-                    let _ = ack.send(result.clone());
-                }
-                rest = tail;
-                let full = open.as_ref().is_some_and(|(seg, at)| {
-                    seg.events >= self.settings.batch_events
-                        || seg.bytes >= self.settings.batch_bytes
-                        || at.elapsed() >= self.settings.batch_age
-                });
-                if full {
-                    self.seal(open.take());
-                }
-            }
-        }
-        self.seal(open.take());
-        self.backlog.writer_done.store(true, Ordering::Relaxed);
-        self.backlog.added.notify_one();
-        if let Some(done) = close {
-            let _ = done.send(());
-        }
-    }
-
-    /// Waits while the spool is over its budget; `false` when shutting down instead.
-    fn wait_for_budget(&self) -> bool {
-        let mut waited = false;
-        while self.stats.spool_bytes.load(Ordering::Relaxed) >= self.settings.budget_bytes {
-            if self.closing.load(Ordering::Relaxed) {
-                return false;
-            }
-            if !waited {
-                waited = true;
-                self.stats.budget_waits.fetch_add(1, Ordering::Relaxed);
-                warn!(
-                    budget_bytes = self.settings.budget_bytes,
-                    "audit spool full: holding events back (Kafka consumption pauses) until RGW takes some"
-                );
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        true
-    }
-
-    /// Numbers, encodes and durably appends a group of events; on failure nothing of it counts
-    /// and its numbers are used again.
-    fn append(
-        &mut self,
-        open: &mut Option<(OpenSegment, Instant)>,
-        frames: &mut Vec<u8>,
-        group: &[(Arc<OutboundResult>, Ack)],
-    ) -> Result<(), String> {
-        let s = &self.settings;
-        let fail = |e: &dyn std::fmt::Display| format!("audit spool {}: {e}", s.dir.display());
-        if open.is_none() {
-            let seg = OpenSegment::create(&s.dir, self.next).map_err(|e| fail(&e))?;
-            self.stats
-                .spool_bytes
-                .fetch_add(seg.bytes, Ordering::Relaxed);
-            *open = Some((seg, Instant::now()));
-        }
-        let Some((seg, _)) = open.as_mut() else {
-            return Err(fail(&"no open segment"));
-        };
-        frames.clear();
-        let now = now_unix_ms();
-        for (i, (r, _)) in group.iter().enumerate() {
-            let sequence = self.next + i as u64;
-            let event = AuditEvent::of(r, &s.node, sequence, now);
-            let payload = serde_json::to_vec(&event).map_err(|e| fail(&e))?;
-            Frame {
-                sequence,
-                unix_ms: now,
-                payload,
-            }
-            .encode_into(frames);
-        }
-        let n = group.len() as u64;
-        seg.append(frames, n).map_err(|e| fail(&e))?;
-        self.next += n;
-        self.stats.spooled.fetch_add(n, Ordering::Relaxed);
-        self.stats
-            .spool_bytes
-            .fetch_add(frames.len() as u64, Ordering::Relaxed);
-        Ok(())
-    }
-
-    fn seal(&self, open: Option<(OpenSegment, Instant)>) {
-        let Some((seg, _)) = open else { return };
-        let path = seg.path.clone();
-        let sealed = if seg.events == 0 {
-            release(&self.stats, seg.bytes);
-            seg.discard().map(|()| None)
-        } else {
-            seg.seal(&self.settings.dir).map(Some)
-        };
-        match sealed {
-            Ok(Some(s)) => self.backlog.push(s, &self.stats),
-            Ok(None) => {}
-            Err(e) => error!(segment = %path.display(), error = %e,
-                "audit spool: cannot seal the segment; it is recovered and shipped at the next start"),
-        }
-    }
-}
-
-struct Shipper {
-    store: S3Store,
-    lock_days: u32,
-    /// The bucket's Object Lock was read (once RGW answered).
-    retention_known: bool,
-    dir: PathBuf,
-    node: String,
-    stats: Arc<AuditStats>,
-    backlog: Arc<Backlog>,
-}
-
-/// A sealed segment read back and checked, ready to upload.
-struct Batch {
-    key: String,
-    body: Vec<u8>,
-    events: u64,
-}
-
-/// Reads a sealed segment; `Err` names what is wrong with it (it is then quarantined).
-fn load(node: &str, seg: &Sealed) -> io::Result<Result<Batch, String>> {
-    let bytes = std::fs::read(&seg.path)?;
-    let parsed = spool::parse(&bytes, seg.first);
-    if let Some(why) = parsed.error {
-        return Ok(Err(why.to_string()));
-    }
-    let (count, expected) = (parsed.frames.len() as u64, seg.last - seg.first + 1);
-    let Some(first) = parsed.frames.first().filter(|_| count == expected) else {
-        return Ok(Err(format!(
-            "holds {count} events, its name says {expected}"
-        )));
-    };
-    Ok(Ok(Batch {
-        key: batch_key(node, seg.first, seg.last, first.unix_ms),
-        body: encode_lines(parsed.frames.iter().map(|f| f.payload.as_slice())),
-        events: count,
-    }))
-}
-
-impl Shipper {
-    async fn run(mut self, mut drain_until: watch::Receiver<Option<Instant>>) {
-        let mut backoff = Backoff::redelivery();
-        loop {
-            let Some(seg) = self.backlog.front() else {
-                if self.backlog.writer_done.load(Ordering::Relaxed) {
-                    return;
-                }
-                tokio::select! {
-                    () = self.backlog.added.notified() => {}
-                    () = changed(&mut drain_until) => {}
-                }
-                continue;
-            };
-            let deadline = *drain_until.borrow();
-            if deadline.is_some_and(|d| Instant::now() >= d) {
-                return;
-            }
-            let (node, loaded) = (self.node.clone(), seg.clone());
-            let loaded = tokio::task::spawn_blocking(move || load(&node, &loaded))
-                .await
-                .map_err(|e| e.to_string())
-                .and_then(|read| read.map_err(|e| e.to_string()));
-            let batch = match loaded {
-                Ok(Ok(batch)) => batch,
-                Ok(Err(why)) => {
-                    self.quarantine(&seg, &why);
-                    continue;
-                }
-                Err(e) => {
-                    error!(segment = %seg.path.display(), error = %e, "audit spool: cannot read a segment; retrying");
-                    self.sleep(&mut backoff, &mut drain_until).await;
-                    continue;
-                }
-            };
-            match self.upload(&batch.key, batch.body).await {
-                Ok(outcome) => {
-                    self.stats.puts.fetch_add(1, Ordering::Relaxed);
-                    if outcome == PutOutcome::AlreadyThere {
-                        self.stats.already_there.fetch_add(1, Ordering::Relaxed);
-                        info!(key = %batch.key, "audit batch was already in RGW (a retried upload)");
-                    }
-                    if self.stats.rgw_down.swap(false, Ordering::Relaxed) {
-                        info!(
-                            backlog = self.stats.backlog_segments.load(Ordering::Relaxed),
-                            "RGW answers again: draining the audit spool"
-                        );
-                    }
-                    backoff = Backoff::redelivery();
-                    if let Err(e) = self.forget(&seg) {
-                        error!(segment = %seg.path.display(), error = %e,
-                            "audit spool: shipped, but cannot delete the segment; it is uploaded again (found already there) after a restart");
-                    }
-                    self.backlog.pop(&self.stats);
-                    self.stats
-                        .shipped
-                        .fetch_add(batch.events, Ordering::Relaxed);
-                }
-                Err(e) => {
-                    self.stats.put_failures.fetch_add(1, Ordering::Relaxed);
-                    if !self.stats.rgw_down.swap(true, Ordering::Relaxed) {
-                        warn!(error = %e, "audit upload failed: events stay spooled and are retried with backoff");
-                    }
-                    self.sleep(&mut backoff, &mut drain_until).await;
-                }
-            }
-        }
-    }
-
-    /// Writes a batch once, with the bucket's Object Lock retention (read before the first).
-    async fn upload(&mut self, key: &str, body: Vec<u8>) -> Result<PutOutcome, S3Error> {
-        if !self.retention_known {
-            let retention = self.store.object_lock(self.lock_days).await?;
-            match &retention {
-                Some(r) => info!(mode = ?r.mode, days = r.days,
-                    "audit bucket has Object Lock: every batch gets this retention"),
-                None => {
-                    info!("audit bucket has no Object Lock: batches are write-once by key only")
-                }
-            }
-            self.store.set_retention(retention);
-            self.retention_known = true;
-        }
-        self.store.put_once(key, body).await
-    }
-
-    /// RGW holds the segment's events: record that, then delete the segment.
-    fn forget(&self, seg: &Sealed) -> io::Result<()> {
-        spool::write_shipped(&self.dir, seg.last)?;
-        std::fs::remove_file(&seg.path)?;
-        spool::sync_dir(&self.dir)?;
-        release(&self.stats, seg.bytes);
-        Ok(())
-    }
-
-    fn quarantine(&self, seg: &Sealed, why: &str) {
-        let why = format!("events {}..={}: {why}", seg.first, seg.last);
-        if let Err(e) = spool::quarantine(&self.dir, &seg.path, &why) {
-            error!(segment = %seg.path.display(), error = %e, "audit spool: cannot quarantine a corrupt segment; it is skipped in this run");
-        }
-        self.stats.quarantined.fetch_add(1, Ordering::Relaxed);
-        release(&self.stats, seg.bytes);
-        self.backlog.pop(&self.stats);
-    }
-
-    /// Sleeps the backoff's next delay, or until the drain deadline passes.
-    async fn sleep(
-        &self,
-        backoff: &mut Backoff,
-        drain_until: &mut watch::Receiver<Option<Instant>>,
-    ) {
-        let nap = backoff.next_delay();
-        let deadline = *drain_until.borrow();
-        let nap = deadline.map_or(nap, |d| {
-            nap.min(d.saturating_duration_since(Instant::now()))
-        });
-        tokio::select! {
-            () = tokio::time::sleep(nap) => {}
-            () = changed(drain_until) => {}
-        }
-    }
-}
-
 /// The spool no longer holds `bytes` (shipped, quarantined or discarded).
-fn release(stats: &AuditStats, bytes: u64) {
+pub(super) fn release(stats: &AuditStats, bytes: u64) {
     let _ = stats
         .spool_bytes
         .try_update(Ordering::Relaxed, Ordering::Relaxed, |b| {
             Some(b.saturating_sub(bytes))
         });
-}
-
-/// Resolves when the drain deadline is set; never once nobody can set it any more.
-async fn changed(rx: &mut watch::Receiver<Option<Instant>>) {
-    if rx.changed().await.is_err() {
-        std::future::pending::<()>().await;
-    }
 }
 
 impl OutcomeSink for RgwAudit {
@@ -647,7 +264,7 @@ impl OutcomeSink for RgwAudit {
 
     fn deliver(&self, result: Arc<OutboundResult>) -> BoxFuture<'_, Result<(), SinkError>> {
         Box::pin(hand_over(&self.tx, "audit-rgw", |ack| {
-            Msg::Event(result, ack)
+            SpoolRequest::Event(result, ack)
         }))
     }
 }

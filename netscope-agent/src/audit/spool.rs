@@ -71,6 +71,8 @@ pub enum Corruption {
         found: u64,
         expected: u64,
     },
+    #[error("holds {holds} events, its name says {named}")]
+    Count { holds: u64, named: u64 },
 }
 
 /// The frames of a segment up to the first invalid one, and what was wrong there (if any).
@@ -225,6 +227,14 @@ fn read_shipped(dir: &Path) -> io::Result<u64> {
 }
 
 /// Records that RGW holds every event up to `last` (atomically: temp file, fsync, rename).
+/// RGW holds `seg`'s events: records its last sequence as shipped (so numbering continues after
+/// a restart with an empty spool), then deletes the segment, durably.
+pub fn delete_shipped(dir: &Path, seg: &Sealed) -> io::Result<()> {
+    write_shipped(dir, seg.last)?;
+    fs::remove_file(&seg.path)?;
+    sync_dir(dir)
+}
+
 pub fn write_shipped(dir: &Path, last: u64) -> io::Result<()> {
     let tmp = dir.join(format!("{SHIPPED}.tmp"));
     let mut f = File::create(&tmp)?;

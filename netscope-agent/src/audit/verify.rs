@@ -7,7 +7,10 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use super::s3::{S3Error, S3Store, decode_batch, hour_prefix};
+use super::{
+    batch::{decode_batch, hour_prefix},
+    s3::{S3Error, S3Store},
+};
 
 const HOUR_MS: u64 = 3_600_000;
 /// 9999-12-31T23:59:59.999Z: keys have four-digit years.

@@ -50,11 +50,22 @@ pub trait ConnectionObserver: Send + Sync {
     ) -> BoxFuture<'_, NetworkFacts>;
 }
 
+/// A sink could not make an outcome durable (it is retried).
 #[derive(Debug, thiserror::Error)]
-#[error("{sink}: {reason}")]
+#[error("{sink}: {source}")]
 pub struct SinkError {
     pub sink: &'static str,
-    pub reason: String,
+    #[source]
+    pub source: Box<dyn std::error::Error + Send + Sync>,
+}
+
+impl SinkError {
+    pub fn new(sink: &'static str, source: impl std::error::Error + Send + Sync + 'static) -> Self {
+        Self {
+            sink,
+            source: Box::new(source),
+        }
+    }
 }
 
 /// Where call outcomes go (results topic, audit trail, …). `deliver` returns `Ok` only once

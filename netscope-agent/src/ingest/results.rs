@@ -36,11 +36,9 @@ impl OutcomeSink for KafkaResults {
 
     fn deliver(&self, result: Arc<OutboundResult>) -> BoxFuture<'_, Result<(), SinkError>> {
         Box::pin(async move {
-            let err = |reason: String| SinkError {
-                sink: "results-topic",
-                reason,
-            };
-            let payload = serde_json::to_vec(result.as_ref()).map_err(|e| err(e.to_string()))?;
+            let sink = self.name();
+            let payload =
+                serde_json::to_vec(result.as_ref()).map_err(|e| SinkError::new(sink, e))?;
             let traceparent = result.ctx.traceparent();
             let headers = OwnedHeaders::new().insert(Header {
                 key: "traceparent",
@@ -54,7 +52,7 @@ impl OutcomeSink for KafkaResults {
                 .send(record, Duration::from_secs(10))
                 .await
                 .map(|_| ())
-                .map_err(|(e, _)| err(e.to_string()))
+                .map_err(|(e, _)| SinkError::new(sink, e))
         })
     }
 }
