@@ -241,144 +241,14 @@ impl RunArgs {
     /// Validates everything, reporting every problem at once.
     pub fn validate(&self) -> Result<RunSettings, ConfigError> {
         let mut errors = Vec::new();
-        let file = match &self.config {
-            None => demo_targets(),
-            Some(path) => match std::fs::read_to_string(path) {
-                Err(e) => {
-                    errors.push(format!("config {}: {e}", path.display()));
-                    FileConfig::default()
-                }
-                Ok(text) => toml::from_str(&text).unwrap_or_else(|e| {
-                    errors.push(format!("config {}: {e}", path.display()));
-                    FileConfig::default()
-                }),
-            },
-        };
+        let file = self.file(&mut errors);
         let default_policy = file.defaults.apply(&TargetPolicy::default());
         errors.extend(default_policy.problems("defaults"));
-
-        let mut targets = Vec::new();
-        let mut policies = Vec::new();
-        let mut names = HashSet::new();
-        for t in &file.targets {
-            let ctx = format!("target `{}`", t.name);
-            if !valid_name(&t.name) {
-                errors.push(format!("{ctx}: names are 1–32 of a-z 0-9 - _"));
-            }
-            if !names.insert(t.name.clone()) {
-                errors.push(format!("{ctx}: defined twice"));
-            }
-            let mut hosts = Vec::new();
-            for h in &t.hosts {
-                if let Ok(c) = h.parse::<Cidr>() {
-                    hosts.push(HostMatch::Net(c));
-                } else if valid_hostname(h) {
-                    hosts.push(HostMatch::Name(h.to_ascii_lowercase()));
-                } else {
-                    errors.push(format!(
-                        "{ctx}: host `{h}` is neither an IP/CIDR nor a host name"
-                    ));
-                }
-            }
-            if t.hosts.is_empty() {
-                errors.push(format!("{ctx}: no hosts"));
-            }
-            if t.ports.is_empty() || t.ports.contains(&0) {
-                errors.push(format!("{ctx}: ports must be a non-empty list of 1–65535"));
-            }
-            let mut routes = Vec::new();
-            let mut route_names = HashSet::new();
-            for r in &t.routes {
-                if !valid_name(&r.name) || r.name == "default" {
-                    errors.push(format!(
-                        "{ctx}: route `{}`: 1–32 of a-z 0-9 - _, not `default`",
-                        r.name
-                    ));
-                }
-                if !route_names.insert(&r.name) {
-                    errors.push(format!("{ctx}: route `{}` defined twice", r.name));
-                }
-                if !r.path_prefix.starts_with('/') {
-                    errors.push(format!(
-                        "{ctx}: route `{}`: path_prefix must start with /",
-                        r.name
-                    ));
-                }
-                routes.push(RouteRule {
-                    name: RouteName(r.name.clone()),
-                    path_prefix: r.path_prefix.clone(),
-                });
-            }
-            let policy = t.policy.apply(&default_policy);
-            errors.extend(policy.problems(&ctx));
-            policies.push((TargetName(t.name.clone()), policy));
-            targets.push(Target {
-                name: TargetName(t.name.clone()),
-                hosts,
-                ports: t.ports.clone(),
-                routes,
-            });
-        }
-        if targets.is_empty() {
-            errors.push("no targets: nothing may be called".to_owned());
-        }
-
-        let mut limits = Limits::default();
-        let l = &file.limits;
-        limits.max_message_bytes = l.max_message_bytes.unwrap_or(limits.max_message_bytes);
-        limits.max_body_bytes = l.max_body_bytes.unwrap_or(limits.max_body_bytes);
-        limits.default_timeout_ms = l.default_timeout_ms.unwrap_or(limits.default_timeout_ms);
-        limits.max_timeout_ms = l.max_timeout_ms.unwrap_or(limits.max_timeout_ms);
-        if limits.default_timeout_ms == 0 || limits.default_timeout_ms > limits.max_timeout_ms {
-            errors.push("limits: default_timeout_ms must be 1..=max_timeout_ms".to_owned());
-        }
-        if limits.max_body_bytes > limits.max_message_bytes {
-            errors.push("limits: max_body_bytes must not exceed max_message_bytes".to_owned());
-        }
-
-        for (name, topic) in [
-            ("requests-topic", &self.requests_topic),
-            ("results-topic", &self.results_topic),
-            ("dlq-topic", &self.dlq_topic),
-        ] {
-            let ok = (1..=249).contains(&topic.len())
-                && topic
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
-            if !ok {
-                errors.push(format!("{name} `{topic}`: 1–249 of a-z A-Z 0-9 . _ -"));
-            }
-        }
-        if self.requests_topic == self.dlq_topic || self.requests_topic == self.results_topic {
-            errors.push(
-                "the requests topic must differ from the results and dead-letter topics".to_owned(),
-            );
-        }
-        if self.brokers.trim().is_empty() {
-            errors.push("brokers: empty".to_owned());
-        }
-        for (name, v, max) in [
-            ("queue", self.queue, 1_000_000),
-            ("workers", self.workers, 10_000),
-            ("max-in-flight", self.max_in_flight, 100_000),
-        ] {
-            if !(1..=max).contains(&v) {
-                errors.push(format!("{name} {v} must be 1..={max}"));
-            }
-        }
-        let node = self.node.clone().unwrap_or_else(|| {
-            std::fs::read_to_string("/proc/sys/kernel/hostname")
-                .map(|h| h.trim().to_owned())
-                .unwrap_or_else(|_| "localhost".to_owned())
-        });
-        if node.is_empty()
-            || node.len() > 64
-            || !node
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
-        {
-            errors.push(format!("node `{node}`: 1–64 of a-z A-Z 0-9 - _ ."));
-        }
+        let (targets, policies) = targets(&file.targets, &default_policy, &mut errors);
+        let limits = file.limits.validate(&mut errors);
+        self.check_topics(&mut errors);
+        self.check_sizes(&mut errors);
+        let node = self.node(&mut errors);
         let audit = self.audit.validate_into(&node, &mut errors);
         let probe = if self.no_probe {
             None
@@ -413,6 +283,178 @@ impl RunArgs {
             default_policy,
             limits,
         })
+    }
+
+    /// The TOML file, or the demo upstream as the only target when there is none.
+    fn file(&self, errors: &mut Vec<String>) -> FileConfig {
+        let Some(path) = &self.config else {
+            return demo_targets();
+        };
+        let parsed = std::fs::read_to_string(path)
+            .map_err(|e| e.to_string())
+            .and_then(|text| toml::from_str(&text).map_err(|e| e.to_string()));
+        parsed.unwrap_or_else(|e| {
+            errors.push(format!("config {}: {e}", path.display()));
+            FileConfig::default()
+        })
+    }
+
+    /// Kafka names: legal topic names, requests apart from results and dead letters.
+    fn check_topics(&self, errors: &mut Vec<String>) {
+        for (name, topic) in [
+            ("requests-topic", &self.requests_topic),
+            ("results-topic", &self.results_topic),
+            ("dlq-topic", &self.dlq_topic),
+        ] {
+            let ok = (1..=249).contains(&topic.len())
+                && topic
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+            if !ok {
+                errors.push(format!("{name} `{topic}`: 1–249 of a-z A-Z 0-9 . _ -"));
+            }
+        }
+        if self.requests_topic == self.dlq_topic || self.requests_topic == self.results_topic {
+            errors.push(
+                "the requests topic must differ from the results and dead-letter topics".to_owned(),
+            );
+        }
+        if self.brokers.trim().is_empty() {
+            errors.push("brokers: empty".to_owned());
+        }
+    }
+
+    /// Queue, workers and the global bulkhead within sane bounds.
+    fn check_sizes(&self, errors: &mut Vec<String>) {
+        for (name, v, max) in [
+            ("queue", self.queue, 1_000_000),
+            ("workers", self.workers, 10_000),
+            ("max-in-flight", self.max_in_flight, 100_000),
+        ] {
+            if !(1..=max).contains(&v) {
+                errors.push(format!("{name} {v} must be 1..={max}"));
+            }
+        }
+    }
+
+    /// This agent's name in audit events: `--node`, else the host name.
+    fn node(&self, errors: &mut Vec<String>) -> String {
+        let node = self.node.clone().unwrap_or_else(|| {
+            std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|h| h.trim().to_owned())
+                .unwrap_or_else(|_| "localhost".to_owned())
+        });
+        if node.is_empty()
+            || node.len() > 64
+            || !node
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+        {
+            errors.push(format!("node `{node}`: 1–64 of a-z A-Z 0-9 - _ ."));
+        }
+        node
+    }
+}
+
+/// The file's targets and each one's policy (over the defaults), every problem listed.
+fn targets(
+    files: &[TargetFile],
+    default_policy: &TargetPolicy,
+    errors: &mut Vec<String>,
+) -> (Vec<Target>, Vec<(TargetName, TargetPolicy)>) {
+    let mut targets = Vec::new();
+    let mut policies = Vec::new();
+    let mut names = HashSet::new();
+    for t in files {
+        let ctx = format!("target `{}`", t.name);
+        if !valid_name(&t.name) {
+            errors.push(format!("{ctx}: names are 1–32 of a-z 0-9 - _"));
+        }
+        if !names.insert(t.name.clone()) {
+            errors.push(format!("{ctx}: defined twice"));
+        }
+        if t.ports.is_empty() || t.ports.contains(&0) {
+            errors.push(format!("{ctx}: ports must be a non-empty list of 1–65535"));
+        }
+        let policy = t.policy.apply(default_policy);
+        errors.extend(policy.problems(&ctx));
+        policies.push((TargetName(t.name.clone()), policy));
+        targets.push(Target {
+            name: TargetName(t.name.clone()),
+            hosts: hosts(&ctx, &t.hosts, errors),
+            ports: t.ports.clone(),
+            routes: routes(&ctx, &t.routes, errors),
+        });
+    }
+    if targets.is_empty() {
+        errors.push("no targets: nothing may be called".to_owned());
+    }
+    (targets, policies)
+}
+
+/// Each host an IP, a CIDR or a host name.
+fn hosts(ctx: &str, hosts: &[String], errors: &mut Vec<String>) -> Vec<HostMatch> {
+    if hosts.is_empty() {
+        errors.push(format!("{ctx}: no hosts"));
+    }
+    let mut out = Vec::new();
+    for h in hosts {
+        if let Ok(c) = h.parse::<Cidr>() {
+            out.push(HostMatch::Net(c));
+        } else if valid_hostname(h) {
+            out.push(HostMatch::Name(h.to_ascii_lowercase()));
+        } else {
+            errors.push(format!(
+                "{ctx}: host `{h}` is neither an IP/CIDR nor a host name"
+            ));
+        }
+    }
+    out
+}
+
+/// Named routes with a path prefix each; `default` is reserved for the rest.
+fn routes(ctx: &str, routes: &[RouteFile], errors: &mut Vec<String>) -> Vec<RouteRule> {
+    let mut out = Vec::new();
+    let mut names = HashSet::new();
+    for r in routes {
+        if !valid_name(&r.name) || r.name == "default" {
+            errors.push(format!(
+                "{ctx}: route `{}`: 1–32 of a-z 0-9 - _, not `default`",
+                r.name
+            ));
+        }
+        if !names.insert(&r.name) {
+            errors.push(format!("{ctx}: route `{}` defined twice", r.name));
+        }
+        if !r.path_prefix.starts_with('/') {
+            errors.push(format!(
+                "{ctx}: route `{}`: path_prefix must start with /",
+                r.name
+            ));
+        }
+        out.push(RouteRule {
+            name: RouteName(r.name.clone()),
+            path_prefix: r.path_prefix.clone(),
+        });
+    }
+    out
+}
+
+impl LimitsFile {
+    /// The message limits, the file's values over the defaults.
+    fn validate(&self, errors: &mut Vec<String>) -> Limits {
+        let mut limits = Limits::default();
+        limits.max_message_bytes = self.max_message_bytes.unwrap_or(limits.max_message_bytes);
+        limits.max_body_bytes = self.max_body_bytes.unwrap_or(limits.max_body_bytes);
+        limits.default_timeout_ms = self.default_timeout_ms.unwrap_or(limits.default_timeout_ms);
+        limits.max_timeout_ms = self.max_timeout_ms.unwrap_or(limits.max_timeout_ms);
+        if limits.default_timeout_ms == 0 || limits.default_timeout_ms > limits.max_timeout_ms {
+            errors.push("limits: default_timeout_ms must be 1..=max_timeout_ms".to_owned());
+        }
+        if limits.max_body_bytes > limits.max_message_bytes {
+            errors.push("limits: max_body_bytes must not exceed max_message_bytes".to_owned());
+        }
+        limits
     }
 }
 

@@ -12,8 +12,8 @@ use url::Url;
 
 use super::trace_context::{self, TraceContext};
 use crate::domain::{
-    CallRequest, HttpMethod, OutboundRequest, RequestContext,
-    targets::{Host, Refusal, Targets},
+    CallRequest, HttpMethod, OutboundRequest, RequestContext, RouteName,
+    targets::{Host, Refusal, Target, Targets},
 };
 
 /// Why a message was rejected. Codes (the snake_case names) are stable: dashboards and
@@ -126,6 +126,22 @@ const HOP_BY_HOP: [&str; 10] = [
     "expect",
 ];
 
+/// Schema v1's fields, and those it requires (besides `schema_version`, checked first).
+const V1_FIELDS: [&str; 11] = [
+    "schema_version",
+    "method",
+    "url",
+    "headers",
+    "body",
+    "body_base64",
+    "route",
+    "idempotency_key",
+    "timeout_ms",
+    "deadline_unix_ms",
+    "source_ip",
+];
+const V1_REQUIRED: [&str; 2] = ["method", "url"];
+
 /// Schema v1. Unknown fields are refused so that a typo does not silently drop an intent.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -208,13 +224,59 @@ impl Normalizer {
         }
     }
 
+    /// The steps of normalisation, in order; the first that fails names the reason.
     fn call(
         &self,
         msg: &Incoming<'_>,
         trace: &TraceContext,
         request_id: &str,
     ) -> Result<CallRequest, Fail> {
-        let raw = match msg.payload {
+        let v1 = self.decode(msg.payload)?;
+        let method = HttpMethod::parse(&v1.method).ok_or((
+            RejectReason::InvalidMethod,
+            format!(
+                "`{}` is not one of GET HEAD POST PUT PATCH DELETE OPTIONS",
+                v1.method.escape_debug()
+            ),
+        ))?;
+        let url = self.url(&v1.url)?;
+        let (target, external_ip) = self.target(&url)?;
+        let route = route(target, v1.route.as_deref(), &url)?;
+        let headers = self.headers(v1.headers)?;
+        let body = self.body(v1.body, v1.body_base64)?;
+        let deadline_unix_ms =
+            self.deadline(v1.timeout_ms, v1.deadline_unix_ms, msg.received_unix_ms)?;
+        let idempotency_key = idempotency_key(v1.idempotency_key)?;
+        let internal_ip = source_ip(v1.source_ip)?;
+        let ctx = RequestContext {
+            trace_id: trace.trace_id,
+            span_id: trace_context::random_span_id(),
+            parent_span_id: trace.parent_span_id,
+            trace_flags: trace.flags,
+            tracestate: trace.tracestate.clone(),
+            request_id: request_id.to_owned(),
+            idempotency_key,
+            target: target.name.clone(),
+            route,
+            internal_ip,
+            external_ip,
+        };
+        Ok(CallRequest {
+            ctx,
+            request: OutboundRequest {
+                method,
+                url,
+                headers,
+                body,
+                deadline_unix_ms,
+            },
+        })
+    }
+
+    /// The payload as schema v1: present, within the size limit, a JSON object of version 1,
+    /// with only known fields, the required ones, and each of its type.
+    fn decode(&self, payload: Option<&[u8]>) -> Result<RequestV1, Fail> {
+        let raw = match payload {
             None | Some([]) => {
                 return fail(RejectReason::EmptyMessage, "the record has no payload");
             }
@@ -242,124 +304,56 @@ impl Normalizer {
                 );
             }
         }
-        let v1: RequestV1 = serde_json::from_value(value).or_else(|e| {
-            let text = e.to_string();
-            let reason = if text.starts_with("missing field") {
-                RejectReason::MissingField
-            } else if text.starts_with("unknown field") {
-                RejectReason::UnknownField
-            } else {
-                RejectReason::InvalidFieldType
+        if let Some(unknown) = object.keys().find(|k| !V1_FIELDS.contains(&k.as_str())) {
+            return fail(
+                RejectReason::UnknownField,
+                format!("unknown field `{}`", unknown.escape_debug()),
+            );
+        }
+        if let Some(missing) = V1_REQUIRED.iter().find(|f| !object.contains_key(**f)) {
+            return fail(
+                RejectReason::MissingField,
+                format!("missing field `{missing}`"),
+            );
+        }
+        // Every field is known and present: what serde still refuses is a value's type.
+        serde_json::from_value(value).or_else(|e| {
+            let reason = match e.classify() {
+                serde_json::error::Category::Data => RejectReason::InvalidFieldType,
+                _ => RejectReason::InvalidJson,
             };
-            fail(reason, text)
-        })?;
-
-        let method = HttpMethod::parse(&v1.method).ok_or((
-            RejectReason::InvalidMethod,
-            format!(
-                "`{}` is not one of GET HEAD POST PUT PATCH DELETE OPTIONS",
-                v1.method.escape_debug()
-            ),
-        ))?;
-        let url = self.url(&v1.url)?;
-        let (target, external_ip) = {
-            let host = match url.host() {
-                Some(url::Host::Domain(d)) => Host::Name(d),
-                Some(url::Host::Ipv4(ip)) => Host::Ip(IpAddr::V4(ip)),
-                Some(url::Host::Ipv6(ip)) => Host::Ip(IpAddr::V6(ip)),
-                None => return fail(RejectReason::InvalidUrl, "the URL has no host"),
-            };
-            let port = url.port_or_known_default().unwrap_or(0);
-            let external_ip = match host {
-                Host::Ip(ip) => Some(ip),
-                Host::Name(_) => None,
-            };
-            match self.targets.resolve(&host, port) {
-                Ok(t) => (t, external_ip),
-                Err(Refusal::Forbidden) => {
-                    return fail(
-                        RejectReason::TargetForbidden,
-                        format!("{host:?} is never a target"),
-                    );
-                }
-                Err(Refusal::NotAllowed) => {
-                    return fail(
-                        RejectReason::TargetNotAllowed,
-                        format!(
-                            "{}:{port} is not in the allow-list",
-                            url.host_str().unwrap_or("")
-                        ),
-                    );
-                }
-            }
-        };
-        let route = match &v1.route {
-            None => target.route(url.path()),
-            Some(name) => target
-                .routes
-                .iter()
-                .find(|r| r.name.0 == *name)
-                .map(|r| r.name.clone())
-                .ok_or_else(|| {
-                    (
-                        RejectReason::UnknownRoute,
-                        format!(
-                            "`{}` is not a route of target `{}`",
-                            name.escape_debug(),
-                            target.name
-                        ),
-                    )
-                })?,
-        };
-        let headers = self.headers(v1.headers)?;
-        let body = self.body(v1.body, v1.body_base64)?;
-        let deadline_unix_ms =
-            self.deadline(v1.timeout_ms, v1.deadline_unix_ms, msg.received_unix_ms)?;
-        let idempotency_key = match v1.idempotency_key {
-            None => None,
-            Some(k) if (1..=255).contains(&k.len()) && k.bytes().all(|b| b.is_ascii_graphic()) => {
-                Some(k)
-            }
-            Some(k) => {
-                return fail(
-                    RejectReason::InvalidIdempotencyKey,
-                    format!("{} bytes; 1–255 visible ASCII characters expected", k.len()),
-                );
-            }
-        };
-        let internal_ip = match v1.source_ip {
-            None => None,
-            Some(s) => Some(s.parse::<IpAddr>().or_else(|_| {
-                fail(
-                    RejectReason::InvalidSourceIp,
-                    format!("`{}` is not an IP address", s.escape_debug()),
-                )
-            })?),
-        };
-
-        let ctx = RequestContext {
-            trace_id: trace.trace_id,
-            span_id: trace_context::random_span_id(),
-            parent_span_id: trace.parent_span_id,
-            trace_flags: trace.flags,
-            tracestate: trace.tracestate.clone(),
-            request_id: request_id.to_owned(),
-            idempotency_key,
-            target: target.name.clone(),
-            route,
-            internal_ip,
-            external_ip,
-        };
-        Ok(CallRequest {
-            ctx,
-            request: OutboundRequest {
-                method,
-                url,
-                headers,
-                body,
-                deadline_unix_ms,
-            },
+            fail(reason, e.to_string())
         })
+    }
+
+    /// The allow-listed target the URL's host and port belong to, and the host's IP when it is
+    /// a literal one.
+    fn target(&self, url: &Url) -> Result<(&Target, Option<IpAddr>), Fail> {
+        let host = match url.host() {
+            Some(url::Host::Domain(d)) => Host::Name(d),
+            Some(url::Host::Ipv4(ip)) => Host::Ip(IpAddr::V4(ip)),
+            Some(url::Host::Ipv6(ip)) => Host::Ip(IpAddr::V6(ip)),
+            None => return fail(RejectReason::InvalidUrl, "the URL has no host"),
+        };
+        let port = url.port_or_known_default().unwrap_or(0);
+        let external_ip = match host {
+            Host::Ip(ip) => Some(ip),
+            Host::Name(_) => None,
+        };
+        match self.targets.resolve(&host, port) {
+            Ok(t) => Ok((t, external_ip)),
+            Err(Refusal::Forbidden) => fail(
+                RejectReason::TargetForbidden,
+                format!("{host:?} is never a target"),
+            ),
+            Err(Refusal::NotAllowed) => fail(
+                RejectReason::TargetNotAllowed,
+                format!(
+                    "{}:{port} is not in the allow-list",
+                    url.host_str().unwrap_or("")
+                ),
+            ),
+        }
     }
 
     fn url(&self, raw: &str) -> Result<Url, Fail> {
@@ -478,6 +472,53 @@ impl Normalizer {
             (None, None) => Ok(now + self.limits.default_timeout_ms),
         }
     }
+}
+
+/// The route asked for (one of the target's configured routes), or the one its path matches.
+fn route(target: &Target, asked: Option<&str>, url: &Url) -> Result<RouteName, Fail> {
+    let Some(name) = asked else {
+        return Ok(target.route(url.path()));
+    };
+    target
+        .routes
+        .iter()
+        .find(|r| r.name.0 == name)
+        .map(|r| r.name.clone())
+        .ok_or_else(|| {
+            (
+                RejectReason::UnknownRoute,
+                format!(
+                    "`{}` is not a route of target `{}`",
+                    name.escape_debug(),
+                    target.name
+                ),
+            )
+        })
+}
+
+/// 1–255 visible ASCII characters, when given.
+fn idempotency_key(key: Option<String>) -> Result<Option<String>, Fail> {
+    match key {
+        None => Ok(None),
+        Some(k) if (1..=255).contains(&k.len()) && k.bytes().all(|b| b.is_ascii_graphic()) => {
+            Ok(Some(k))
+        }
+        Some(k) => fail(
+            RejectReason::InvalidIdempotencyKey,
+            format!("{} bytes; 1–255 visible ASCII characters expected", k.len()),
+        ),
+    }
+}
+
+/// The caller's own address, when given.
+fn source_ip(ip: Option<String>) -> Result<Option<IpAddr>, Fail> {
+    let Some(s) = ip else { return Ok(None) };
+    s.parse::<IpAddr>().map(Some).or_else(|_| {
+        fail(
+            RejectReason::InvalidSourceIp,
+            format!("`{}` is not an IP address", s.escape_debug()),
+        )
+    })
 }
 
 #[cfg(test)]

@@ -191,3 +191,18 @@ fn arbitrary_bytes_are_rejected_never_a_panic() {
         assert!(n.normalize(&incoming(Some(&noise), &[])).is_err());
     }
 }
+
+#[test]
+fn the_v1_field_list_is_exactly_what_the_schema_decodes() {
+    let every_field = serde_json::json!({
+        "schema_version": 1, "method": "GET", "url": "http://127.0.0.1:18080/",
+        "headers": {}, "body": "a", "body_base64": "YQ==", "route": "orders",
+        "idempotency_key": "k", "timeout_ms": 1, "deadline_unix_ms": 2, "source_ip": "10.0.0.1"
+    });
+    let object = every_field.as_object().unwrap();
+    assert_eq!(object.len(), V1_FIELDS.len());
+    assert!(object.keys().all(|k| V1_FIELDS.contains(&k.as_str())));
+    // serde refuses unknown fields: a listed name the struct lacks would fail here.
+    let bytes = every_field.to_string();
+    assert!(normalizer().decode(Some(bytes.as_bytes())).is_ok());
+}
