@@ -3,7 +3,6 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 // The RGW tests' serial lock is held for a whole test, across its awaits: every test drives a
 // runtime of its own, so the lock only makes tests wait for each other, never a task for itself.
-#![allow(clippy::await_holding_lock)]
 
 mod support;
 
@@ -28,7 +27,7 @@ use netscope_agent::{
     domain::{OutcomeSink as _, audit::AuditEvent, outcome::OutboundResult},
 };
 use support::{
-    ceph::{RgwOutage, ceph_test},
+    ceph::{RgwOutage, ceph_outage_test, ceph_test},
     kafka::unique,
 };
 
@@ -50,7 +49,7 @@ fn events(n: u64) -> Vec<AuditEvent> {
 
 #[tokio::test]
 async fn a_batch_round_trips_and_a_retried_upload_changes_nothing() {
-    let Some((_serial, settings)) = ceph_test("s3-round-trip") else {
+    let Some((_rgw, settings)) = ceph_test("s3-round-trip") else {
         return;
     };
     let store = S3Store::new(settings);
@@ -76,7 +75,7 @@ async fn a_batch_round_trips_and_a_retried_upload_changes_nothing() {
 
 #[tokio::test]
 async fn a_missing_bucket_or_wrong_credentials_is_a_clear_error_at_boot() {
-    let Some((_serial, settings)) = ceph_test("s3-boot-errors") else {
+    let Some((_rgw, settings)) = ceph_test("s3-boot-errors") else {
         return;
     };
     let missing = S3Store::new(settings.clone());
@@ -186,7 +185,7 @@ async fn wait_for(what: &str, limit: Duration, mut ok: impl FnMut() -> bool) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_reach_rgw_in_batches_and_verify_finds_them_complete() {
-    let Some((_serial, settings)) = ceph_test("rgw-round-trip") else {
+    let Some((_rgw, settings)) = ceph_test("rgw-round-trip") else {
         return;
     };
     let sp = spool("rgw-rt", 100);
@@ -215,7 +214,7 @@ async fn events_reach_rgw_in_batches_and_verify_finds_them_complete() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_rgw_outage_under_load_is_spooled_then_shipped_exactly_once() {
-    let Some((_serial, settings)) = ceph_test("rgw-outage") else {
+    let Some((_rgw, settings)) = ceph_outage_test("rgw-outage") else {
         return;
     };
     const N: u64 = 3000;
@@ -289,7 +288,7 @@ async fn spool_during_outage(settings: &S3Settings, sp: &SpoolSettings, n: u64) 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn what_the_spool_kept_is_shipped_after_a_restart_and_numbering_continues() {
-    let Some((_serial, settings)) = ceph_test("rgw-restart") else {
+    let Some((_rgw, settings)) = ceph_outage_test("rgw-restart") else {
         return;
     };
     let sp = spool("rgw-restart", 100);
@@ -312,7 +311,7 @@ async fn what_the_spool_kept_is_shipped_after_a_restart_and_numbering_continues(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_corrupt_spool_segment_is_quarantined_and_reported_as_a_gap() {
-    let Some((_serial, settings)) = ceph_test("rgw-corrupt") else {
+    let Some((_rgw, settings)) = ceph_outage_test("rgw-corrupt") else {
         return;
     };
     let sp = spool("rgw-corrupt", 100);
@@ -357,7 +356,7 @@ async fn a_corrupt_spool_segment_is_quarantined_and_reported_as_a_gap() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_spool_holds_deliveries_back_until_rgw_takes_events() {
-    let Some((_serial, settings)) = ceph_test("rgw-budget") else {
+    let Some((_rgw, settings)) = ceph_outage_test("rgw-budget") else {
         return;
     };
     let mut sp = spool("rgw-budget", 20);
@@ -405,7 +404,7 @@ async fn a_full_spool_holds_deliveries_back_until_rgw_takes_events() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_an_object_lock_bucket_batches_can_be_neither_overwritten_nor_deleted() {
-    let Some((_serial, settings)) = ceph_test("rgw-lock") else {
+    let Some((_rgw, settings)) = ceph_test("rgw-lock") else {
         return;
     };
     let raw = S3Store::new(settings.clone());
@@ -496,7 +495,7 @@ async fn on_an_object_lock_bucket_batches_can_be_neither_overwritten_nor_deleted
 
 #[test]
 fn the_agent_refuses_to_boot_on_a_missing_bucket_or_wrong_credentials() {
-    let Some((_serial, settings)) = ceph_test("rgw-boot") else {
+    let Some((_rgw, settings)) = ceph_test("rgw-boot") else {
         return;
     };
     let run = |bucket: &str, secret: &str| {

@@ -1,7 +1,6 @@
 //! `netscope-agent run` end to end: the real binary, a real Kafka broker, a real upstream.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 // The RGW test's serial lock is held across awaits: the test drives a runtime of its own.
-#![allow(clippy::await_holding_lock)]
 
 mod support;
 
@@ -369,7 +368,7 @@ async fn a_sigkill_mid_batch_loses_no_audit_event_and_stores_none_twice() {
     let Some(brokers) = kafka_test("pipeline-audit-kill") else {
         return;
     };
-    let Some((_serial, s3)) = ceph_test("pipeline-audit-kill") else {
+    let Some((_rgw, s3)) = ceph_test("pipeline-audit-kill") else {
         return;
     };
     const N: usize = 150;
@@ -466,7 +465,7 @@ fn per_request_bytes_equal_what_the_upstream_received_and_sent() {
     let Some(brokers) = kafka_test("pipeline-bytes") else {
         return;
     };
-    let Some(_serial) = support::kernel_test("pipeline-bytes") else {
+    let Some(_kernel) = support::kernel_test("pipeline-bytes") else {
         return;
     };
     tokio::runtime::Builder::new_multi_thread()

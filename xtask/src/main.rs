@@ -123,37 +123,166 @@ impl Totals {
     }
 }
 
-/// `cargo test --workspace`, echoing its output, then one closing line over every test binary.
+/// Test binaries that attach kernel probes or time the kernel: one lane runs them one after
+/// the other, so that no other probe-heavy test doubles their per-event cost meanwhile.
+const PROBE_LANE: [&str; 3] = ["kernel", "cli", "pipeline"];
+
+/// One test binary as `cargo test --no-run` names it.
+struct TestBinary {
+    /// e.g. `tests/kernel.rs` or `unittests src/lib.rs`.
+    source: String,
+    path: PathBuf,
+}
+
+impl TestBinary {
+    /// `Executable tests/kernel.rs (target/debug/deps/kernel-0123abcd)` → the binary.
+    fn parse(line: &str) -> Option<Self> {
+        let rest = line.trim_start().strip_prefix("Executable ")?;
+        let (source, path) = rest.strip_suffix(')')?.rsplit_once(" (")?;
+        Some(Self {
+            source: source.to_owned(),
+            path: workspace().join(path),
+        })
+    }
+
+    /// The integration test's name (`kernel` for `tests/kernel.rs`), if it is one.
+    fn integration_test(&self) -> Option<&str> {
+        self.source.strip_prefix("tests/")?.strip_suffix(".rs")
+    }
+
+    fn in_probe_lane(&self) -> bool {
+        self.integration_test()
+            .is_some_and(|name| PROBE_LANE.contains(&name))
+    }
+}
+
+/// What one binary printed and counted.
+struct BinaryRun {
+    name: String,
+    output: String,
+    totals: Totals,
+    took: std::time::Duration,
+    ok: bool,
+}
+
+fn run_binary(binary: &TestBinary, envs: &[(&str, &str)]) -> BinaryRun {
+    let started = std::time::Instant::now();
+    let output = Command::new(&binary.path)
+        .envs(envs.iter().copied())
+        .current_dir(workspace())
+        .output();
+    let (text, ok) = match output {
+        Ok(o) => (
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&o.stdout),
+                String::from_utf8_lossy(&o.stderr)
+            ),
+            o.status.success(),
+        ),
+        Err(e) => (
+            format!("cannot run {}: {e}\n", binary.path.display()),
+            false,
+        ),
+    };
+    let mut totals = Totals::default();
+    text.lines().for_each(|l| totals.add_line(l));
+    BinaryRun {
+        name: binary.source.clone(),
+        output: text,
+        totals,
+        took: started.elapsed(),
+        ok,
+    }
+}
+
+/// Builds every test binary once, then runs them in two lanes at once — the probe lane
+/// ([`PROBE_LANE`], one after the other) and everything else (one after the other; RGW tests
+/// order themselves with a shared lock) — printing each binary's output whole as it ends, then
+/// one closing line over every test binary.
 fn run_tests(require_kernel: &str) -> Result<(), String> {
     use std::io::{BufRead as _, BufReader};
-    let args = ["test", "--workspace", "--no-fail-fast"];
+    let started = std::time::Instant::now();
+    let args = ["test", "--workspace", "--no-run"];
     eprintln!("xtask: $ cargo {}", args.join(" "));
-    let mut child = Command::new("cargo")
+    let mut build = Command::new("cargo")
         .args(args)
-        .env("NETSCOPE_REQUIRE_KERNEL_TESTS", require_kernel)
-        .env("NETSCOPE_REQUIRE_KAFKA_TESTS", "1")
-        .env("NETSCOPE_REQUIRE_CEPH_TESTS", "1")
         .current_dir(workspace())
-        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
         .spawn()
         .map_err(|e| format!("cannot run cargo: {e}"))?;
-    let mut totals = Totals::default();
-    if let Some(stdout) = child.stdout.take() {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            println!("{line}");
-            totals.add_line(&line);
+    let mut binaries = Vec::new();
+    if let Some(stderr) = build.stderr.take() {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            eprintln!("{line}");
+            binaries.extend(TestBinary::parse(&line));
         }
     }
-    let status = child.wait().map_err(|e| format!("cargo test: {e}"))?;
+    let status = build.wait().map_err(|e| format!("cargo test: {e}"))?;
+    if !status.success() {
+        return Err(format!("building the tests failed ({status})"));
+    }
+    let envs = [
+        ("NETSCOPE_REQUIRE_KERNEL_TESTS", require_kernel),
+        ("NETSCOPE_REQUIRE_KAFKA_TESTS", "1"),
+        ("NETSCOPE_REQUIRE_CEPH_TESTS", "1"),
+        ("RUST_BACKTRACE", "1"),
+    ];
+    let (probe_lane, other_lane): (Vec<_>, Vec<_>) =
+        binaries.into_iter().partition(TestBinary::in_probe_lane);
+    let runs = std::sync::Mutex::new(Vec::new());
+    std::thread::scope(|scope| {
+        for lane in [&probe_lane, &other_lane] {
+            let (runs, envs) = (&runs, &envs);
+            scope.spawn(move || {
+                for binary in lane {
+                    let run = run_binary(binary, envs);
+                    println!(
+                        "xtask: ---- {} ({:.1} s) ----\n{}",
+                        run.name,
+                        run.took.as_secs_f64(),
+                        run.output
+                    );
+                    runs.lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .push(run);
+                }
+            });
+        }
+    });
+    let runs = runs
+        .into_inner()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let mut totals = Totals::default();
+    for run in &runs {
+        totals.passed += run.totals.passed;
+        totals.failed += run.totals.failed;
+        totals.ignored += run.totals.ignored;
+        eprintln!(
+            "xtask: {:<40} {:>6.1} s  {}",
+            run.name,
+            run.took.as_secs_f64(),
+            if run.ok { "ok" } else { "FAILED" }
+        );
+    }
+    eprintln!(
+        "xtask: tests took {:.1} s (build included)",
+        started.elapsed().as_secs_f64()
+    );
     println!(
         "summary: {} passed, {} failed, {} skipped",
         totals.passed, totals.failed, totals.ignored
     );
-    if !status.success() {
-        return Err(format!("cargo test failed ({status})"));
+    let failed: Vec<&str> = runs
+        .iter()
+        .filter(|r| !r.ok)
+        .map(|r| r.name.as_str())
+        .collect();
+    if !failed.is_empty() {
+        return Err(format!("tests failed in {}", failed.join(", ")));
     }
     if totals.passed == 0 {
-        return Err("cargo test ran no test".to_owned());
+        return Err("no test ran".to_owned());
     }
     Ok(())
 }
@@ -268,7 +397,24 @@ fn main() -> ExitCode {
 
 #[cfg(test)]
 mod tests {
-    use super::Totals;
+    use super::{TestBinary, Totals};
+
+    #[test]
+    fn test_binaries_are_read_from_cargos_executable_lines() {
+        let b =
+            TestBinary::parse("  Executable tests/kernel.rs (target/debug/deps/kernel-0123abcd)")
+                .unwrap();
+        assert_eq!(b.integration_test(), Some("kernel"));
+        assert!(b.in_probe_lane());
+        assert!(b.path.ends_with("target/debug/deps/kernel-0123abcd"));
+        let unit = TestBinary::parse(
+            "  Executable unittests src/lib.rs (target/debug/deps/netscope_agent-0d0b)",
+        )
+        .unwrap();
+        assert_eq!(unit.integration_test(), None);
+        assert!(!unit.in_probe_lane());
+        assert!(TestBinary::parse("   Compiling xtask v0.1.0").is_none());
+    }
 
     #[test]
     fn sums_libtest_result_lines() {

@@ -1,28 +1,30 @@
 //! The local Ceph RGW for tests (scripts/ceph.sh; `xtask test` starts it).
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
-use std::{
-    net::TcpStream,
-    process::Command,
-    sync::{Mutex, MutexGuard, PoisonError},
-    time::Duration,
-};
+use std::{net::TcpStream, process::Command, time::Duration};
 
 use netscope_agent::audit::s3::S3Settings;
 
-use super::kafka::unique;
-
-/// RGW tests run one at a time: some stop RGW, which the others would see as an outage.
-static SERIAL: Mutex<()> = Mutex::new(());
+use super::{TestLock, kafka::unique};
 
 pub fn endpoint() -> String {
     std::env::var("NETSCOPE_RGW_ENDPOINT").unwrap_or_else(|_| "127.0.0.1:7480".into())
 }
 
 /// The local RGW's settings, with a bucket name of the test's own (not created), when RGW
-/// answers; otherwise explains the skip, or fails when `NETSCOPE_REQUIRE_CEPH_TESTS=1`.
-pub fn ceph_test(name: &str) -> Option<(MutexGuard<'static, ()>, S3Settings)> {
-    let guard = SERIAL.lock().unwrap_or_else(PoisonError::into_inner);
+/// answers; otherwise explains the skip, or fails when `NETSCOPE_REQUIRE_CEPH_TESTS=1`. RGW
+/// stays up while the lock is held: tests that only use it run in parallel.
+pub fn ceph_test(name: &str) -> Option<(TestLock, S3Settings)> {
+    ceph_test_with(name, TestLock::shared("rgw"))
+}
+
+/// Like [`ceph_test`], for a test that stops RGW (an outage the others would see): it runs
+/// alone among the RGW tests of every test process.
+pub fn ceph_outage_test(name: &str) -> Option<(TestLock, S3Settings)> {
+    ceph_test_with(name, TestLock::exclusive("rgw"))
+}
+
+fn ceph_test_with(name: &str, guard: TestLock) -> Option<(TestLock, S3Settings)> {
     let endpoint = endpoint();
     let up = endpoint
         .parse()

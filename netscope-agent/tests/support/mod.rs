@@ -7,7 +7,7 @@ use std::{
     os::fd::AsRawFd,
     process::Command,
     sync::{
-        Arc, Mutex, MutexGuard,
+        Arc, Mutex,
         atomic::{AtomicBool, AtomicU32, Ordering},
     },
     thread::JoinHandle,
@@ -22,16 +22,51 @@ use netscope_agent::{
 };
 use netscope_common::{ConnEvent, EventKind};
 
-/// Kernel tests run one at a time: they measure latencies and counts that a concurrent burst
-/// would disturb, and every probe sees every connection on the host.
-static SERIAL: Mutex<()> = Mutex::new(());
+/// A lock shared by every test process (an `flock` on a file named after what it guards),
+/// released when dropped. Test binaries run in parallel lanes (`xtask test`), so in-process
+/// mutexes cannot order tests of different binaries.
+pub struct TestLock(File);
+
+impl TestLock {
+    /// With other holders of the shared lock; never with the exclusive one.
+    pub fn shared(what: &str) -> Self {
+        Self::take(what, libc::LOCK_SH)
+    }
+
+    /// Alone.
+    pub fn exclusive(what: &str) -> Self {
+        Self::take(what, libc::LOCK_EX)
+    }
+
+    fn take(what: &str, op: libc::c_int) -> Self {
+        let path = std::env::temp_dir().join(format!("netscope-tests-{what}.lock"));
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .unwrap();
+        // SAFETY: flock on a valid open descriptor has no other precondition.
+        let rc = unsafe { libc::flock(file.as_raw_fd(), op) };
+        assert_eq!(
+            rc,
+            0,
+            "flock {}: {}",
+            path.display(),
+            std::io::Error::last_os_error()
+        );
+        Self(file)
+    }
+}
 
 pub mod ceph;
 pub mod kafka;
 
 /// Returns a guard when kernel tests can run here; otherwise explains why they are skipped, or
 /// fails when `NETSCOPE_REQUIRE_KERNEL_TESTS=1` (CI) says they must run.
-pub fn kernel_test(name: &str) -> Option<MutexGuard<'static, ()>> {
+/// Kernel tests run one at a time, across test processes: they measure latencies and counts
+/// that a concurrent burst would disturb, and every probe sees every connection on the host.
+pub fn kernel_test(name: &str) -> Option<TestLock> {
     // SAFETY: geteuid has no preconditions.
     let root = unsafe { libc::geteuid() } == 0;
     let required = std::env::var("NETSCOPE_REQUIRE_KERNEL_TESTS").is_ok_and(|v| v == "1");
@@ -43,11 +78,7 @@ pub fn kernel_test(name: &str) -> Option<MutexGuard<'static, ()>> {
         eprintln!("{name}: SKIPPED: kernel tests need root (run ./xtask.sh test as root)");
         return None;
     }
-    Some(
-        SERIAL
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner),
-    )
+    Some(TestLock::exclusive("kernel"))
 }
 
 fn run(cmd: &str, args: &[&str]) {
