@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use netscope_agent::{
     app,
+    audit::verify::VerifyReport,
     config::{ProbeArgs, RunArgs},
     observability,
 };
@@ -59,67 +60,17 @@ fn main() -> ExitCode {
         Err(e) => return fail(&e, 1),
     };
     match cli.command {
-        Command::Probe(args) => {
-            let settings = match args.validate() {
-                Ok(s) => s,
-                Err(e) => return fail(&e, 2),
-            };
-            match rt.block_on(app::run_probe(settings)) {
-                Ok(_) => ExitCode::SUCCESS,
-                Err(e) => fail(&e, 1),
-            }
-        }
-        Command::Run(args) => {
-            let settings = match args.validate() {
-                Ok(s) => s,
-                Err(e) => return fail(&e, 2),
-            };
-            match rt.block_on(app::run_pipeline(settings)) {
-                Ok(summary) => {
-                    println!("{}", serde_json::to_string(&summary).unwrap_or_default());
-                    ExitCode::SUCCESS
-                }
-                Err(e) => fail(&e, 1),
-            }
-        }
-        Command::Audit(AuditCommand::Verify(args)) => {
-            let settings = match args.validate() {
-                Ok(s) => s,
-                Err(e) => return fail(&e, 2),
-            };
-            match rt.block_on(app::verify_audit(&settings)) {
-                Ok(report) => {
-                    println!(
-                        "{}",
-                        serde_json::to_string_pretty(&report).unwrap_or_default()
-                    );
-                    for (node, n) in &report.nodes {
-                        eprintln!(
-                            "netscope-agent: audit {node}: {} events, sequences {}..={}, {} gaps, {} duplicates",
-                            n.events,
-                            n.first_sequence,
-                            n.last_sequence,
-                            n.gaps.len(),
-                            n.duplicates.len()
-                        );
-                    }
-                    if report.complete() {
-                        eprintln!(
-                            "netscope-agent: audit complete ({} objects)",
-                            report.objects
-                        );
-                        ExitCode::SUCCESS
-                    } else {
-                        eprintln!(
-                            "netscope-agent: audit INCOMPLETE: {} bad objects; gaps/duplicates listed above",
-                            report.bad_objects.len()
-                        );
-                        ExitCode::from(3)
-                    }
-                }
-                Err(e) => fail(&e, 1),
-            }
-        }
+        Command::Probe(args) => validated(args.validate(), |s| {
+            rt.block_on(app::run_probe(s)).map(|_| ExitCode::SUCCESS)
+        }),
+        Command::Run(args) => validated(args.validate(), |s| {
+            let summary = rt.block_on(app::run_pipeline(s))?;
+            println!("{}", serde_json::to_string(&summary).unwrap_or_default());
+            Ok::<_, app::AppError>(ExitCode::SUCCESS)
+        }),
+        Command::Audit(AuditCommand::Verify(args)) => validated(args.validate(), |s| {
+            rt.block_on(app::verify_audit(&s)).map(|r| print_verify(&r))
+        }),
         Command::Send(args) => match rt.block_on(app::send_demo(&args)) {
             Ok(n) => {
                 eprintln!("netscope-agent: sent {n} demo requests to {}", args.topic);
@@ -127,6 +78,49 @@ fn main() -> ExitCode {
             }
             Err(e) => fail(&e, 1),
         },
+    }
+}
+
+/// Runs a command on settings that validated (exit code 2 with every problem otherwise); a
+/// failure while running exits 1.
+fn validated<S, E: std::error::Error, F: std::error::Error>(
+    settings: Result<S, E>,
+    run: impl FnOnce(S) -> Result<ExitCode, F>,
+) -> ExitCode {
+    match settings {
+        Err(e) => fail(&e, 2),
+        Ok(s) => run(s).unwrap_or_else(|e| fail(&e, 1)),
+    }
+}
+
+/// The report as JSON on stdout, a line per node on stderr; exit 0 when complete, 3 otherwise.
+fn print_verify(report: &VerifyReport) -> ExitCode {
+    println!(
+        "{}",
+        serde_json::to_string_pretty(report).unwrap_or_default()
+    );
+    for (node, n) in &report.nodes {
+        eprintln!(
+            "netscope-agent: audit {node}: {} events, sequences {}..={}, {} gaps, {} duplicates",
+            n.events,
+            n.first_sequence,
+            n.last_sequence,
+            n.gaps.len(),
+            n.duplicates.len()
+        );
+    }
+    if report.complete() {
+        eprintln!(
+            "netscope-agent: audit complete ({} objects)",
+            report.objects
+        );
+        ExitCode::SUCCESS
+    } else {
+        eprintln!(
+            "netscope-agent: audit INCOMPLETE: {} bad objects; gaps/duplicates listed above",
+            report.bad_objects.len()
+        );
+        ExitCode::from(3)
     }
 }
 

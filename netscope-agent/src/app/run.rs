@@ -20,7 +20,7 @@ use crate::{
         rgw::{AuditSummary, RgwAudit},
     },
     bus::BroadcastBus,
-    config::{AuditSettings, RunSettings},
+    config::{AuditSettings, ProbeSettings, RunSettings},
     demo::upstream::Upstream,
     domain::{BusEvent, ConnectionObserver, OutcomeSink},
     flows::{FlowPipeline, FlowTable},
@@ -60,7 +60,7 @@ pub struct Pipeline {
     ingest: KafkaIngest,
     executor: Arc<Executor>,
     bus: BroadcastBus,
-    probe_task: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+    probe_task: Option<ProbeTask>,
     counters: Arc<PipelineCounters>,
     rgw_audit: Option<Arc<RgwAudit>>,
     _upstream: Option<Upstream>,
@@ -69,79 +69,24 @@ pub struct Pipeline {
 impl Pipeline {
     /// Connects everything; `stop` also stops the probe's reader.
     pub async fn build(s: &RunSettings, stop: watch::Receiver<bool>) -> Result<Self, AppError> {
-        let upstream = if s.demo_upstream {
-            let u = Upstream::start(DEMO_UPSTREAM)
-                .await
-                .map_err(|source| AppError::Io {
-                    what: format!("demo upstream on {DEMO_UPSTREAM}"),
-                    source,
-                })?;
-            info!(addr = %u.addr, "demo upstream listening");
-            Some(u)
-        } else {
-            None
-        };
-
+        let upstream = demo_upstream(s).await?;
         // The audit trail first: a bad bucket or key fails the boot before anything is consumed.
-        let (audit, rgw_audit): (Arc<dyn OutcomeSink>, _) = match &s.audit {
-            AuditSettings::File(path) => {
-                let file = NdjsonAudit::open(path, &s.node).map_err(|source| AppError::Io {
-                    what: format!("audit file {}", path.display()),
-                    source,
-                })?;
-                (Arc::new(file), None)
-            }
-            AuditSettings::Rgw(r) => {
-                let rgw = Arc::new(
-                    RgwAudit::connect(r.s3.clone(), r.spool.clone(), r.lock_days, r.create_bucket)
-                        .await?,
-                );
-                info!(endpoint = %r.s3.endpoint, bucket = %r.s3.bucket, spool = %r.spool.dir.display(), "audit trail: Ceph RGW");
-                (Arc::clone(&rgw) as Arc<dyn OutcomeSink>, Some(rgw))
-            }
-        };
-
-        // The kernel's side: flows into the table, the correlator reading it.
+        let (audit, rgw_audit) = audit_sink(s).await?;
         let bus = BroadcastBus::new(65_536);
-        let mut probe_task = None;
-        let mut observer: Option<Arc<dyn ConnectionObserver>> = None;
-        if let Some(ps) = &s.probe {
-            let table = Arc::new(Mutex::new(FlowTable::new(
-                ps.max_flows,
-                u64::try_from(ps.retention.as_nanos()).unwrap_or(u64::MAX),
-            )));
-            let flows = Arc::new(FlowPipeline::new(Arc::clone(&table), Arc::new(bus.clone())));
-            let mut probe = Probe::load(&ProbeOptions::from_settings(ps))?;
-            let reader = probe.take_events()?;
-            let socks = probe.take_socks()?;
-            let kick = Arc::new(Notify::new());
-            observer = Some(Arc::new(Correlator::new(
-                table,
-                socks,
-                flows.updated(),
-                Arc::clone(&kick),
-                Duration::from_millis(500),
-            )));
-            let poll = ps.poll;
-            probe_task = Some(tokio::spawn(async move {
-                let reader =
-                    ring::pump(reader, poll, kick, stop, |k, e| flows.on_event(k, e)).await;
-                drop(probe); // detaches
-                reader.map(|_| ())
-            }));
-            info!("probe attached: results carry the kernel's network facts");
-        }
-
+        let (observer, probe_task) = match &s.probe {
+            Some(ps) => {
+                let (observer, task) = attach_probe(ps, &bus, stop)?;
+                (Some(observer), Some(task))
+            }
+            None => (None, None),
+        };
         if s.create_topics {
-            topics::ensure(
-                &s.brokers,
-                &[
-                    (&s.requests_topic, 3),
-                    (&s.results_topic, 3),
-                    (&s.dlq_topic, 1),
-                ],
-            )
-            .await?;
+            let topics = [
+                (s.requests_topic.as_str(), 3),
+                (s.results_topic.as_str(), 3),
+                (s.dlq_topic.as_str(), 1),
+            ];
+            topics::ensure(&s.brokers, &topics).await?;
         }
         let gateway = Arc::new(HttpGateway::new(
             s.policies.clone(),
@@ -226,6 +171,81 @@ impl Pipeline {
         })
     }
 }
+
+/// The demo upstream on 127.0.0.1:18080, when asked for.
+async fn demo_upstream(s: &RunSettings) -> Result<Option<Upstream>, AppError> {
+    if !s.demo_upstream {
+        return Ok(None);
+    }
+    let u = Upstream::start(DEMO_UPSTREAM)
+        .await
+        .map_err(|source| AppError::Io {
+            what: format!("demo upstream on {DEMO_UPSTREAM}"),
+            source,
+        })?;
+    info!(addr = %u.addr, "demo upstream listening");
+    Ok(Some(u))
+}
+
+/// The audit trail: the local file, or the spooling RGW sink (also returned as itself, to be
+/// closed — drained — at shutdown).
+async fn audit_sink(
+    s: &RunSettings,
+) -> Result<(Arc<dyn OutcomeSink>, Option<Arc<RgwAudit>>), AppError> {
+    match &s.audit {
+        AuditSettings::File(path) => {
+            let file = NdjsonAudit::open(path, &s.node).map_err(|source| AppError::Io {
+                what: format!("audit file {}", path.display()),
+                source,
+            })?;
+            Ok((Arc::new(file), None))
+        }
+        AuditSettings::Rgw(r) => {
+            let rgw = Arc::new(
+                RgwAudit::connect(r.s3.clone(), r.spool.clone(), r.lock_days, r.create_bucket)
+                    .await?,
+            );
+            info!(endpoint = %r.s3.endpoint, bucket = %r.s3.bucket, spool = %r.spool.dir.display(), "audit trail: Ceph RGW");
+            Ok((Arc::clone(&rgw) as Arc<dyn OutcomeSink>, Some(rgw)))
+        }
+    }
+}
+
+/// The kernel's side: programs attached, their flows into the table (and onto the bus), the
+/// correlator reading it. The reader task runs until `stop`, then detaches the programs.
+fn attach_probe(
+    ps: &ProbeSettings,
+    bus: &BroadcastBus,
+    stop: watch::Receiver<bool>,
+) -> Result<(Arc<dyn ConnectionObserver>, ProbeTask), AppError> {
+    let table = Arc::new(Mutex::new(FlowTable::new(
+        ps.max_flows,
+        u64::try_from(ps.retention.as_nanos()).unwrap_or(u64::MAX),
+    )));
+    let flows = Arc::new(FlowPipeline::new(Arc::clone(&table), Arc::new(bus.clone())));
+    let mut probe = Probe::load(&ProbeOptions::from_settings(ps))?;
+    let reader = probe.take_events()?;
+    let socks = probe.take_socks()?;
+    let kick = Arc::new(Notify::new());
+    let observer = Arc::new(Correlator::new(
+        table,
+        socks,
+        flows.updated(),
+        Arc::clone(&kick),
+        Duration::from_millis(500),
+    ));
+    let poll = ps.poll;
+    let task = tokio::spawn(async move {
+        let reader = ring::pump(reader, poll, kick, stop, |k, e| flows.on_event(k, e)).await;
+        drop(probe); // detaches
+        reader.map(|_| ())
+    });
+    info!("probe attached: results carry the kernel's network facts");
+    Ok((observer, task))
+}
+
+/// The ring reader's task.
+type ProbeTask = tokio::task::JoinHandle<std::io::Result<()>>;
 
 pub async fn run_pipeline(s: RunSettings) -> Result<RunSummary, AppError> {
     let (stop_tx, stop_rx) = watch::channel(false);

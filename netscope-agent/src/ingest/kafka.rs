@@ -426,26 +426,7 @@ impl KafkaIngest {
         rejection: &Rejection,
         shutdown: &watch::Receiver<bool>,
     ) -> bool {
-        let source = format!("{}/{}/{}", m.topic(), m.partition(), m.offset());
-        let mut headers = OwnedHeaders::new();
-        if let Some(original) = m.headers() {
-            for h in original.iter() {
-                headers = headers.insert(h);
-            }
-        }
-        headers = headers
-            .insert(Header {
-                key: DLQ_REASON,
-                value: Some(rejection.reason.code()),
-            })
-            .insert(Header {
-                key: DLQ_DETAIL,
-                value: Some(&rejection.detail),
-            })
-            .insert(Header {
-                key: DLQ_SOURCE,
-                value: Some(&source),
-            });
+        let headers = dead_letter_headers(m, rejection);
         let original_len = m.payload().map_or(0, <[u8]>::len);
         let mut truncated = false;
         let mut backoff = Backoff::redelivery();
@@ -496,6 +477,30 @@ impl KafkaIngest {
             }
         }
     }
+}
+
+/// The original record's headers, plus why it was rejected and where it came from.
+fn dead_letter_headers(m: &OwnedMessage, rejection: &Rejection) -> OwnedHeaders {
+    let source = format!("{}/{}/{}", m.topic(), m.partition(), m.offset());
+    let mut headers = OwnedHeaders::new();
+    if let Some(original) = m.headers() {
+        for h in original.iter() {
+            headers = headers.insert(h);
+        }
+    }
+    headers
+        .insert(Header {
+            key: DLQ_REASON,
+            value: Some(rejection.reason.code()),
+        })
+        .insert(Header {
+            key: DLQ_DETAIL,
+            value: Some(&rejection.detail),
+        })
+        .insert(Header {
+            key: DLQ_SOURCE,
+            value: Some(&source),
+        })
 }
 
 /// A producer that waits for all in-sync replicas and never duplicates on its own retries.
