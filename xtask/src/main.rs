@@ -26,7 +26,9 @@ tasks:
   bench probe [ARGS…]   kernel cost and connection rate: none vs NetScope vs empty programs
   bench pipeline [ARGS…]  pipeline throughput and latency vs a bare reqwest loop (starts Kafka)
   bench audit [ARGS…]   events/s into RGW, PUTs per 10,000 events, request-path latency with
-                        RGW healthy vs stopped (starts Ceph)";
+                        RGW healthy vs stopped (starts Ceph)
+  bench flows [ARGS…]   criterion micro-benchmarks: ring record → flow table (events/s per
+                        core), per-call deltas of pooled connections";
 
 fn workspace() -> PathBuf {
     let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
@@ -336,6 +338,11 @@ fn bench(args: &[String]) -> Result<(), String> {
         "audit" => {
             run("bash", &["scripts/ceph.sh", "start"], &[])?;
             bench_bin("audit", rest)
+        }
+        "flows" => {
+            let mut args = vec!["bench", "-p", "netscope-agent", "--bench", "flows", "--"];
+            args.extend(rest.iter().map(String::as_str));
+            run("cargo", &args, &[])
         }
         other => Err(format!("bench: unknown benchmark `{other}`\n{USAGE}")),
     }

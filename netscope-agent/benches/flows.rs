@@ -1,0 +1,122 @@
+//! Micro-benchmarks of the agent's per-event and per-call hot paths (criterion, run by
+//! `cargo xtask bench flows`):
+//! - a ring record decoded and applied to the flow table (`FlowPipeline::on_event`: conversion,
+//!   table insert or update, bus publish), in events per second on one core — the target is at
+//!   least 2 M/s;
+//! - the per-call deltas of a pooled connection (`CallDeltas::facts`).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::{
+    hint::black_box,
+    sync::{Arc, Mutex},
+};
+
+use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
+use netscope_agent::{
+    bus::BroadcastBus,
+    clock::MonoClock,
+    domain::{Flow, FlowState},
+    flows::{CallDeltas, Counters, FlowPipeline, FlowTable, convert::flow_from_event},
+};
+use netscope_common::{AF_INET, ConnEvent, EventHeader, EventKind, FlowTuple, SRTT_UNKNOWN};
+
+/// The records of `n` connections' lives as the ring holds them: each one's `Established`,
+/// then its `Closed`.
+fn ring_records(n: u32) -> Vec<Vec<u8>> {
+    let mut records = Vec::with_capacity(2 * n as usize);
+    for kind in [EventKind::Established, EventKind::Closed] {
+        for i in 0..n {
+            let mut saddr = [0u8; 16];
+            saddr[..4].copy_from_slice(&[10, 0, (i >> 8) as u8, i as u8]);
+            let mut daddr = [0u8; 16];
+            daddr[..4].copy_from_slice(&[10, 1, 0, 1]);
+            let event = ConnEvent {
+                header: EventHeader {
+                    kind: kind as u32,
+                    len: size_of::<ConnEvent>() as u32,
+                    ts_ns: 10_000 + u64::from(i),
+                    tgid: 10,
+                    pid: 11,
+                    cgroup_id: 1,
+                    sock_id: 0xffff_0000_0000 + u64::from(i) * 0x100,
+                },
+                tuple: FlowTuple {
+                    family: AF_INET,
+                    sport: 20_000 + (i % 40_000) as u16,
+                    dport: 443,
+                    _pad: 0,
+                    saddr,
+                    daddr,
+                },
+                comm: *b"curl\0\0\0\0\0\0\0\0\0\0\0\0",
+                start_ns: 1_000 + u64::from(i),
+                established_ns: 1_250 + u64::from(i),
+                srtt_us: SRTT_UNKNOWN,
+                bytes_sent: 4096,
+                bytes_received: 8192,
+                ..ConnEvent::default()
+            };
+            records.push(event.as_bytes().to_vec());
+        }
+    }
+    records
+}
+
+fn decode_and_apply(c: &mut Criterion) {
+    const CONNECTIONS: u32 = 10_000;
+    let records = ring_records(CONNECTIONS);
+    let mut group = c.benchmark_group("ring");
+    group.throughput(Throughput::Elements(records.len() as u64));
+    group.bench_function("decode + flow table + bus, per event", |b| {
+        b.iter_batched(
+            || {
+                let table = Arc::new(Mutex::new(FlowTable::new(100_000, 60_000_000_000)));
+                FlowPipeline::new(table, Arc::new(BroadcastBus::new(65_536)))
+            },
+            |flows| {
+                for record in &records {
+                    let (kind, event) = ConnEvent::from_bytes(black_box(record)).unwrap();
+                    flows.on_event(kind, event);
+                }
+                flows
+            },
+            BatchSize::LargeInput,
+        );
+    });
+    group.finish();
+}
+
+fn call_deltas(c: &mut Criterion) {
+    // 1,000 open connections, as the conversion makes them from their `Established` records.
+    let clock = MonoClock::with_offset(0);
+    let flows: Vec<Flow> = ring_records(1_000)
+        .iter()
+        .take(1_000)
+        .map(|r| {
+            let (kind, event) = ConnEvent::from_bytes(r).unwrap();
+            flow_from_event(kind, &event, &clock)
+        })
+        .collect();
+    assert!(flows.iter().all(|f| f.state == FlowState::Established));
+    let mut deltas = CallDeltas::default();
+    let mut sent = 0;
+    let mut group = c.benchmark_group("correlation");
+    group.throughput(Throughput::Elements(flows.len() as u64));
+    group.bench_function("per-call deltas of pooled connections", |b| {
+        b.iter(|| {
+            sent += 100;
+            for f in &flows {
+                let now = Counters {
+                    sent,
+                    received: sent * 2,
+                    retransmits: 0,
+                };
+                black_box(deltas.facts(f, now, 0));
+            }
+        });
+    });
+    group.finish();
+}
+
+criterion_group!(benches, decode_and_apply, call_deltas);
+criterion_main!(benches);
