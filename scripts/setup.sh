@@ -4,6 +4,7 @@
 #
 #   - pinned stable Rust (+clippy, rustfmt) and a dated nightly with rust-src (for the eBPF crate)
 #   - bpf-linker, built against the libLLVM shipped inside that nightly (no system LLVM needed)
+#   - cargo-deny (licences, bans, sources)
 #   - the apt packages the kernel tests and benches use (nftables, iproute2, bpftool)
 #   - tracefs and bpffs mounted
 #   - Apache Kafka's jars from Maven Central (scripts/kafka.sh install; Java 17 + Maven)
@@ -13,6 +14,7 @@ set -euo pipefail
 STABLE="${NETSCOPE_STABLE:-1.99.1}"
 NIGHTLY="${NETSCOPE_NIGHTLY:-nightly-2026-10-29}"
 BPF_LINKER_VERSION="0.13.0"
+CARGO_DENY_VERSION="0.20.2"
 APT_PACKAGES=(nftables iproute2 bpftool)
 
 say() { printf 'setup: %s\n' "$*"; }
@@ -66,6 +68,14 @@ else
   cp -f "${llvm_so}" "${prefix}/lib/libLLVM.so"
   LLVM_PREFIX="${prefix}" rustup run "${STABLE}" cargo install bpf-linker \
     --version "${BPF_LINKER_VERSION}" --locked --no-default-features --features "llvm-${llvm_major}"
+fi
+
+# --- cargo-deny (licences, bans, sources: checked by ./xtask.sh test) ----------------------------
+if cargo deny --version 2>/dev/null | grep -q "${CARGO_DENY_VERSION}"; then
+  say "cargo-deny ${CARGO_DENY_VERSION}: present"
+else
+  say "cargo-deny ${CARGO_DENY_VERSION}: building (~4 min, once)"
+  rustup run "${STABLE}" cargo install cargo-deny --version "${CARGO_DENY_VERSION}" --locked
 fi
 
 # --- apt packages --------------------------------------------------------------------------------------

@@ -18,7 +18,7 @@ tasks:
                         (root: with the probe)
   send [ARGS…]          send demo requests to the local pipeline (`netscope-agent send`)
   probe [ARGS…]         build (release) and run `netscope-agent probe ARGS…` (root)
-  test                  fmt check, clippy -D warnings, start the local Kafka broker and Ceph
+  test                  fmt check, clippy -D warnings, cargo deny, start the local Kafka broker and Ceph
                         RGW, then every test; the Kafka and RGW tests are required, and as
                         root the kernel tests too (NETSCOPE_REQUIRE_{KAFKA,CEPH,KERNEL}_TESTS=1)
   kafka start|stop|status  the local Kafka broker (scripts/kafka.sh)
@@ -82,6 +82,19 @@ fn test() -> Result<(), String> {
     run(
         "cargo",
         &["clippy", "--all-targets", "--", "-D", "warnings"],
+        &[],
+    )?;
+    // Licences, duplicate versions (warned), sources; see deny.toml for why not advisories.
+    run(
+        "cargo",
+        &[
+            "deny",
+            "check",
+            "--hide-inclusion-graph",
+            "licenses",
+            "bans",
+            "sources",
+        ],
         &[],
     )?;
     let require = if is_root() {
