@@ -10,7 +10,7 @@ use std::{
     collections::BTreeSet,
     sync::{
         Arc,
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
     time::Duration,
 };
@@ -217,26 +217,30 @@ async fn an_rgw_outage_under_load_is_spooled_then_shipped_exactly_once() {
     let Some((_rgw, settings)) = ceph_outage_test("rgw-outage") else {
         return;
     };
-    const N: u64 = 3000;
     let audit = Arc::new(
         RgwAudit::connect(settings.clone(), spool("rgw-outage", 100), 1, true)
             .await
             .unwrap(),
     );
     let stats = audit.stats();
-    // Load throughout: one event every 2 ms from the request side.
+    // Load throughout — one event every 2 ms from the request side — until the test has seen
+    // the whole outage: a fixed count could run out before a slow first upload let it begin.
+    let stop = Arc::new(AtomicBool::new(false));
     let load = {
-        let audit = Arc::clone(&audit);
+        let (audit, stop) = (Arc::clone(&audit), Arc::clone(&stop));
         tokio::spawn(async move {
-            for i in 0..N {
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed) {
                 audit
-                    .deliver(Arc::new(OutboundResult::example(&format!("r{i}"))))
+                    .deliver(Arc::new(OutboundResult::example(&format!("r{n}"))))
                     .await
                     .unwrap();
-                if i % 10 == 0 {
+                n += 1;
+                if n.is_multiple_of(10) {
                     tokio::time::sleep(Duration::from_millis(20)).await;
                 }
             }
+            n
         })
     };
     wait_for("some events shipped", Duration::from_secs(30), || {
@@ -263,11 +267,16 @@ async fn an_rgw_outage_under_load_is_spooled_then_shipped_exactly_once() {
         "nothing reaches a stopped RGW"
     );
     outage.end();
-    load.await.unwrap();
+    wait_for("RGW to take events again", Duration::from_secs(60), || {
+        stats.shipped.load(Ordering::Relaxed) > shipped_in_outage
+    })
+    .await;
+    stop.store(true, Ordering::Relaxed);
+    let n = load.await.unwrap();
     let summary = audit.close(Duration::from_secs(60)).await;
     assert!(summary.put_failures > 0);
-    assert_eq!((summary.shipped, summary.backlog_segments), (N, 0));
-    assert_exactly_once(&S3Store::new(settings), N).await;
+    assert_eq!((summary.shipped, summary.backlog_segments), (n, 0));
+    assert_exactly_once(&S3Store::new(settings), n).await;
 }
 
 /// A run with RGW stopped throughout, boot included: events r0..r{n-1} stay in the spool.
