@@ -11,10 +11,12 @@
 //! | `/close` | reads the request, then closes without answering |
 //! | anything else | 200 `ok` |
 //!
-//! Keep-alive is supported; every request is logged with the exact bytes received and sent.
+//! Keep-alive is supported; every request is logged with the exact bytes received and sent —
+//! the last [`SERVED_KEPT`] of them, so that a long demo run does not grow without bound (and
+//! `/flaky` counts at most [`PATHS_COUNTED`] distinct paths before starting over).
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, VecDeque},
     net::SocketAddr,
     sync::{
         Arc, Mutex, PoisonError,
@@ -51,9 +53,14 @@ impl Served {
     }
 }
 
+/// Requests kept in the log at most (the oldest go first).
+pub const SERVED_KEPT: usize = 100_000;
+/// Distinct paths whose requests `/flaky` counts at most (then the counts start over).
+pub const PATHS_COUNTED: usize = 100_000;
+
 #[derive(Default)]
 struct State {
-    served: Mutex<Vec<Served>>,
+    served: Mutex<VecDeque<Served>>,
     per_path: Mutex<HashMap<String, u64>>,
     in_flight: AtomicUsize,
     max_in_flight: AtomicUsize,
@@ -95,13 +102,15 @@ impl Upstream {
         })
     }
 
-    /// Every request served so far, in order of completion.
+    /// Every request served so far (the last [`SERVED_KEPT`]), in order of completion.
     pub fn served(&self) -> Vec<Served> {
         self.state
             .served
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+            .iter()
+            .cloned()
+            .collect()
     }
 
     /// Requests whose path starts with `prefix`.
@@ -136,72 +145,106 @@ fn linger_zero(stream: &TcpStream) {
     let _ = stream.set_zero_linger();
 }
 
+/// One request as read from the socket.
+struct Request {
+    method: String,
+    path: String,
+    headers: Vec<(String, String)>,
+    /// Head and body bytes.
+    bytes: u64,
+}
+
+/// Reads one request (head, then a `content-length` body) off the front of `buf`, reading
+/// more from the socket as needed; `None` when the peer closed or sent too big a head.
+async fn read_request(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Option<Request> {
+    let head_end = loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        if buf.len() > MAX_HEAD {
+            return None;
+        }
+        let mut chunk = [0u8; 4096];
+        match stream.read(&mut chunk).await {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
+    let mut lines = head.split("\r\n");
+    let mut request_line = lines.next().unwrap_or_default().split(' ');
+    let method = request_line.next().unwrap_or_default().to_owned();
+    let path = request_line.next().unwrap_or("/").to_owned();
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    let content_length: usize = headers
+        .iter()
+        .find(|(n, _)| n == "content-length")
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or(0);
+    while buf.len() < head_end + content_length {
+        let mut chunk = [0u8; 16384];
+        match stream.read(&mut chunk).await {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+    buf.drain(..head_end + content_length);
+    Some(Request {
+        method,
+        path,
+        headers,
+        bytes: (head_end + content_length) as u64,
+    })
+}
+
+/// What the path asks for: (status, body length, delay in ms, fault).
+fn behaviour(path: &str, seen: u64) -> (u16, usize, u64, Option<&'static str>) {
+    // The query string does not choose the behaviour (it may make paths unique).
+    let route = path.split('?').next().unwrap_or_default();
+    let parts: Vec<&str> = route.trim_start_matches('/').split('/').collect();
+    match parts.as_slice() {
+        ["status", code] => (code.parse().unwrap_or(400), 16, 0, None),
+        ["delay", ms] => (200, 2, ms.parse().unwrap_or(0), None),
+        ["bytes", n] => (200, n.parse().unwrap_or(0), 0, None),
+        ["flaky", n, code] if seen <= n.parse().unwrap_or(0) => {
+            (code.parse().unwrap_or(503), 16, 0, None)
+        }
+        ["reset"] => (0, 0, 0, Some("reset")),
+        ["close"] => (0, 0, 0, Some("close")),
+        _ => (200, 2, 0, None),
+    }
+}
+
+impl State {
+    /// Requests to this path so far, this one included.
+    fn seen(&self, path: &str) -> u64 {
+        let mut per_path = self.per_path.lock().unwrap_or_else(PoisonError::into_inner);
+        if per_path.len() >= PATHS_COUNTED && !per_path.contains_key(path) {
+            per_path.clear();
+        }
+        let n = per_path.entry(path.to_owned()).or_default();
+        *n += 1;
+        *n
+    }
+
+    fn log(&self, served: Served) {
+        let mut log = self.served.lock().unwrap_or_else(PoisonError::into_inner);
+        if log.len() >= SERVED_KEPT {
+            log.pop_front();
+        }
+        log.push_back(served);
+    }
+}
+
 async fn serve(mut stream: TcpStream, peer: SocketAddr, state: Arc<State>) {
     let mut buf = Vec::with_capacity(4096);
-    loop {
-        // Read one request head.
-        let head_end = loop {
-            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                break i + 4;
-            }
-            if buf.len() > MAX_HEAD {
-                return;
-            }
-            let mut chunk = [0u8; 4096];
-            match stream.read(&mut chunk).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            }
-        };
-        let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
-        let mut lines = head.split("\r\n");
-        let mut request_line = lines.next().unwrap_or_default().split(' ');
-        let method = request_line.next().unwrap_or_default().to_owned();
-        let path = request_line.next().unwrap_or("/").to_owned();
-        let headers: Vec<(String, String)> = lines
-            .filter_map(|l| l.split_once(':'))
-            .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
-            .collect();
-        let content_length: usize = headers
-            .iter()
-            .find(|(n, _)| n == "content-length")
-            .and_then(|(_, v)| v.parse().ok())
-            .unwrap_or(0);
-        while buf.len() < head_end + content_length {
-            let mut chunk = [0u8; 16384];
-            match stream.read(&mut chunk).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            }
-        }
-        let received = (head_end + content_length) as u64;
-        buf.drain(..head_end + content_length);
-
+    while let Some(request) = read_request(&mut stream, &mut buf).await {
         let now = state.in_flight.fetch_add(1, Ordering::Relaxed) + 1;
         state.max_in_flight.fetch_max(now, Ordering::Relaxed);
-        let seen = {
-            let mut per_path = state
-                .per_path
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
-            let n = per_path.entry(path.clone()).or_default();
-            *n += 1;
-            *n
-        };
-        // The query string does not choose the behaviour (it may make paths unique).
-        let route = path.split('?').next().unwrap_or_default();
-        let parts: Vec<&str> = route.trim_start_matches('/').split('/').collect();
-        let (status, body_len, delay, fault) = match parts.as_slice() {
-            ["status", code] => (code.parse().unwrap_or(400), 16, 0, None),
-            ["delay", ms] => (200, 2, ms.parse().unwrap_or(0), None),
-            ["bytes", n] => (200, n.parse().unwrap_or(0), 0, None),
-            ["flaky", n, code] if seen <= n.parse().unwrap_or(0) => {
-                (code.parse().unwrap_or(503), 16, 0, None)
-            }
-            ["reset"] => (0, 0, 0, Some("reset")),
-            ["close"] => (0, 0, 0, Some("close")),
-            _ => (200, 2, 0, None),
-        };
+        let (status, body_len, delay, fault) = behaviour(&request.path, state.seen(&request.path));
         if delay > 0 {
             tokio::time::sleep(Duration::from_millis(delay)).await;
         }
@@ -227,20 +270,59 @@ async fn serve(mut stream: TcpStream, peer: SocketAddr, state: Arc<State>) {
             }
         };
         state.in_flight.fetch_sub(1, Ordering::Relaxed);
-        state
-            .served
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .push(Served {
-                method,
-                path,
-                headers,
-                received_bytes: received,
-                sent_bytes: sent,
-                peer,
-            });
+        state.log(Served {
+            method: request.method,
+            path: request.path,
+            headers: request.headers,
+            received_bytes: request.bytes,
+            sent_bytes: sent,
+            peer,
+        });
         if fault.is_some() {
             return; // dropping the stream resets (linger 0) or closes it
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn served(i: usize) -> Served {
+        Served {
+            method: "GET".into(),
+            path: format!("/r{i}"),
+            headers: Vec::new(),
+            received_bytes: 0,
+            sent_bytes: 0,
+            peer: SocketAddr::from(([127, 0, 0, 1], 1)),
+        }
+    }
+
+    #[test]
+    fn the_request_log_keeps_only_the_newest_requests() {
+        let state = State::default();
+        for i in 0..=SERVED_KEPT {
+            state.log(served(i));
+        }
+        let log = state.served.lock().unwrap();
+        assert_eq!(log.len(), SERVED_KEPT);
+        assert_eq!(log.front().unwrap().path, "/r1", "the oldest went first");
+        assert_eq!(log.back().unwrap().path, format!("/r{SERVED_KEPT}"));
+    }
+
+    #[test]
+    fn flaky_counts_are_per_path_and_bounded_in_paths() {
+        let state = State::default();
+        assert_eq!(
+            (state.seen("/a"), state.seen("/a"), state.seen("/b")),
+            (1, 2, 1)
+        );
+        for i in 0..PATHS_COUNTED {
+            state.seen(&format!("/p{i}"));
+        }
+        assert!(state.per_path.lock().unwrap().len() <= PATHS_COUNTED);
+        assert_eq!(behaviour("/flaky/2/503?x=1", 2).0, 503);
+        assert_eq!(behaviour("/flaky/2/503?x=1", 3).0, 200);
     }
 }
