@@ -10,7 +10,7 @@ use tokio::sync::{Notify, watch};
 
 use super::{AppError, shutdown_signal};
 use crate::{
-    bus::BroadcastBus,
+    bus::{BroadcastBus, BusSubscriber},
     config::ProbeSettings,
     domain::{BusEvent, FlowUpdate, FlowUpdateKind},
     flows::{FlowPipeline, FlowTable, FlowTableStats},
@@ -77,24 +77,7 @@ pub async fn run_probe(settings: ProbeSettings) -> Result<ProbeSummary, AppError
     )));
     let pipeline = FlowPipeline::new(Arc::clone(&table), Arc::new(bus.clone()));
 
-    let mut subscriber = bus.subscribe();
-    let print_established = settings.print_established;
-    let printer = tokio::spawn(async move {
-        let stdout = std::io::stdout();
-        let mut printed = 0u64;
-        while let Some(event) = subscriber.recv().await {
-            let BusEvent::Flow(update) = event else {
-                continue;
-            };
-            if update.kind == FlowUpdateKind::Established && !print_established {
-                continue;
-            }
-            print_line(&mut stdout.lock(), &update)?;
-            printed += 1;
-        }
-        // Read after the last receive: lag is counted as the subscriber catches up.
-        Ok::<(u64, u64), std::io::Error>((printed, subscriber.lagged()))
-    });
+    let printer = tokio::spawn(print_flows(bus.subscribe(), settings.print_established));
 
     let (stop_tx, stop_rx) = watch::channel(false);
     shutdown_signal(stop_tx)?;
@@ -125,9 +108,7 @@ pub async fn run_probe(settings: ProbeSettings) -> Result<ProbeSummary, AppError
         lagged: bus_lagged,
     };
     let summary = summarize(kernel, reader_stats, printed, bus, table_stats);
-    let mut out = std::io::stdout().lock();
-    serde_json::to_writer(&mut out, &summary).map_err(|e| AppError::Output(e.into()))?;
-    writeln!(out).map_err(AppError::Output)?;
+    print_summary(&summary)?;
     if !summary.reconciled {
         return Err(AppError::Unreconciled {
             emitted: kernel.emitted(),
@@ -137,6 +118,34 @@ pub async fn run_probe(settings: ProbeSettings) -> Result<ProbeSummary, AppError
         });
     }
     Ok(summary)
+}
+
+/// Prints one JSON line per closed or failed flow (and opened ones when asked) until the bus
+/// closes; returns (lines printed, updates the subscriber missed).
+async fn print_flows(
+    mut subscriber: BusSubscriber,
+    print_established: bool,
+) -> std::io::Result<(u64, u64)> {
+    let stdout = std::io::stdout();
+    let mut printed = 0u64;
+    while let Some(event) = subscriber.recv().await {
+        let BusEvent::Flow(update) = event else {
+            continue;
+        };
+        if update.kind == FlowUpdateKind::Established && !print_established {
+            continue;
+        }
+        print_line(&mut stdout.lock(), &update)?;
+        printed += 1;
+    }
+    // Read after the last receive: lag is counted as the subscriber catches up.
+    Ok((printed, subscriber.lagged()))
+}
+
+fn print_summary(summary: &ProbeSummary) -> Result<(), AppError> {
+    let mut out = std::io::stdout().lock();
+    serde_json::to_writer(&mut out, summary).map_err(|e| AppError::Output(e.into()))?;
+    writeln!(out).map_err(AppError::Output)
 }
 
 /// What the bus saw: published, and missed by a subscriber that fell behind.
