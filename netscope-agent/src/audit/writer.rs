@@ -87,36 +87,46 @@ impl Writer {
                 }
                 continue;
             }
-            // A segment never holds more than `batch_events`: the group is split at its end.
-            let mut rest = group;
-            while !rest.is_empty() {
-                let room = open
-                    .as_ref()
-                    .map_or(self.settings.batch_events, |(seg, _)| {
-                        self.settings.batch_events.saturating_sub(seg.events).max(1)
-                    });
-                let tail =
-                    rest.split_off(rest.len().min(usize::try_from(room).unwrap_or(usize::MAX)));
-                let result = self.append(&mut open, &mut frames, &rest);
-                for (_, ack) in rest {
-                    let _ = ack.send(result.clone());
-                }
-                rest = tail;
-                let full = open.as_ref().is_some_and(|(seg, at)| {
-                    seg.events >= self.settings.batch_events
-                        || seg.bytes >= self.settings.batch_bytes
-                        || at.elapsed() >= self.settings.batch_age
-                });
-                if full {
-                    self.seal(open.take());
-                }
-            }
+            self.spool_group(&mut open, &mut frames, group);
         }
         self.seal(open.take());
         self.backlog.writer_done.store(true, Ordering::Relaxed);
         self.backlog.added.notify_one();
         if let Some(done) = close {
             let _ = done.send(());
+        }
+    }
+
+    /// Appends a group durably and acknowledges each of its events; a segment never holds more
+    /// than `batch_events`, so the group is split at a segment's end, and a full segment is
+    /// sealed.
+    fn spool_group(
+        &mut self,
+        open: &mut Option<(OpenSegment, Instant)>,
+        frames: &mut Vec<u8>,
+        group: Vec<(Arc<OutboundResult>, Ack)>,
+    ) {
+        let mut rest = group;
+        while !rest.is_empty() {
+            let room = open
+                .as_ref()
+                .map_or(self.settings.batch_events, |(seg, _)| {
+                    self.settings.batch_events.saturating_sub(seg.events).max(1)
+                });
+            let tail = rest.split_off(rest.len().min(usize::try_from(room).unwrap_or(usize::MAX)));
+            let result = self.append(open, frames, &rest);
+            for (_, ack) in rest {
+                let _ = ack.send(result.clone());
+            }
+            rest = tail;
+            let full = open.as_ref().is_some_and(|(seg, at)| {
+                seg.events >= self.settings.batch_events
+                    || seg.bytes >= self.settings.batch_bytes
+                    || at.elapsed() >= self.settings.batch_age
+            });
+            if full {
+                self.seal(open.take());
+            }
         }
     }
 
