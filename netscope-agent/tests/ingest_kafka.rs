@@ -217,6 +217,10 @@ async fn a_full_queue_pauses_consumption_and_nothing_is_lost() {
         ingest.counters.backpressure_pauses.load(Relaxed) >= 1,
         "no pause within 30 s"
     );
+    assert!(
+        ingest.counters.backpressure_waits.load(Relaxed) >= 1,
+        "the queue was full: ingest waited before it paused"
+    );
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert!(
         ingest.counters.consumed.load(Relaxed) <= 3,

@@ -47,6 +47,9 @@ pub struct RunSummary {
     pub dead_lettered: u64,
     pub executed: u64,
     pub finished: u64,
+    /// Times the job queue was full and ingest waited (prefetched records kept).
+    pub backpressure_waits: u64,
+    /// Times it stayed full past a second and the partitions were paused.
     pub backpressure_pauses: u64,
     pub sink_retries: u64,
     /// The RGW audit trail's spool and uploads (`--audit-sink rgw`).
@@ -165,6 +168,7 @@ impl Pipeline {
             dead_lettered: ic.dead_lettered.load(Ordering::Relaxed),
             executed: c.executed.load(Ordering::Relaxed),
             finished: c.finished.load(Ordering::Relaxed),
+            backpressure_waits: ic.backpressure_waits.load(Ordering::Relaxed),
             backpressure_pauses: ic.backpressure_pauses.load(Ordering::Relaxed),
             sink_retries: c.sink_retries.load(Ordering::Relaxed),
             audit,
