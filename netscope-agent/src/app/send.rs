@@ -12,18 +12,19 @@ use rdkafka::{
 use serde_json::json;
 
 use super::AppError;
+use crate::config::{DEFAULT_BROKERS, DEFAULT_REQUESTS_TOPIC};
 
 #[derive(Args, Clone, Debug)]
 pub struct SendArgs {
     /// How many rounds of demo requests (8 messages each).
     #[arg(long, default_value_t = 1)]
     pub rounds: u32,
-    #[arg(long, env = "NETSCOPE_KAFKA_BROKERS", default_value = "127.0.0.1:9092")]
+    #[arg(long, env = "NETSCOPE_KAFKA_BROKERS", default_value = DEFAULT_BROKERS)]
     pub brokers: String,
     #[arg(
         long,
         env = "NETSCOPE_REQUESTS_TOPIC",
-        default_value = "netscope.requests"
+        default_value = DEFAULT_REQUESTS_TOPIC
     )]
     pub topic: String,
     /// The demo upstream's base URL.

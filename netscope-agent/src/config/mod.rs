@@ -20,6 +20,11 @@ pub mod run;
 pub use audit::{AuditArgs, AuditSettings, S3Args};
 pub use run::{RunArgs, RunSettings};
 
+/// The local broker, the default of every command that talks to Kafka.
+pub const DEFAULT_BROKERS: &str = "127.0.0.1:9092";
+/// The requests topic `run` consumes and `send` writes to by default.
+pub const DEFAULT_REQUESTS_TOPIC: &str = "netscope.requests";
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("invalid configuration:\n  - {}", .0.join("\n  - "))]

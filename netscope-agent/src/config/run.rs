@@ -8,7 +8,7 @@ use clap::Args;
 use serde::Deserialize;
 
 use super::{
-    ConfigError, ProbeArgs, ProbeSettings,
+    ConfigError, DEFAULT_BROKERS, DEFAULT_REQUESTS_TOPIC, ProbeArgs, ProbeSettings,
     audit::{AuditArgs, AuditSettings},
 };
 use crate::{
@@ -25,14 +25,14 @@ pub struct RunArgs {
     /// TOML file with targets, policies and limits.
     #[arg(long, env = "NETSCOPE_CONFIG")]
     pub config: Option<PathBuf>,
-    #[arg(long, env = "NETSCOPE_KAFKA_BROKERS", default_value = "127.0.0.1:9092")]
+    #[arg(long, env = "NETSCOPE_KAFKA_BROKERS", default_value = DEFAULT_BROKERS)]
     pub brokers: String,
     #[arg(long, env = "NETSCOPE_GROUP", default_value = "netscope-agent")]
     pub group: String,
     #[arg(
         long,
         env = "NETSCOPE_REQUESTS_TOPIC",
-        default_value = "netscope.requests"
+        default_value = DEFAULT_REQUESTS_TOPIC
     )]
     pub requests_topic: String,
     #[arg(

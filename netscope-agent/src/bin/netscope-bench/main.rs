@@ -23,7 +23,10 @@ use std::{
 
 use aya::sys::{Stats, enable_stats};
 use clap::{Parser, Subcommand};
-use netscope_agent::probe::{Probe, ProbeOptions, ProgramSet, ProgramStats};
+use netscope_agent::{
+    config::DEFAULT_BROKERS,
+    probe::{Probe, ProbeOptions, ProgramSet, ProgramStats},
+};
 
 mod audit;
 mod pipeline;
@@ -56,7 +59,7 @@ enum Bench {
         /// calls per second.
         #[arg(long, default_value_t = 128)]
         delay_workers: usize,
-        #[arg(long, env = "NETSCOPE_KAFKA_BROKERS", default_value = "127.0.0.1:9092")]
+        #[arg(long, env = "NETSCOPE_KAFKA_BROKERS", default_value = DEFAULT_BROKERS)]
         brokers: String,
         /// The pipeline's job queue (`run --queue`).
         #[arg(long, default_value_t = 1024)]
