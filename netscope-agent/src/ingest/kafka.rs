@@ -99,7 +99,7 @@ type SharedTracker = Arc<Mutex<OffsetTracker>>;
 const COMMIT_EVERY: Duration = Duration::from_millis(200);
 
 /// How long a full queue is waited for before the partitions are paused (see
-/// [`KafkaIngest::hand_over`]). Below `max.poll.interval.ms` by far, so the group keeps us.
+/// [`KafkaIngest::enqueue`]). Below `max.poll.interval.ms` by far, so the group keeps us.
 const PAUSE_AFTER: Duration = Duration::from_secs(1);
 
 /// Ingest stops: shutdown was asked for, or the executor is gone.
@@ -270,7 +270,7 @@ impl KafkaIngest {
                 tick: &mut tick,
                 shutdown: &mut shutdown,
             };
-            if self.hand_over(job, &mut waiting, &mut held).await.is_err() {
+            if self.enqueue(job, &mut waiting, &mut held).await.is_err() {
                 break;
             }
         }
@@ -289,7 +289,7 @@ impl KafkaIngest {
     /// Why not pause at once: librdkafka throws the paused partitions' prefetched records away,
     /// and a resume takes effect only when its fetcher thread next wakes — up to a second later.
     /// Pausing at every full queue capped the pipeline at ~1,200 calls/s.
-    async fn hand_over(
+    async fn enqueue(
         &self,
         job: Job,
         waiting: &mut Waiting<'_>,
