@@ -138,9 +138,13 @@ impl Totals {
     }
 }
 
-/// Test binaries that attach kernel probes or time the kernel: one lane runs them one after
-/// the other, so that no other probe-heavy test doubles their per-event cost meanwhile.
-const PROBE_LANE: [&str; 3] = ["kernel", "cli", "pipeline"];
+/// Test binaries that assert host-wide kernel counters (every connect on the host, e.g.
+/// `connects_filtered`): they run alone, before the lanes, as nothing else may connect meanwhile.
+const ALONE: [&str; 1] = ["kernel"];
+
+/// Test binaries that attach kernel probes: one lane runs them one after the other, so that no
+/// other probe-heavy test doubles their per-event cost meanwhile.
+const PROBE_LANE: [&str; 2] = ["cli", "pipeline"];
 
 /// One test binary as `cargo test --no-run` names it.
 struct TestBinary {
@@ -168,6 +172,11 @@ impl TestBinary {
     fn in_probe_lane(&self) -> bool {
         self.integration_test()
             .is_some_and(|name| PROBE_LANE.contains(&name))
+    }
+
+    fn alone(&self) -> bool {
+        self.integration_test()
+            .is_some_and(|name| ALONE.contains(&name))
     }
 }
 
@@ -211,10 +220,26 @@ fn run_binary(binary: &TestBinary, envs: &[(&str, &str)]) -> BinaryRun {
     }
 }
 
-/// Builds every test binary once, then runs them in two lanes at once — the probe lane
-/// ([`PROBE_LANE`], one after the other) and everything else (one after the other; RGW tests
-/// order themselves with a shared lock) — printing each binary's output whole as it ends, then
-/// one closing line over every test binary.
+/// Runs `binaries` one after the other, printing each one's output whole as it ends.
+fn lane(binaries: &[TestBinary], envs: &[(&str, &str)], runs: &std::sync::Mutex<Vec<BinaryRun>>) {
+    for binary in binaries {
+        let run = run_binary(binary, envs);
+        println!(
+            "xtask: ---- {} ({:.1} s) ----\n{}",
+            run.name,
+            run.took.as_secs_f64(),
+            run.output
+        );
+        runs.lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(run);
+    }
+}
+
+/// Builds every test binary once, runs [`ALONE`] first on its own, then the rest in two lanes
+/// at once — the probe lane ([`PROBE_LANE`], one after the other) and everything else (one
+/// after the other; RGW tests order themselves with a shared lock) — printing each binary's
+/// output whole as it ends, then one closing line over every test binary.
 fn run_tests(require_kernel: &str) -> Result<(), String> {
     use std::io::{BufRead as _, BufReader};
     let started = std::time::Instant::now();
@@ -243,26 +268,15 @@ fn run_tests(require_kernel: &str) -> Result<(), String> {
         ("NETSCOPE_REQUIRE_CEPH_TESTS", "1"),
         ("RUST_BACKTRACE", "1"),
     ];
+    let (alone, rest): (Vec<_>, Vec<_>) = binaries.into_iter().partition(TestBinary::alone);
     let (probe_lane, other_lane): (Vec<_>, Vec<_>) =
-        binaries.into_iter().partition(TestBinary::in_probe_lane);
+        rest.into_iter().partition(TestBinary::in_probe_lane);
     let runs = std::sync::Mutex::new(Vec::new());
+    lane(&alone, &envs, &runs);
     std::thread::scope(|scope| {
-        for lane in [&probe_lane, &other_lane] {
+        for lane_binaries in [&probe_lane, &other_lane] {
             let (runs, envs) = (&runs, &envs);
-            scope.spawn(move || {
-                for binary in lane {
-                    let run = run_binary(binary, envs);
-                    println!(
-                        "xtask: ---- {} ({:.1} s) ----\n{}",
-                        run.name,
-                        run.took.as_secs_f64(),
-                        run.output
-                    );
-                    runs.lock()
-                        .unwrap_or_else(std::sync::PoisonError::into_inner)
-                        .push(run);
-                }
-            });
+            scope.spawn(move || lane(lane_binaries, envs, runs));
         }
     });
     let runs = runs
@@ -425,7 +439,7 @@ mod tests {
             TestBinary::parse("  Executable tests/kernel.rs (target/debug/deps/kernel-0123abcd)")
                 .unwrap();
         assert_eq!(b.integration_test(), Some("kernel"));
-        assert!(b.in_probe_lane());
+        assert!(b.alone() && !b.in_probe_lane());
         assert!(b.path.ends_with("target/debug/deps/kernel-0123abcd"));
         let unit = TestBinary::parse(
             "  Executable unittests src/lib.rs (target/debug/deps/netscope_agent-0d0b)",
