@@ -9,7 +9,7 @@ use std::sync::{
 
 use tokio::sync::broadcast::{self, error::RecvError};
 
-use crate::domain::{BusEvent, EventBus};
+use crate::domain::{BusEvent, CounterSource, EventBus, Sample};
 
 #[derive(Default)]
 struct Counters {
@@ -39,6 +39,11 @@ impl BroadcastBus {
         }
     }
 
+    /// The bus's counters for metrics (it does not keep the bus open).
+    pub fn counter_source(&self) -> Arc<dyn CounterSource> {
+        Arc::clone(&self.counters) as Arc<dyn CounterSource>
+    }
+
     pub fn published(&self) -> u64 {
         self.counters.published.load(Ordering::Relaxed)
     }
@@ -46,6 +51,28 @@ impl BroadcastBus {
     /// Updates that some subscriber missed because it fell behind.
     pub fn lagged(&self) -> u64 {
         self.counters.lagged.load(Ordering::Relaxed)
+    }
+}
+
+/// The bus's counters, without keeping the bus open (holding a sender would).
+impl CounterSource for Counters {
+    fn component(&self) -> &'static str {
+        "bus"
+    }
+
+    fn samples(&self) -> Vec<Sample> {
+        vec![
+            Sample::counter(
+                "bus_published",
+                "Flow updates and call results published in process",
+                self.published.load(Ordering::Relaxed),
+            ),
+            Sample::counter(
+                "bus_lagged",
+                "Events a bus subscriber (printer, live view, call log) missed by falling behind",
+                self.lagged.load(Ordering::Relaxed),
+            ),
+        ]
     }
 }
 

@@ -2,6 +2,7 @@
 //! `domain` at the centre, everything else depending inward on it, and `app` as the one
 //! composition root.
 
+pub mod api;
 pub mod app;
 pub mod audit;
 pub mod backoff;
@@ -12,7 +13,9 @@ pub mod demo;
 pub mod domain;
 pub mod flows;
 pub mod ingest;
+pub mod metrics;
 pub mod observability;
 pub mod outbound;
 pub mod pipeline;
 pub mod probe;
+pub mod recent;

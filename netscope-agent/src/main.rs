@@ -6,7 +6,7 @@ use clap::{Parser, Subcommand};
 use netscope_agent::{
     app,
     audit::verify::VerifyReport,
-    config::{ProbeArgs, RunArgs},
+    config::{ApiArgs, ApiSettings, ConfigError, ProbeArgs, ProbeSettings, RunArgs},
     observability,
 };
 
@@ -23,9 +23,10 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Attach the kernel probe and print one JSON line per closed or failed outbound TCP
-    /// connection until Ctrl-C/SIGTERM; then detach and print the reconciled counters.
-    Probe(ProbeArgs),
+    /// Attach the kernel probe, serve the API, metrics and live page, and print one JSON line
+    /// per closed or failed outbound TCP connection until Ctrl-C/SIGTERM; then detach and print
+    /// the reconciled counters.
+    Probe(ProbeCommand),
     /// Run the pipeline: consume outbound-call requests from Kafka, execute them under the
     /// resilience policies, attach the kernel's facts of each connection, write results to
     /// Kafka and the audit trail (one JSON line per call on stdout).
@@ -35,6 +36,31 @@ enum Command {
     /// The audit trail in Ceph RGW.
     #[command(subcommand)]
     Audit(AuditCommand),
+}
+
+#[derive(clap::Args)]
+struct ProbeCommand {
+    #[command(flatten)]
+    probe: ProbeArgs,
+    #[command(flatten)]
+    api: ApiArgs,
+}
+
+impl ProbeCommand {
+    /// Both halves validated, every problem listed at once.
+    fn validate(&self) -> Result<(ProbeSettings, ApiSettings), ConfigError> {
+        let mut errors = Vec::new();
+        let probe = self
+            .probe
+            .validate()
+            .map_err(|ConfigError::Invalid(e)| errors.extend(e))
+            .ok();
+        let api = self.api.validate_into(&mut errors);
+        match (probe, api) {
+            (Some(p), Some(a)) if errors.is_empty() => Ok((p, a)),
+            _ => Err(ConfigError::Invalid(errors)),
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -53,6 +79,11 @@ fn runtime() -> Result<tokio::runtime::Runtime, std::io::Error> {
 }
 
 fn main() -> ExitCode {
+    // NETSCOPE_* settings may also come from a `.env` file (NETSCOPE_ENV_FILE, else ./.env);
+    // the environment wins over it.
+    if let Err(e) = load_env_file() {
+        return fail(&e, 2);
+    }
     let cli = Cli::parse();
     observability::init();
     let rt = match runtime() {
@@ -60,8 +91,9 @@ fn main() -> ExitCode {
         Err(e) => return fail(&e, 1),
     };
     match cli.command {
-        Command::Probe(args) => validated(args.validate(), |s| {
-            rt.block_on(app::run_probe(s)).map(|_| ExitCode::SUCCESS)
+        Command::Probe(args) => validated(args.validate(), |(probe, api)| {
+            rt.block_on(app::run_probe(probe, api))
+                .map(|_| ExitCode::SUCCESS)
         }),
         Command::Run(args) => validated(args.validate(), |s| {
             let summary = rt.block_on(app::run_pipeline(s))?;
@@ -121,6 +153,29 @@ fn print_verify(report: &VerifyReport) -> ExitCode {
             report.bad_objects.len()
         );
         ExitCode::from(3)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("env file {path}: {source}")]
+struct EnvFileError {
+    path: String,
+    source: dotenvy::Error,
+}
+
+/// Loads the `.env` file: absent is fine (unless named explicitly); unreadable or malformed is
+/// an error. Variables already in the environment are kept.
+fn load_env_file() -> Result<(), EnvFileError> {
+    let named = std::env::var("NETSCOPE_ENV_FILE").ok();
+    let path = named.clone().unwrap_or_else(|| ".env".to_owned());
+    match dotenvy::from_path(&path) {
+        Ok(()) => Ok(()),
+        Err(dotenvy::Error::Io(e))
+            if e.kind() == std::io::ErrorKind::NotFound && named.is_none() =>
+        {
+            Ok(())
+        }
+        Err(source) => Err(EnvFileError { path, source }),
     }
 }
 

@@ -23,7 +23,8 @@ use tracing::{Instrument as _, info, info_span, warn};
 use crate::{
     backoff::Backoff,
     domain::{
-        BusEvent, EventBus, Job, OutboundGateway, OutcomeSink, SourceLog, outcome::OutboundResult,
+        BusEvent, CounterSource, EventBus, Job, MetricsRecorder, OutboundGateway, OutcomeSink,
+        Sample, SourceLog, outcome::OutboundResult,
     },
 };
 
@@ -32,6 +33,50 @@ pub struct PipelineCounters {
     pub executed: AtomicU64,
     pub sink_retries: AtomicU64,
     pub finished: AtomicU64,
+    /// The job queue, to read its depth (weak: it does not keep the queue open).
+    pub queue: std::sync::OnceLock<mpsc::WeakSender<Job>>,
+}
+
+impl PipelineCounters {
+    /// Jobs waiting in the queue now.
+    pub fn queue_depth(&self) -> usize {
+        self.queue
+            .get()
+            .and_then(mpsc::WeakSender::upgrade)
+            .map_or(0, |tx| tx.max_capacity() - tx.capacity())
+    }
+}
+
+impl CounterSource for PipelineCounters {
+    fn component(&self) -> &'static str {
+        "pipeline"
+    }
+
+    fn samples(&self) -> Vec<Sample> {
+        let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        vec![
+            Sample::counter(
+                "calls_executed",
+                "Calls the gateway executed",
+                load(&self.executed),
+            ),
+            Sample::counter(
+                "calls_finished",
+                "Calls whose outcome is durable in every sink (their record may be committed)",
+                load(&self.finished),
+            ),
+            Sample::counter(
+                "sink_retries",
+                "Deliveries to a sink that failed and were retried",
+                load(&self.sink_retries),
+            ),
+            Sample::gauge(
+                "queue_depth",
+                "Jobs waiting in the bounded queue between ingest and the workers",
+                self.queue_depth() as u64,
+            ),
+        ]
+    }
 }
 
 pub struct Executor {
@@ -40,6 +85,8 @@ pub struct Executor {
     pub bus: Arc<dyn EventBus>,
     /// Where finished records are acknowledged.
     pub source: Arc<dyn SourceLog>,
+    /// Every finished call is recorded here (metrics), before its delivery.
+    pub recorder: Arc<dyn MetricsRecorder>,
     pub workers: usize,
     /// How long in-flight calls may take to finish after shutdown is asked for.
     pub grace: Duration,
@@ -115,6 +162,7 @@ impl Executor {
     async fn execute(&self, job: &Job) -> Arc<OutboundResult> {
         let result = Arc::new(self.gateway.execute(job.call.clone()).await);
         self.counters.executed.fetch_add(1, Ordering::Relaxed);
+        self.recorder.call_finished(&result);
         info!(
             outcome = ?result.outcome,
             status = result.status, attempts = result.attempts.len(), duration_ms = result.duration_ms,

@@ -62,18 +62,76 @@ fn bad_configuration_lists_every_problem_and_exits_2() {
             "10.0.0.0/99",
             "--tc-iface",
             "nope0",
+            "--listen",
+            "0.0.0.0:9464",
+            "--dest-group",
+            "db=10.1.0.0/64",
         ])
         .output()
         .unwrap();
     assert_eq!(output.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&output.stderr);
-    for needle in ["ring-bytes 5000", "10.0.0.0/99", "tc-iface `nope0`"] {
+    for needle in [
+        "ring-bytes 5000",
+        "10.0.0.0/99",
+        "tc-iface `nope0`",
+        "listen 0.0.0.0:9464 is not loopback: give --api-token-file",
+        "dest-group db",
+    ] {
         assert!(
             stderr.contains(needle),
             "`{needle}` missing from:\n{stderr}"
         );
     }
     assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+#[test]
+fn settings_come_from_a_dotenv_file_and_the_environment_wins_over_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let env = dir.path().join("agent.env");
+    std::fs::write(
+        &env,
+        "NETSCOPE_LISTEN=not-an-address\nNETSCOPE_API_RATE=0\n",
+    )
+    .unwrap();
+    let run = |extra: &[(&str, &str)]| {
+        let mut cmd = Command::new(BIN);
+        cmd.args(["run", "--no-probe"])
+            .env("NETSCOPE_ENV_FILE", &env)
+            .env_remove("NETSCOPE_LISTEN")
+            .env_remove("NETSCOPE_API_RATE");
+        for (k, v) in extra {
+            cmd.env(k, v);
+        }
+        let out = cmd.output().unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, stderr) = run(&[]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("listen `not-an-address`"), "{stderr}");
+    assert!(stderr.contains("api-rate must be at least 1"), "{stderr}");
+    let (code, stderr) = run(&[("NETSCOPE_API_RATE", "5")]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        !stderr.contains("api-rate"),
+        "the environment wins: {stderr}"
+    );
+
+    std::fs::write(&env, "this is not a dotenv line\n").unwrap();
+    let (code, stderr) = run(&[]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("env file"), "{stderr}");
+    let missing = dir.path().join("missing.env");
+    let out = Command::new(BIN)
+        .args(["run", "--no-probe"])
+        .env("NETSCOPE_ENV_FILE", &missing)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "a named env file must exist");
 }
 
 #[test]
@@ -169,6 +227,8 @@ fn probe_prints_each_finished_connection_then_reconciled_counters_on_sigterm() {
             &format!("{PORT},{REFUSED}"),
             "--poll-ms",
             "10",
+            "--listen",
+            "127.0.0.1:0",
         ])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

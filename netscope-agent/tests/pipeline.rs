@@ -73,6 +73,11 @@ impl Setup {
     }
 
     fn start(&self, extra: &[&str]) -> Child {
+        self.start_as(extra, None)
+    }
+
+    /// The agent as `uid` (its files in a directory that uid may write).
+    fn start_as(&self, extra: &[&str], uid: Option<u32>) -> Child {
         let mut args = vec![
             "run",
             "--brokers",
@@ -87,11 +92,18 @@ impl Setup {
             &self.dlq,
             "--create-topics",
             "false",
+            "--listen",
+            "127.0.0.1:0",
         ];
         args.extend_from_slice(extra);
         let audit = self.dir.join("audit.ndjson");
-        Command::new(BIN)
-            .args(&args)
+        let mut cmd = Command::new(BIN);
+        if let Some(uid) = uid {
+            use std::os::unix::{fs::PermissionsExt as _, process::CommandExt as _};
+            std::fs::set_permissions(&self.dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+            cmd.uid(uid).gid(uid);
+        }
+        cmd.args(&args)
             .arg("--config")
             .arg(&self.config)
             .arg("--audit-file")
@@ -278,6 +290,66 @@ async fn exactly_one_result_per_consumed_message() {
     );
     let dead = kafka::read_all(&s.brokers, &s.dlq, 1, 5, Duration::from_secs(30));
     assert_eq!(dead.len(), 5);
+    // /metrics says what the results say.
+    let api = support::api_addr_in_log(&std::fs::read_to_string(s.dir.join("agent.log")).unwrap())
+        .expect("the agent logs its HTTP address");
+    let http = netscope_agent::outbound::client::build(Duration::from_secs(5)).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let text = loop {
+        let text = http
+            .get(format!("http://{api}/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if support::metric_sum(&text, "netscope_calls_finished_total", &[]) == 40.0 {
+            break text;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "calls_finished never reached 40:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let count = |pred: &dyn Fn(&Value) -> bool| results.iter().filter(|r| pred(r)).count() as f64;
+    let m = |name: &str, labels: &[(&str, &str)]| support::metric_sum(&text, name, labels);
+    assert_eq!(m("netscope_calls_total", &[]), 40.0, "{text}");
+    assert_eq!(
+        m("netscope_calls_total", &[("status_class", "5xx")]),
+        count(&|r| r["status"] == 503)
+    );
+    assert_eq!(
+        m("netscope_calls_total", &[("status_class", "2xx")]),
+        count(&|r| r["status"] == 200)
+    );
+    assert_eq!(
+        m("netscope_call_attempts_total", &[]),
+        attempts_total as f64
+    );
+    assert_eq!(
+        m("netscope_call_retries_total", &[]),
+        (attempts_total - 40) as f64
+    );
+    assert_eq!(
+        m("netscope_kafka_records_total", &[("result", "consumed")]),
+        45.0
+    );
+    assert_eq!(
+        m(
+            "netscope_kafka_dead_letters_total",
+            &[("reason", "invalid_json")]
+        ),
+        5.0
+    );
+    assert_eq!(
+        m(
+            "netscope_call_retry_stops_total",
+            &[("kind", "not_idempotent")]
+        ),
+        count(&|r| r["retry_stop"] == "not_idempotent")
+    );
     s.stop(agent);
     let audit = std::fs::read_to_string(s.dir.join("audit.ndjson")).unwrap();
     let events: Vec<AuditEvent> = audit
@@ -547,4 +619,92 @@ async fn bytes_equal(brokers: String) {
         }
     }
     assert!(reused >= 1, "keep-alive reuse was exercised");
+}
+
+/// `/readyz` of a running agent, as (status, body).
+async fn readyz(http: &reqwest::Client, api: std::net::SocketAddr) -> (u16, Value) {
+    match http.get(format!("http://{api}/readyz")).send().await {
+        Ok(r) => {
+            let status = r.status().as_u16();
+            let text = r.text().await.unwrap_or_default();
+            (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+        }
+        Err(e) => (0, json!({ "error": e.to_string() })),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_turns_503_while_the_broker_is_unreachable_and_200_when_it_is_back() {
+    let Some(brokers) = kafka_test("pipeline-ready") else {
+        return;
+    };
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: cutting the broker off needs root (nftables)");
+        return;
+    }
+    const NOBODY: u32 = 65_534;
+    let up = Upstream::start("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let s = Setup::new("ready", brokers.clone(), up.addr.port()).await;
+    let agent = s.start_as(&["--no-probe"], Some(NOBODY));
+    let http = netscope_agent::outbound::client::build(Duration::from_secs(2)).unwrap();
+    let wait_for = |want: u16, what: &'static str| {
+        let (http, s) = (&http, &s);
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(60);
+            loop {
+                let log = std::fs::read_to_string(s.dir.join("agent.log")).unwrap_or_default();
+                if let Some(api) = support::api_addr_in_log(&log) {
+                    let (status, body) = readyz(http, api).await;
+                    if status == want {
+                        return body;
+                    }
+                    assert!(
+                        Instant::now() < deadline,
+                        "{what}: still {status} {body}\n{}",
+                        s.log()
+                    );
+                } else {
+                    assert!(
+                        Instant::now() < deadline,
+                        "{what}: no HTTP server\n{}",
+                        s.log()
+                    );
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    };
+    let body = wait_for(200, "ready once partitions are assigned").await;
+    assert!(
+        body["checks"][0]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("3 partitions assigned"),
+        "{body}"
+    );
+    let port: u16 = brokers.rsplit(':').next().unwrap().parse().unwrap();
+    let cut = kafka::BrokerCut::new(NOBODY, port);
+    let body = wait_for(503, "not ready while the broker is unreachable").await;
+    assert_eq!(body["checks"][0]["name"], "kafka", "{body}");
+    assert!(
+        body["checks"][0]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("0 of"),
+        "{body}"
+    );
+    drop(cut);
+    wait_for(200, "ready again once the broker is back").await;
+    // Still working: one message, one result.
+    let base = format!("http://{}", up.addr);
+    s.send(&[(
+        "after".to_owned(),
+        request(&base, "GET", "/orders/1", None, None),
+    )])
+    .await;
+    assert_eq!(s.results(1).len(), 1, "{}", s.log());
+    s.stop(agent);
 }

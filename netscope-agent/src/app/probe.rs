@@ -8,13 +8,14 @@ use std::{
 use serde::Serialize;
 use tokio::sync::{Notify, watch};
 
-use super::{AppError, shutdown_signal};
+use super::{AppError, serve, shutdown_signal};
 use crate::{
     bus::{BroadcastBus, BusSubscriber},
-    config::ProbeSettings,
-    domain::{BusEvent, FlowUpdate, FlowUpdateKind},
+    config::{ApiSettings, ProbeSettings},
+    domain::{BusEvent, CounterSource, FlowQuery, FlowUpdate, FlowUpdateKind, HealthCheck},
     flows::{FlowPipeline, FlowTable, FlowTableStats},
-    probe::{KernelCounters, Probe, ProbeOptions, ring},
+    metrics::{MetricsBuilder, Recorder, calls::CallMetrics, flows::FlowMetrics},
+    probe::{KernelCounters, Probe, ProbeHealth, ProbeOptions, ring},
 };
 
 /// The closing report of `netscope-agent probe`.
@@ -57,9 +58,13 @@ fn print_line(out: &mut impl std::io::Write, update: &FlowUpdate) -> std::io::Re
     out.flush()
 }
 
-/// `netscope-agent probe`: attach, print one JSON line per closed or failed connection until
-/// SIGINT/SIGTERM, then detach, drain, and print the reconciled counters.
-pub async fn run_probe(settings: ProbeSettings) -> Result<ProbeSummary, AppError> {
+/// `netscope-agent probe`: attach, serve the API, print one JSON line per closed or failed
+/// connection until SIGINT/SIGTERM, then stop serving, detach, drain, and print the
+/// reconciled counters.
+pub async fn run_probe(
+    settings: ProbeSettings,
+    api: ApiSettings,
+) -> Result<ProbeSummary, AppError> {
     let mut probe = Probe::load(&ProbeOptions::from_settings(&settings))?;
     let reader = probe.take_events()?;
     let offsets = probe.kernel_offsets();
@@ -75,12 +80,51 @@ pub async fn run_probe(settings: ProbeSettings) -> Result<ProbeSummary, AppError
         settings.max_flows,
         u64::try_from(settings.retention.as_nanos()).unwrap_or(u64::MAX),
     )));
-    let pipeline = FlowPipeline::new(Arc::clone(&table), Arc::new(bus.clone()));
+    let mut metrics = MetricsBuilder::new();
+    let recorder = Arc::new(Recorder {
+        calls: CallMetrics::register(metrics.registry()),
+        flows: Some(FlowMetrics::register(
+            metrics.registry(),
+            api.dest_groups.clone(),
+            api.comm_budget,
+            api.series_ttl,
+        )),
+    });
+    let pipeline =
+        FlowPipeline::new(Arc::clone(&table), Arc::new(bus.clone())).with_recorder(recorder);
 
     let printer = tokio::spawn(print_flows(bus.subscribe(), settings.print_established));
 
     let (stop_tx, stop_rx) = watch::channel(false);
     shutdown_signal(stop_tx)?;
+
+    let live = serve::live_hub(&api, "probe", stop_rx.clone());
+    let sources: [Arc<dyn CounterSource>; 5] = [
+        probe.counter_reader(),
+        reader.counters(),
+        bus.counter_source(),
+        Arc::clone(&table) as Arc<dyn CounterSource>,
+        Arc::clone(&live) as Arc<dyn CounterSource>,
+    ];
+    for source in sources {
+        metrics.source(source);
+    }
+    let health = ProbeHealth {
+        programs: probe.attached(),
+        reader: reader.counters(),
+        stale_after: (settings.poll * 5).max(std::time::Duration::from_secs(2)),
+    };
+    tokio::spawn(Arc::clone(&live).feed(bus.subscribe(), None));
+    let view = serve::View {
+        metrics: metrics.finish(),
+        flows: Some(Arc::clone(&table) as Arc<dyn FlowQuery>),
+        calls: None,
+        gateway: None,
+        health: vec![Arc::new(health) as Arc<dyn HealthCheck>],
+        live,
+        programs: probe.attached(),
+    };
+    let server = serve::start(&api, "probe", view, stop_rx.clone()).await?;
 
     let kick = Arc::new(Notify::new());
     let mut reader = ring::pump(reader, settings.poll, kick, stop_rx, |k, e| {
@@ -88,7 +132,9 @@ pub async fn run_probe(settings: ProbeSettings) -> Result<ProbeSummary, AppError
     })
     .await
     .map_err(AppError::Ring)?;
-    // Stop the producers, then take what they left in the ring: nothing is in flight after this.
+    // The server stops taking requests and closes live clients; then the producers stop, and
+    // what they left in the ring is taken: nothing is in flight after this.
+    serve::stop(server).await;
     probe.detach();
     reader.drain(|k, e| pipeline.on_event(k, e));
     let kernel = probe.kernel_counters()?;

@@ -13,7 +13,7 @@ use serde::Serialize;
 use tokio::sync::{Notify, mpsc, watch};
 use tracing::info;
 
-use super::{AppError, shutdown_signal};
+use super::{AppError, serve, shutdown_signal};
 use crate::{
     audit::{
         ndjson::NdjsonAudit,
@@ -22,7 +22,10 @@ use crate::{
     bus::BroadcastBus,
     config::{AuditSettings, ProbeSettings, RunSettings},
     demo::upstream::Upstream,
-    domain::{BusEvent, ConnectionObserver, OutcomeSink},
+    domain::{
+        BusEvent, ConnectionObserver, CounterSource, FlowQuery, HealthCheck, Job, MetricsRecorder,
+        OutboundGateway, OutcomeSink,
+    },
     flows::{FlowPipeline, FlowTable},
     ingest::{
         kafka::{KafkaIngest, KafkaSettings},
@@ -30,9 +33,14 @@ use crate::{
         schema::Normalizer,
         topics,
     },
+    metrics::{
+        MetricsBuilder, Recorder, calls::CallMetrics, flows::FlowMetrics,
+        resilience::ResilienceCollector,
+    },
     outbound::HttpGateway,
     pipeline::{Executor, PipelineCounters},
-    probe::{Probe, ProbeOptions, correlate::Correlator, ring},
+    probe::{Probe, ProbeHealth, ProbeOptions, correlate::Correlator, ring},
+    recent::RecentCalls,
 };
 
 /// The demo upstream's address (the only target of the local default).
@@ -66,6 +74,8 @@ pub struct Pipeline {
     probe_task: Option<ProbeTask>,
     counters: Arc<PipelineCounters>,
     rgw_audit: Option<Arc<RgwAudit>>,
+    jobs: (mpsc::Sender<Job>, mpsc::Receiver<Job>),
+    view: Option<serve::View>,
     _upstream: Option<Upstream>,
 }
 
@@ -76,12 +86,35 @@ impl Pipeline {
         // The audit trail first: a bad bucket or key fails the boot before anything is consumed.
         let (audit, rgw_audit) = audit_sink(s).await?;
         let bus = BroadcastBus::new(65_536);
-        let (observer, probe_task) = match &s.probe {
+        let mut metrics = MetricsBuilder::new();
+        let recorder = Arc::new(Recorder {
+            calls: CallMetrics::register(metrics.registry()),
+            flows: s.probe.as_ref().map(|_| {
+                FlowMetrics::register(
+                    metrics.registry(),
+                    s.api.dest_groups.clone(),
+                    s.api.comm_budget,
+                    s.api.series_ttl,
+                )
+            }),
+        });
+        let mut health: Vec<Arc<dyn HealthCheck>> = Vec::new();
+        let (observer, probe_task, flows, programs) = match &s.probe {
             Some(ps) => {
-                let (observer, task) = attach_probe(ps, &bus, stop)?;
-                (Some(observer), Some(task))
+                let attached = attach_probe(ps, &bus, recorder.clone(), stop.clone())?;
+                for source in attached.sources {
+                    metrics.source(source);
+                }
+                health.push(attached.health);
+                let programs = attached.programs;
+                (
+                    Some(attached.observer),
+                    Some(attached.task),
+                    Some(attached.table),
+                    programs,
+                )
             }
-            None => (None, None),
+            None => (None, None, None, Vec::new()),
         };
         if s.create_topics {
             let topics = [
@@ -91,12 +124,15 @@ impl Pipeline {
             ];
             topics::ensure(&s.brokers, &topics).await?;
         }
-        let gateway = Arc::new(HttpGateway::new(
+        let gateway: Arc<dyn OutboundGateway> = Arc::new(HttpGateway::new(
             s.policies.clone(),
             s.default_policy.clone(),
             s.max_in_flight,
             observer,
         )?);
+        metrics
+            .registry()
+            .register_collector(Box::new(ResilienceCollector(Arc::clone(&gateway))));
         let results: Arc<dyn OutcomeSink> =
             Arc::new(KafkaResults::new(&s.brokers, &s.results_topic)?);
         let ingest = KafkaIngest::connect(
@@ -109,15 +145,45 @@ impl Pipeline {
             Normalizer::new(s.targets.clone(), s.limits.clone()),
         )?;
         let counters = Arc::new(PipelineCounters::default());
+        let jobs = mpsc::channel(s.queue);
+        let _ = counters.queue.set(jobs.0.downgrade());
         let executor = Arc::new(Executor {
-            gateway,
+            gateway: Arc::clone(&gateway),
             sinks: vec![results, audit],
             bus: Arc::new(bus.clone()),
             source: ingest.tracker(),
+            recorder: recorder as Arc<dyn MetricsRecorder>,
             workers: s.workers,
             grace: Duration::from_secs(10),
             counters: Arc::clone(&counters),
         });
+        let live = serve::live_hub(&s.api, "run", stop);
+        let calls = Arc::new(RecentCalls::new(s.api.recent_calls));
+        tokio::spawn(Arc::clone(&calls).feed(bus.subscribe()));
+        tokio::spawn(Arc::clone(&live).feed(bus.subscribe(), Some(Arc::clone(&gateway))));
+        health.push(ingest.health());
+        let sources: [Arc<dyn CounterSource>; 4] = [
+            ingest.counters(),
+            Arc::clone(&counters) as Arc<dyn CounterSource>,
+            bus.counter_source(),
+            Arc::clone(&live) as Arc<dyn CounterSource>,
+        ];
+        for source in sources {
+            metrics.source(source);
+        }
+        if let Some(rgw) = &rgw_audit {
+            metrics.source(rgw.stats());
+            health.push(rgw.stats());
+        }
+        let view = serve::View {
+            metrics: metrics.finish(),
+            flows,
+            calls: Some(calls),
+            gateway: Some(gateway),
+            health,
+            live,
+            programs,
+        };
         Ok(Self {
             ingest,
             executor,
@@ -125,8 +191,15 @@ impl Pipeline {
             probe_task,
             counters,
             rgw_audit,
+            jobs,
+            view: Some(view),
             _upstream: upstream,
         })
+    }
+
+    /// What the HTTP server shows (taken once, by the command that serves it).
+    pub fn take_view(&mut self) -> Option<serve::View> {
+        self.view.take()
     }
 
     /// Flow updates and call results, as they happen.
@@ -139,12 +212,8 @@ impl Pipeline {
     }
 
     /// Runs until `stop` turns true: stops consuming, lets calls in flight finish, commits.
-    pub async fn run(
-        self,
-        stop: watch::Receiver<bool>,
-        queue: usize,
-    ) -> Result<RunSummary, AppError> {
-        let (jobs_tx, jobs_rx) = mpsc::channel(queue);
+    pub async fn run(self, stop: watch::Receiver<bool>) -> Result<RunSummary, AppError> {
+        let (jobs_tx, jobs_rx) = self.jobs;
         let execution = tokio::spawn(Arc::clone(&self.executor).run(jobs_rx, stop.clone()));
         self.ingest.run(jobs_tx, stop).await?;
         let _ = execution.await;
@@ -215,29 +284,55 @@ async fn audit_sink(
     }
 }
 
-/// The kernel's side: programs attached, their flows into the table (and onto the bus), the
-/// correlator reading it. The reader task runs until `stop`, then detaches the programs.
+/// The kernel's side, attached: the correlator's observer, the reader task, and what the
+/// server reads of it.
+struct Attached {
+    observer: Arc<dyn ConnectionObserver>,
+    task: ProbeTask,
+    table: Arc<dyn FlowQuery>,
+    sources: Vec<Arc<dyn CounterSource>>,
+    health: Arc<dyn HealthCheck>,
+    programs: Vec<&'static str>,
+}
+
+/// The kernel's side: programs attached, their flows into the table (and onto the bus, and
+/// into the flow metrics), the correlator reading it. The reader task runs until `stop`, then
+/// detaches the programs.
 fn attach_probe(
     ps: &ProbeSettings,
     bus: &BroadcastBus,
+    recorder: Arc<dyn MetricsRecorder>,
     stop: watch::Receiver<bool>,
-) -> Result<(Arc<dyn ConnectionObserver>, ProbeTask), AppError> {
+) -> Result<Attached, AppError> {
     let table = Arc::new(Mutex::new(FlowTable::new(
         ps.max_flows,
         u64::try_from(ps.retention.as_nanos()).unwrap_or(u64::MAX),
     )));
-    let flows = Arc::new(FlowPipeline::new(Arc::clone(&table), Arc::new(bus.clone())));
+    let flows = Arc::new(
+        FlowPipeline::new(Arc::clone(&table), Arc::new(bus.clone())).with_recorder(recorder),
+    );
     let mut probe = Probe::load(&ProbeOptions::from_settings(ps))?;
     let reader = probe.take_events()?;
     let socks = probe.take_socks()?;
     let kick = Arc::new(Notify::new());
     let observer = Arc::new(Correlator::new(
-        table,
+        Arc::clone(&table),
         socks,
         flows.updated(),
         Arc::clone(&kick),
         Duration::from_millis(500),
     ));
+    let programs = probe.attached();
+    let health = Arc::new(ProbeHealth {
+        programs: programs.clone(),
+        reader: reader.counters(),
+        stale_after: (ps.poll * 5).max(Duration::from_secs(2)),
+    });
+    let sources: Vec<Arc<dyn CounterSource>> = vec![
+        probe.counter_reader(),
+        reader.counters(),
+        Arc::clone(&table) as Arc<dyn CounterSource>,
+    ];
     let poll = ps.poll;
     let task = tokio::spawn(async move {
         let reader = ring::pump(reader, poll, kick, stop, |k, e| flows.on_event(k, e)).await;
@@ -245,7 +340,14 @@ fn attach_probe(
         reader.map(|_| ())
     });
     info!("probe attached: results carry the kernel's network facts");
-    Ok((observer, task))
+    Ok(Attached {
+        observer,
+        task,
+        table,
+        sources,
+        health,
+        programs,
+    })
 }
 
 /// The ring reader's task.
@@ -254,7 +356,11 @@ type ProbeTask = tokio::task::JoinHandle<std::io::Result<()>>;
 pub async fn run_pipeline(s: RunSettings) -> Result<RunSummary, AppError> {
     let (stop_tx, stop_rx) = watch::channel(false);
     shutdown_signal(stop_tx)?;
-    let pipeline = Pipeline::build(&s, stop_rx.clone()).await?;
+    let mut pipeline = Pipeline::build(&s, stop_rx.clone()).await?;
+    let server = match pipeline.take_view() {
+        Some(view) => Some(serve::start(&s.api, "run", view, stop_rx.clone()).await?),
+        None => None,
+    };
 
     // Every result as a JSON line on stdout.
     let mut subscriber = pipeline.bus().subscribe();
@@ -269,7 +375,10 @@ pub async fn run_pipeline(s: RunSettings) -> Result<RunSummary, AppError> {
         }
     });
     info!(topic = %s.requests_topic, group = %s.group, brokers = %s.brokers, "consuming");
-    let summary = pipeline.run(stop_rx, s.queue).await;
+    let summary = pipeline.run(stop_rx).await;
+    if let Some(server) = server {
+        serve::stop(server).await;
+    }
     printer.abort();
     summary
 }

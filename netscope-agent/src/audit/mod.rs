@@ -4,6 +4,7 @@
 //! Ceph.
 
 pub mod batch;
+mod health;
 pub mod ndjson;
 pub mod rgw;
 pub mod s3;

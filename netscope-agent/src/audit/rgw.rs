@@ -69,6 +69,8 @@ pub struct AuditStats {
     /// Sealed segments waiting for upload now.
     pub backlog_segments: AtomicU64,
     pub rgw_down: AtomicBool,
+    /// The spool's disk budget (set at start).
+    pub budget_bytes: AtomicU64,
 }
 
 #[derive(Debug, Serialize, PartialEq, Eq)]
@@ -157,6 +159,9 @@ impl RgwAudit {
         };
         let recovered = spool::recover(&settings.dir).map_err(spool_err)?;
         let stats = Arc::new(AuditStats::default());
+        stats
+            .budget_bytes
+            .store(settings.budget_bytes, Ordering::Relaxed);
         stats
             .quarantined
             .fetch_add(recovered.quarantined.len() as u64, Ordering::Relaxed);

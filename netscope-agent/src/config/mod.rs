@@ -14,9 +14,11 @@ use clap::Args;
 
 use crate::domain::Cidr;
 
+pub mod api;
 pub mod audit;
 pub mod run;
 
+pub use api::{ApiArgs, ApiSettings};
 pub use audit::{AuditArgs, AuditSettings, S3Args};
 pub use run::{RunArgs, RunSettings};
 

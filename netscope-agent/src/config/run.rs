@@ -72,6 +72,8 @@ pub struct RunArgs {
     pub no_probe: bool,
     #[command(flatten)]
     pub probe: ProbeArgs,
+    #[command(flatten)]
+    pub api: super::ApiArgs,
 }
 
 /// Validated settings of `run`.
@@ -90,6 +92,7 @@ pub struct RunSettings {
     pub max_in_flight: usize,
     pub demo_upstream: bool,
     pub probe: Option<ProbeSettings>,
+    pub api: super::ApiSettings,
     pub targets: Targets,
     pub policies: Vec<(TargetName, TargetPolicy)>,
     pub default_policy: TargetPolicy,
@@ -261,7 +264,8 @@ impl RunArgs {
                 }
             }
         };
-        let (true, Some(audit)) = (errors.is_empty(), audit) else {
+        let api = self.api.validate_into(&mut errors);
+        let (true, Some(audit), Some(api)) = (errors.is_empty(), audit, api) else {
             return Err(ConfigError::Invalid(errors));
         };
         Ok(RunSettings {
@@ -278,6 +282,7 @@ impl RunArgs {
             max_in_flight: self.max_in_flight,
             demo_upstream: self.demo_upstream,
             probe,
+            api,
             targets: Targets(targets),
             policies,
             default_policy,

@@ -8,7 +8,9 @@ pub mod job;
 pub mod net;
 pub mod outcome;
 pub mod ports;
+pub mod query;
 pub mod targets;
+pub mod trace;
 
 pub use call::{
     CallRequest, HttpMethod, OutboundRequest, RequestContext, RouteName, SpanId, TargetName,
@@ -16,8 +18,11 @@ pub use call::{
 };
 pub use flow::{Flow, FlowId, FlowOutcome, FlowState, FlowUpdate, FlowUpdateKind, WireStats};
 pub use job::{Job, RecordRef};
-pub use net::Cidr;
+pub use net::{Cidr, DestGroups};
 pub use ports::{
-    AuditSink, BusEvent, ConnectionObserver, EventBus, OutboundGateway, OutcomeSink, SinkError,
-    SourceLog,
+    AuditSink, BusEvent, CallQuery, ConnectionObserver, CounterSource, EventBus, FlowQuery,
+    HealthCheck, MetricsRecorder, OutboundGateway, OutcomeSink, SinkError, SourceLog,
+};
+pub use query::{
+    CallFilter, Check, FlowCursor, FlowFilter, FlowOutcomeFilter, FlowPage, Sample, SampleKind,
 };

@@ -61,9 +61,79 @@ impl fmt::Display for Cidr {
     }
 }
 
+/// Named destination prefixes, the `dest` label of flow metrics: a remote address belongs to
+/// the first configured group that contains it, else to `internal` (private, loopback,
+/// link-local, shared and unique-local ranges) or `external`. A bounded set by construction.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DestGroups {
+    groups: Vec<(String, Vec<Cidr>)>,
+}
+
+/// Ranges that are not the Internet: RFC 1918, loopback, link-local, CGNAT (RFC 6598), ULA.
+const INTERNAL: [&str; 9] = [
+    "10.0.0.0/8",
+    "172.16.0.0/12",
+    "192.168.0.0/16",
+    "127.0.0.0/8",
+    "169.254.0.0/16",
+    "100.64.0.0/10",
+    "::1/128",
+    "fc00::/7",
+    "fe80::/10",
+];
+
+impl DestGroups {
+    /// `groups` as configured (name → prefixes), in order of precedence.
+    pub fn new(groups: Vec<(String, Vec<Cidr>)>) -> Self {
+        Self { groups }
+    }
+
+    pub fn group_of(&self, ip: IpAddr) -> &str {
+        if let Some((name, _)) = self
+            .groups
+            .iter()
+            .find(|(_, cidrs)| cidrs.iter().any(|c| c.contains(ip)))
+        {
+            return name;
+        }
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+            v4 => v4,
+        };
+        let internal = INTERNAL
+            .iter()
+            .filter_map(|c| c.parse::<Cidr>().ok())
+            .any(|c| c.contains(ip));
+        if internal { "internal" } else { "external" }
+    }
+
+    /// Every value `group_of` can return.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.groups
+            .iter()
+            .map(|(n, _)| n.as_str())
+            .chain(["internal", "external"])
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_destination_falls_in_the_first_group_then_internal_or_external() {
+        let g = DestGroups::new(vec![
+            ("db".into(), vec!["10.1.0.0/16".parse().unwrap()]),
+            ("all-ten".into(), vec!["10.0.0.0/8".parse().unwrap()]),
+        ]);
+        assert_eq!(g.group_of("10.1.2.3".parse().unwrap()), "db");
+        assert_eq!(g.group_of("10.9.2.3".parse().unwrap()), "all-ten");
+        assert_eq!(g.group_of("192.168.1.1".parse().unwrap()), "internal");
+        assert_eq!(g.group_of("::ffff:127.0.0.1".parse().unwrap()), "internal");
+        assert_eq!(g.group_of("8.8.8.8".parse().unwrap()), "external");
+        assert_eq!(g.group_of("2001:db8::1".parse().unwrap()), "external");
+        assert_eq!(g.names().count(), 4);
+    }
 
     #[test]
     fn parses_and_matches() {

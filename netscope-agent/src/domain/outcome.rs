@@ -8,8 +8,20 @@ use serde::Serialize;
 use super::{RequestContext, TargetName};
 
 /// How a call ended.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    Hash,
+    Serialize,
+    strum::EnumString,
+    strum::EnumIter,
+    strum::IntoStaticStr,
+)]
 #[serde(rename_all = "snake_case")]
+#[strum(serialize_all = "snake_case")]
 pub enum CallOutcome {
     /// A response arrived (whatever its status).
     Response,
@@ -26,8 +38,9 @@ pub enum CallOutcome {
 }
 
 /// Why one attempt failed (for retry decisions and the circuit breaker).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, strum::IntoStaticStr)]
 #[serde(rename_all = "snake_case")]
+#[strum(serialize_all = "snake_case")]
 pub enum AttemptError {
     ConnectRefused,
     ConnectTimeout,
@@ -49,8 +62,9 @@ pub struct Attempt {
 }
 
 /// Why the call stopped retrying (or never retried).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, strum::IntoStaticStr)]
 #[serde(rename_all = "snake_case")]
+#[strum(serialize_all = "snake_case")]
 pub enum RetryStop {
     Succeeded,
     NotRetryable,
@@ -156,8 +170,11 @@ impl OutboundResult {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, strum::IntoStaticStr, strum::EnumIter,
+)]
 #[serde(rename_all = "snake_case")]
+#[strum(serialize_all = "snake_case")]
 pub enum CircuitState {
     Closed,
     Open,
@@ -194,6 +211,25 @@ pub struct ResilienceSnapshot {
     pub saturation: f64,
     /// Retries the budget would allow right now (0 or more; estimated).
     pub retry_budget_left: u32,
+    /// The target's rate limit (calls/s and burst), when it has one.
+    pub rate_limit: Option<RateLimit>,
+    /// Times the circuit moved to each state since start.
+    pub transitions: CircuitTransitions,
+}
+
+/// A token bucket's configuration.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct RateLimit {
+    pub per_second: u32,
+    pub burst: u32,
+}
+
+/// Times a circuit moved to each state.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct CircuitTransitions {
+    pub opened: u64,
+    pub half_opened: u64,
+    pub closed: u64,
 }
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;

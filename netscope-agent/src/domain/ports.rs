@@ -5,6 +5,7 @@ use std::{net::SocketAddr, sync::Arc, time::SystemTime};
 use super::{
     CallRequest, FlowUpdate, RecordRef,
     outcome::{BoxFuture, NetworkFacts, OutboundResult, ResilienceSnapshot},
+    query::{CallFilter, Check, FlowCursor, FlowFilter, FlowPage, Sample},
 };
 
 /// What travels on the [`EventBus`].
@@ -83,3 +84,34 @@ pub trait SourceLog: Send + Sync {
 
 /// The audit trail of calls (a local NDJSON file by default; Ceph RGW in production).
 pub trait AuditSink: OutcomeSink {}
+
+/// Records what happened for the metrics. Called on the path (once per call, once per flow
+/// update), so it never blocks and never loses an event, unlike a bus subscriber.
+pub trait MetricsRecorder: Send + Sync {
+    fn call_finished(&self, result: &OutboundResult);
+    fn flow_updated(&self, update: &FlowUpdate);
+}
+
+/// The live flow table, read by the API.
+pub trait FlowQuery: Send + Sync {
+    /// Matching flows newest first, strictly after `after`, at most `limit`.
+    fn flows(&self, filter: &FlowFilter, after: Option<FlowCursor>, limit: usize) -> FlowPage;
+}
+
+/// The last calls' results, held in a bounded log, read by the API.
+pub trait CallQuery: Send + Sync {
+    /// Matching results newest first, at most `limit`.
+    fn calls(&self, filter: &CallFilter, limit: usize) -> Vec<Arc<OutboundResult>>;
+}
+
+/// One component's part of readiness (`/readyz`).
+pub trait HealthCheck: Send + Sync {
+    fn checks(&self) -> Vec<Check>;
+}
+
+/// One component's counters, read at scrape time by `/metrics` and by `/api/v1/status`.
+pub trait CounterSource: Send + Sync {
+    /// The component's name in `/api/v1/status`.
+    fn component(&self) -> &'static str;
+    fn samples(&self) -> Vec<Sample>;
+}

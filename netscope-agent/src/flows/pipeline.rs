@@ -10,7 +10,7 @@ use tokio::sync::Notify;
 use super::{FlowTable, convert};
 use crate::{
     clock::MonoClock,
-    domain::{BusEvent, EventBus},
+    domain::{BusEvent, EventBus, MetricsRecorder},
 };
 
 /// Turns kernel events into flow updates: flow table first, then the bus; wakes whoever
@@ -20,6 +20,7 @@ pub struct FlowPipeline {
     table: Arc<Mutex<FlowTable>>,
     bus: Arc<dyn EventBus>,
     updated: Arc<Notify>,
+    recorder: Option<Arc<dyn MetricsRecorder>>,
 }
 
 impl FlowPipeline {
@@ -29,7 +30,14 @@ impl FlowPipeline {
             table,
             bus,
             updated: Arc::new(Notify::new()),
+            recorder: None,
         }
+    }
+
+    /// Every flow update is also recorded here (metrics), losslessly.
+    pub fn with_recorder(mut self, recorder: Arc<dyn MetricsRecorder>) -> Self {
+        self.recorder = Some(recorder);
+        self
     }
 
     /// Notified after every change of the flow table.
@@ -46,6 +54,9 @@ impl FlowPipeline {
             table.apply(convert::update_kind(kind), flow, now)
         };
         self.updated.notify_waiters();
+        if let Some(r) = &self.recorder {
+            r.flow_updated(&update);
+        }
         self.bus.publish(BusEvent::Flow(Arc::new(update)));
     }
 }

@@ -4,9 +4,13 @@
 use std::{
     collections::{HashMap, VecDeque},
     net::SocketAddr,
+    sync::{Mutex, PoisonError},
 };
 
-use crate::domain::{Flow, FlowId, FlowUpdate, FlowUpdateKind};
+use crate::domain::{
+    CounterSource, Flow, FlowCursor, FlowFilter, FlowId, FlowPage, FlowQuery, FlowUpdate,
+    FlowUpdateKind, Sample,
+};
 
 /// What the table did, for metrics and the shutdown report.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -151,6 +155,64 @@ impl FlowTable {
     }
 }
 
+fn lock(t: &Mutex<FlowTable>) -> std::sync::MutexGuard<'_, FlowTable> {
+    t.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl FlowQuery for Mutex<FlowTable> {
+    /// Newest first: the matching flows past the cursor are selected (`O(n)`), then only the
+    /// page is sorted, under the lock the ring reader also takes.
+    fn flows(&self, filter: &FlowFilter, after: Option<FlowCursor>, limit: usize) -> FlowPage {
+        let table = lock(self);
+        let mut hits: Vec<(FlowCursor, &Flow)> = table
+            .flows
+            .values()
+            .filter(|f| filter.matches(f))
+            .map(|f| (FlowCursor::of(f), f))
+            .filter(|(c, _)| after.is_none_or(|a| *c < a))
+            .collect();
+        let more = hits.len() > limit;
+        if more {
+            hits.select_nth_unstable_by(limit, |a, b| b.0.cmp(&a.0));
+            hits.truncate(limit);
+        }
+        hits.sort_unstable_by_key(|h| std::cmp::Reverse(h.0));
+        FlowPage {
+            next: more
+                .then(|| hits.last().map(|(c, _)| c.to_string()))
+                .flatten(),
+            flows: hits.into_iter().map(|(_, f)| f.clone()).collect(),
+            table_len: table.len(),
+        }
+    }
+}
+
+impl CounterSource for Mutex<FlowTable> {
+    fn component(&self) -> &'static str {
+        "flow_table"
+    }
+
+    fn samples(&self) -> Vec<Sample> {
+        let (s, len) = {
+            let t = lock(self);
+            (t.stats(), t.len())
+        };
+        const H: &str = "What the agent's flow table did with flows (action)";
+        vec![
+            Sample::counter("flow_table", H, s.inserted).with("action", "inserted"),
+            Sample::counter("flow_table", H, s.updated).with("action", "updated"),
+            Sample::counter("flow_table", H, s.expired).with("action", "expired"),
+            Sample::counter("flow_table", H, s.evicted_for_room).with("action", "evicted_for_room"),
+            Sample::counter("flow_table", H, s.rejected_full).with("action", "rejected_full"),
+            Sample::gauge(
+                "flow_table_flows",
+                "Flows in the table now (open, and finished within retention)",
+                len as u64,
+            ),
+        ]
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -245,6 +307,38 @@ mod tests {
         assert_eq!(t.len(), 2);
         assert_eq!(t.stats().rejected_full, 1);
         assert!(t.get(&update.flow.id).is_none());
+    }
+
+    #[test]
+    fn pages_of_flows_come_newest_first_and_the_cursor_resumes_without_gaps() {
+        let t = Mutex::new(FlowTable::new(100, u64::MAX));
+        for n in 0..25u64 {
+            let mut f = flow(n, 5000 + n as u16, FlowState::Established, None);
+            f.id.start_mono_ns = 1_000 + n;
+            lock(&t).apply(FlowUpdateKind::Established, f, 1);
+        }
+        let mut seen = Vec::new();
+        let mut after = None;
+        loop {
+            let page = t.flows(&FlowFilter::default(), after, 10);
+            assert_eq!(page.table_len, 25);
+            seen.extend(page.flows.iter().map(|f| f.id.sock_id));
+            match page.next {
+                Some(c) => after = Some(c.parse().unwrap()),
+                None => break,
+            }
+        }
+        let expected: Vec<u64> = (0..25).rev().collect();
+        assert_eq!(seen, expected);
+        let only = FlowFilter {
+            port: Some(80),
+            pid: Some(2),
+            ..Default::default()
+        };
+        assert!(
+            t.flows(&only, None, 10).flows.is_empty(),
+            "no flow has pid 2"
+        );
     }
 
     #[test]

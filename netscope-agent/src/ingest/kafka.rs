@@ -10,10 +10,7 @@
 
 use std::{
     collections::VecDeque,
-    sync::{
-        Arc, Mutex, PoisonError,
-        atomic::{AtomicU64, Ordering},
-    },
+    sync::{Arc, Mutex, PoisonError, atomic::Ordering},
     time::Duration,
 };
 
@@ -24,13 +21,14 @@ use rdkafka::{
     message::{Header, Headers, OwnedHeaders, OwnedMessage},
     producer::{FutureProducer, FutureRecord},
 };
-use strum::EnumCount as _;
 use tokio::sync::{mpsc, watch};
 use tracing::{Instrument as _, info, warn};
 
+pub use super::counters::{IngestCounters, KafkaHealth};
 use super::{
+    counters::bump,
     offsets::OffsetTracker,
-    schema::{Incoming, Normalizer, RejectReason, Rejection},
+    schema::{Incoming, Normalizer, Rejection},
     trace_context::TraceParentStatus,
 };
 use crate::{
@@ -59,38 +57,6 @@ pub enum IngestError {
     },
     #[error("consuming: {0}")]
     Consume(KafkaError),
-}
-
-/// What ingest did, for metrics and tests.
-#[derive(Debug, Default)]
-pub struct IngestCounters {
-    pub consumed: AtomicU64,
-    pub accepted: AtomicU64,
-    pub dead_lettered: AtomicU64,
-    pub dead_letter_retries: AtomicU64,
-    pub dead_letter_truncated: AtomicU64,
-    pub traceparent_invalid: AtomicU64,
-    pub request_id_generated: AtomicU64,
-    /// Times the job queue was full (consumption waited, prefetched records kept).
-    pub backpressure_waits: AtomicU64,
-    /// Times the queue stayed full past [`PAUSE_AFTER`] and the partitions were paused.
-    pub backpressure_pauses: AtomicU64,
-    pub commit_errors: AtomicU64,
-    rejected: [AtomicU64; RejectReason::COUNT],
-}
-
-impl IngestCounters {
-    pub fn rejected(&self, reason: RejectReason) -> u64 {
-        self.rejected[reason.index()].load(Ordering::Relaxed)
-    }
-
-    fn reject(&self, reason: RejectReason) {
-        bump(&self.rejected[reason.index()]);
-    }
-}
-
-fn bump(c: &AtomicU64) {
-    c.fetch_add(1, Ordering::Relaxed);
 }
 
 type SharedTracker = Arc<Mutex<OffsetTracker>>;
@@ -129,9 +95,14 @@ fn commit_list(commits: &[(String, i32, i64)]) -> TopicPartitionList {
 /// be consumed again by the next owner (at-least-once), and late outcomes change nothing here.
 pub struct TrackingContext {
     tracker: SharedTracker,
+    health: Arc<KafkaHealth>,
 }
 
-impl ClientContext for TrackingContext {}
+impl ClientContext for TrackingContext {
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        self.health.statistics(&statistics);
+    }
+}
 
 impl ConsumerContext for TrackingContext {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
@@ -148,6 +119,14 @@ impl ConsumerContext for TrackingContext {
             }
         }
     }
+
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        let assigned = match rebalance {
+            Rebalance::Assign(tpl) => tpl.count(),
+            Rebalance::Revoke(_) | Rebalance::Error(_) => 0,
+        };
+        self.health.assigned.store(assigned, Ordering::Relaxed);
+    }
 }
 
 pub struct KafkaIngest {
@@ -157,6 +136,7 @@ pub struct KafkaIngest {
     settings: KafkaSettings,
     tracker: SharedTracker,
     counters: Arc<IngestCounters>,
+    health: Arc<KafkaHealth>,
 }
 
 /// The `source-*` and `dlq-*` headers NetScope adds to a dead-lettered record.
@@ -177,6 +157,7 @@ impl KafkaIngest {
             source,
         };
         let tracker = SharedTracker::default();
+        let health = Arc::new(KafkaHealth::default());
         let consumer: StreamConsumer<TrackingContext> = ClientConfig::new()
             .set("bootstrap.servers", &settings.brokers)
             .set("group.id", &settings.group_id)
@@ -188,8 +169,11 @@ impl KafkaIngest {
             // One fetch is outstanding per broker: a long poll for an idle partition would hold
             // back the partitions just resumed after backpressure for up to this long.
             .set("fetch.wait.max.ms", "50")
+            // Broker states for readiness (`KafkaHealth`).
+            .set("statistics.interval.ms", "1000")
             .create_with_context(TrackingContext {
                 tracker: Arc::clone(&tracker),
+                health: Arc::clone(&health),
             })
             .map_err(client_err)?;
         let topics: Vec<&str> = settings.topics.iter().map(String::as_str).collect();
@@ -207,6 +191,7 @@ impl KafkaIngest {
             settings,
             tracker,
             counters: Arc::default(),
+            health,
         })
     }
 
@@ -218,6 +203,11 @@ impl KafkaIngest {
         Arc::clone(&self.counters)
     }
 
+    /// Partitions assigned and brokers up, for readiness.
+    pub fn health(&self) -> Arc<KafkaHealth> {
+        Arc::clone(&self.health)
+    }
+
     fn commit(&self, mode: CommitMode) {
         let commits = lock(&self.tracker).to_commit();
         if commits.is_empty() {
@@ -226,6 +216,8 @@ impl KafkaIngest {
         if let Err(e) = self.consumer.commit(&commit_list(&commits), mode) {
             bump(&self.counters.commit_errors);
             warn!(error = %e, "offset commit failed; it is retried with the next one");
+        } else {
+            bump(&self.counters.commits);
         }
     }
 
@@ -309,6 +301,7 @@ impl KafkaIngest {
         bump(&self.counters.backpressure_pauses);
         let assignment = self.consumer.assignment().unwrap_or_default();
         let _ = self.consumer.pause(&assignment);
+        self.counters.paused.store(true, Ordering::Relaxed);
         let room = self.room(1, waiting, Some(held), None).await?;
         if let Some(permit) = room.and_then(|mut r| r.next()) {
             permit.send(job);
@@ -319,6 +312,7 @@ impl KafkaIngest {
         self.room(low, waiting, Some(held), None).await?;
         let assignment = self.consumer.assignment().unwrap_or_default();
         let _ = self.consumer.resume(&assignment);
+        self.counters.paused.store(false, Ordering::Relaxed);
         Ok(())
     }
 

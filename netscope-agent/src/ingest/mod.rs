@@ -2,6 +2,7 @@
 //! ([`schema`]), with their trace identity from Kafka headers ([`trace_context`]); invalid ones
 //! go to the dead-letter topic with their reason.
 
+pub mod counters;
 pub mod kafka;
 pub mod offsets;
 pub mod results;

@@ -9,7 +9,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::domain::outcome::{CircuitState, TripReason};
+use crate::domain::outcome::{CircuitState, CircuitTransitions, TripReason};
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct CircuitConfig {
@@ -95,6 +95,7 @@ struct Inner {
     state: State,
     window: VecDeque<Sample>,
     reason: Option<TripReason>,
+    transitions: CircuitTransitions,
 }
 
 #[derive(Debug)]
@@ -117,6 +118,7 @@ impl CircuitBreaker {
                 state: State::Closed,
                 window: VecDeque::with_capacity(config.window as usize),
                 reason: None,
+                transitions: CircuitTransitions::default(),
             }),
             config,
         }
@@ -137,6 +139,7 @@ impl CircuitBreaker {
                 in_flight: 0,
                 successes: 0,
             };
+            inner.transitions.half_opened += 1;
         }
         match &mut inner.state {
             State::Closed => Some(Admitted(CircuitState::Closed)),
@@ -174,6 +177,7 @@ impl CircuitBreaker {
                     if *successes >= self.config.half_open_probes {
                         inner.state = State::Closed;
                         inner.window.clear();
+                        inner.transitions.closed += 1;
                     }
                 }
             }
@@ -226,6 +230,7 @@ impl CircuitBreaker {
         };
         inner.window.clear();
         inner.reason = Some(reason);
+        inner.transitions.opened += 1;
     }
 
     /// The state now (an open circuit whose wait is over shows as half-open).
@@ -241,6 +246,11 @@ impl CircuitBreaker {
     /// Why it last opened.
     pub fn trip_reason(&self) -> Option<TripReason> {
         self.lock().reason.clone()
+    }
+
+    /// Times it moved to each state.
+    pub fn transitions(&self) -> CircuitTransitions {
+        self.lock().transitions
     }
 }
 
@@ -303,6 +313,14 @@ mod tests {
         assert_eq!(b.state(t1), CircuitState::HalfOpen);
         b.record(p2, false, Duration::from_millis(1), t1);
         assert_eq!(b.state(t1), CircuitState::Closed);
+        assert_eq!(
+            b.transitions(),
+            CircuitTransitions {
+                opened: 1,
+                half_opened: 1,
+                closed: 1
+            }
+        );
     }
 
     #[test]

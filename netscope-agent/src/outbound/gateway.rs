@@ -35,7 +35,7 @@ use crate::{
     domain::{
         CallRequest, TargetName,
         outcome::{
-            Attempt, AttemptError, BoxFuture, CallOutcome, NetworkFacts, OutboundResult,
+            Attempt, AttemptError, BoxFuture, CallOutcome, NetworkFacts, OutboundResult, RateLimit,
             RequestLine, ResilienceSnapshot, RetryStop,
         },
         ports::{ConnectionObserver, OutboundGateway},
@@ -459,6 +459,11 @@ impl HttpGateway {
             max_in_flight: max,
             saturation: in_flight as f64 / max as f64,
             retry_budget_left: rt.budget.left(Instant::now()),
+            rate_limit: rt.policy.rate_per_sec.map(|per_second| RateLimit {
+                per_second,
+                burst: rt.policy.burst,
+            }),
+            transitions: rt.circuit.transitions(),
         }
     }
 }

@@ -4,6 +4,7 @@
 //! (the one source); the attach list itself is `TRACEPOINTS`.
 
 pub mod correlate;
+pub mod health;
 pub mod kernel_btf;
 mod options;
 pub mod privileges;
@@ -22,9 +23,10 @@ use aya::{
     programs::{Program, SchedClassifier, TcAttachType, TracePoint, tc},
     util::KernelVersion,
 };
-use netscope_common::{OFFSET_NONE, ProbeConfig, SockState, counter, names};
+use netscope_common::{OFFSET_NONE, ProbeConfig, SockState, names};
 
 pub use self::{
+    health::{KernelCounterReader, ProbeHealth, ReaderCounters},
     kernel_btf::KernelOffsets,
     options::{Filters, KernelCounters, ProbeOptions, ProgramSet, ProgramStats},
     ring::EventReader,
@@ -142,11 +144,24 @@ const fn tc_programs(set: ProgramSet) -> (&'static str, &'static str) {
     }
 }
 
+/// The per-CPU counters map, out of the object (it stays readable after detaching).
+fn take_counters(ebpf: &mut Ebpf) -> Result<KernelCounterReader, ProbeError> {
+    let map = ebpf
+        .take_map(names::MAP_COUNTERS)
+        .ok_or(ProbeError::MissingMap(names::MAP_COUNTERS))?;
+    let array = PerCpuArray::try_from(map).map_err(|source| ProbeError::Map {
+        map: names::MAP_COUNTERS,
+        source,
+    })?;
+    Ok(KernelCounterReader::new(array))
+}
+
 /// Loaded and attached kernel programs. Dropping it detaches everything.
 pub struct Probe {
     ebpf: Ebpf,
     loaded: Vec<&'static str>,
     kernel_offsets: KernelOffsets,
+    counters: std::sync::Arc<KernelCounterReader>,
 }
 
 impl Probe {
@@ -176,17 +191,19 @@ impl Probe {
             }
             None => EMBEDDED_OBJECT,
         };
-        let ebpf = EbpfLoader::new()
+        let mut ebpf = EbpfLoader::new()
             .override_global(names::GLOBAL_CONFIG, &config, true)
             .map_max_entries(names::MAP_EVENTS, options.ring_bytes)
             .map_max_entries(names::MAP_SOCKS, options.max_connections)
             .map_max_entries(names::MAP_WIRE, options.max_wire_flows)
             .load(object)
             .map_err(ProbeError::Load)?;
+        let counters = std::sync::Arc::new(take_counters(&mut ebpf)?);
         let mut probe = Self {
             ebpf,
             loaded: Vec::new(),
             kernel_offsets,
+            counters,
         };
         probe.fill_filters(&options.filters)?;
         probe.attach(options)?;
@@ -233,10 +250,6 @@ impl Probe {
             }
         }
         Ok(())
-    }
-
-    fn map(&self, name: &'static str) -> Result<&aya::maps::Map, ProbeError> {
-        self.ebpf.map(name).ok_or(ProbeError::MissingMap(name))
     }
 
     fn map_mut<'a, T>(&'a mut self, name: &'static str) -> Result<T, ProbeError>
@@ -353,18 +366,20 @@ impl Probe {
 
     /// Kernel counters summed over CPUs.
     pub fn kernel_counters(&self) -> Result<KernelCounters, ProbeError> {
-        let err = |source| ProbeError::Map {
+        self.counters.read().map_err(|source| ProbeError::Map {
             map: names::MAP_COUNTERS,
             source,
-        };
-        let array: PerCpuArray<&MapData, u64> =
-            PerCpuArray::try_from(self.map(names::MAP_COUNTERS)?).map_err(err)?;
-        let mut counters = KernelCounters::default();
-        for index in 0..counter::COUNT {
-            let per_cpu = array.get(&index, 0).map_err(err)?;
-            counters.0[index as usize] = per_cpu.iter().sum();
-        }
-        Ok(counters)
+        })
+    }
+
+    /// The kernel counters' reader, shared (read at scrape time).
+    pub fn counter_reader(&self) -> std::sync::Arc<KernelCounterReader> {
+        std::sync::Arc::clone(&self.counters)
+    }
+
+    /// The programs attached now.
+    pub fn attached(&self) -> Vec<&'static str> {
+        self.loaded.clone()
     }
 
     /// Run count and run time of every loaded program.

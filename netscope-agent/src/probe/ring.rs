@@ -1,10 +1,15 @@
 //! Reading the ring buffer: a synchronous `drain` (used by tests and at shutdown) and an async
 //! `pump` that drains on wake-ups and on a timer (the kernel wakes us only past a fill threshold).
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::{Arc, atomic::Ordering},
+    time::Duration,
+};
 
 use aya::maps::{MapData, RingBuf};
 use netscope_common::{ConnEvent, DecodeError, EventKind};
+
+use super::health::ReaderCounters;
 use tokio::{
     io::{Interest, unix::AsyncFd},
     sync::{Notify, watch},
@@ -21,19 +26,27 @@ pub struct ReaderStats {
 
 pub struct EventReader {
     ring: RingBuf<MapData>,
-    stats: ReaderStats,
+    counters: Arc<ReaderCounters>,
 }
 
 impl EventReader {
     pub(super) fn new(ring: RingBuf<MapData>) -> Self {
         Self {
             ring,
-            stats: ReaderStats::default(),
+            counters: Arc::default(),
         }
     }
 
     pub fn stats(&self) -> ReaderStats {
-        self.stats
+        ReaderStats {
+            delivered: self.counters.delivered.load(Ordering::Relaxed),
+            malformed: self.counters.malformed.load(Ordering::Relaxed),
+        }
+    }
+
+    /// The reader's counts and heartbeat, shared (metrics, readiness).
+    pub fn counters(&self) -> Arc<ReaderCounters> {
+        Arc::clone(&self.counters)
     }
 
     /// Hands every record now in the ring to `on_event`; returns how many were read.
@@ -43,11 +56,11 @@ impl EventReader {
             read += 1;
             match ConnEvent::from_bytes(&item) {
                 Ok((kind, event)) => {
-                    self.stats.delivered += 1;
+                    self.counters.delivered.fetch_add(1, Ordering::Relaxed);
                     on_event(kind, event);
                 }
                 Err(e) => {
-                    self.stats.malformed += 1;
+                    self.counters.malformed.fetch_add(1, Ordering::Relaxed);
                     log_malformed(&e);
                 }
             }
@@ -77,6 +90,7 @@ pub async fn pump(
     let mut tick = tokio::time::interval(poll);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
+        fd.get_ref().counters.beat();
         tokio::select! {
             guard = fd.readable_mut() => {
                 let mut guard = guard?;

@@ -188,3 +188,49 @@ pub fn header<'a>(m: &'a OwnedMessage, name: &str) -> Option<&'a [u8]> {
         .find(|h| h.key == name)
         .and_then(|h| h.value)
 }
+
+/// Makes the broker unreachable for one uid's sockets (nftables, root only): every packet
+/// they send to `port` gets a TCP reset, so that uid's clients see the broker down while
+/// every other test keeps it. Removed on drop.
+pub struct BrokerCut {
+    table: String,
+}
+
+impl BrokerCut {
+    pub fn new(uid: u32, port: u16) -> Self {
+        let table = format!("netscope_cut_{}", std::process::id());
+        nft(&format!(
+            "table inet {table} {{\n chain out {{\n type filter hook output priority 0;\n \
+             meta skuid {uid} tcp dport {port} reject with tcp reset\n }}\n}}\n"
+        ));
+        Self { table }
+    }
+}
+
+impl Drop for BrokerCut {
+    fn drop(&mut self) {
+        nft(&format!("delete table inet {}", self.table));
+    }
+}
+
+fn nft(script: &str) {
+    use std::io::Write as _;
+    let mut child = std::process::Command::new("nft")
+        .args(["-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("nft (apt package nftables)");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(script.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "nft failed: {}\n{script}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

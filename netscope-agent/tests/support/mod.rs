@@ -321,3 +321,34 @@ impl Drop for Harness {
         }
     }
 }
+
+/// The address the agent's HTTP server logged (`HTTP server listening`, field `addr`).
+pub fn api_addr_in_log(log: &str) -> Option<std::net::SocketAddr> {
+    log.lines()
+        .filter(|l| l.contains("HTTP server listening"))
+        .find_map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).ok()?;
+            let addr = v
+                .get("fields")
+                .and_then(|f| f.get("addr"))
+                .or_else(|| v.get("addr"))?;
+            addr.as_str()?.parse().ok()
+        })
+}
+
+/// The sum of a metric's samples (OpenMetrics text) whose labels include every `labels` pair.
+pub fn metric_sum(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            let (metric, rest) = series.split_once('{').unwrap_or((series, ""));
+            (metric == name
+                && labels
+                    .iter()
+                    .all(|(k, v)| rest.contains(&format!("{k}=\"{v}\""))))
+            .then(|| value.parse::<f64>().ok())
+            .flatten()
+        })
+        .sum()
+}

@@ -203,7 +203,7 @@ async fn through_pipeline(
         .map_err(|e| e.to_string())?;
     let mut bus = pipeline.bus().subscribe();
     let counters = pipeline.counters();
-    let running = tokio::spawn(pipeline.run(stop_rx, settings.queue));
+    let running = tokio::spawn(pipeline.run(stop_rx));
     // Throughput between the first and the last result: the group join is not the pipeline's.
     let mut latencies = Vec::with_capacity(calls);
     let mut first: Option<(Instant, Duration)> = None;

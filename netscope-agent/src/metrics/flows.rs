@@ -1,0 +1,405 @@
+//! Per-flow metrics of the kernel's view (`probe`, and the connections `run` makes), aggregated
+//! by destination group and process name — never by address or port.
+//!
+//! Budget: at most `comm_budget` process names have series of their own; flows of any other
+//! name count under `~other`. A (group, name) series untouched for `ttl`, with no connection
+//! open, is removed, and its name gives its slot back.
+
+use std::{
+    collections::HashMap,
+    fmt,
+    sync::{Arc, Mutex, PoisonError},
+    time::{Duration, Instant},
+};
+
+use prometheus_client::{
+    collector::Collector,
+    encoding::{DescriptorEncoder, EncodeMetric as _},
+    metrics::{MetricType, counter::ConstCounter, gauge::ConstGauge, histogram::Histogram},
+    registry::{Registry, Unit},
+};
+use strum::{EnumCount as _, IntoEnumIterator as _};
+
+use crate::domain::{DestGroups, FlowOutcome, FlowUpdate, FlowUpdateKind};
+
+/// The `comm` label of flows whose process name is past the budget.
+pub const OTHER_COMM: &str = "~other";
+
+/// One (destination group, process name) series set.
+struct Series {
+    connects_ok: u64,
+    connects_failed: [u64; FlowOutcome::COUNT],
+    closed: [u64; FlowOutcome::COUNT],
+    bytes_sent: u64,
+    bytes_received: u64,
+    retransmits: u64,
+    resets_sent: u64,
+    resets_received: u64,
+    active: u64,
+    connect: Histogram,
+    touched: Instant,
+}
+
+impl Series {
+    fn new(now: Instant) -> Self {
+        Self {
+            connects_ok: 0,
+            connects_failed: [0; FlowOutcome::COUNT],
+            closed: [0; FlowOutcome::COUNT],
+            bytes_sent: 0,
+            bytes_received: 0,
+            retransmits: 0,
+            resets_sent: 0,
+            resets_received: 0,
+            active: 0,
+            connect: super::calls::connect_buckets(),
+            touched: now,
+        }
+    }
+}
+
+type Key = (Arc<str>, Arc<str>);
+
+struct State {
+    series: HashMap<Key, Series>,
+    /// Process names with series of their own, and when each was last seen.
+    comms: HashMap<Arc<str>, Instant>,
+    /// Flow updates counted under `~other` because the budget was full.
+    overflowed: u64,
+    removed: u64,
+}
+
+pub struct FlowMetrics {
+    dest: DestGroups,
+    comm_budget: usize,
+    ttl: Duration,
+    state: Mutex<State>,
+}
+
+impl fmt::Debug for FlowMetrics {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FlowMetrics")
+            .field("comm_budget", &self.comm_budget)
+            .finish_non_exhaustive()
+    }
+}
+
+impl FlowMetrics {
+    pub fn register(
+        registry: &mut Registry,
+        dest: DestGroups,
+        comm_budget: usize,
+        ttl: Duration,
+    ) -> Arc<Self> {
+        let m = Arc::new(Self {
+            dest,
+            comm_budget,
+            ttl,
+            state: Mutex::new(State {
+                series: HashMap::new(),
+                comms: HashMap::new(),
+                overflowed: 0,
+                removed: 0,
+            }),
+        });
+        registry.register_collector(Box::new(Arc::clone(&m)));
+        m
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub fn record(&self, update: &FlowUpdate) {
+        self.record_at(update, Instant::now());
+    }
+
+    fn record_at(&self, update: &FlowUpdate, now: Instant) {
+        let f = &update.flow;
+        let dest: Arc<str> = Arc::from(self.dest.group_of(f.remote.ip()));
+        let mut st = self.lock();
+        let comm = self.comm_label(&mut st, &f.comm, now);
+        let s = st
+            .series
+            .entry((dest, comm))
+            .or_insert_with(|| Series::new(now));
+        s.touched = now;
+        match update.kind {
+            FlowUpdateKind::Established => {
+                s.connects_ok += 1;
+                s.active += 1;
+                if let Some(ns) = f.connect_latency_ns {
+                    s.connect.observe(ns as f64 / 1e9);
+                }
+            }
+            FlowUpdateKind::Failed => {
+                let o = f.outcome.unwrap_or(FlowOutcome::Failed);
+                s.connects_failed[o as usize] += 1;
+            }
+            FlowUpdateKind::Closed => {
+                s.active = s.active.saturating_sub(1);
+                s.closed[f.outcome.unwrap_or(FlowOutcome::Closed) as usize] += 1;
+                s.bytes_sent += f.bytes_sent;
+                s.bytes_received += f.bytes_received;
+                s.retransmits += u64::from(f.retransmits);
+                s.resets_sent += u64::from(f.resets_sent);
+                s.resets_received += u64::from(f.resets_received);
+            }
+        }
+    }
+
+    /// The process name's label: its own while within budget, else `~other`.
+    fn comm_label(&self, st: &mut State, comm: &str, now: Instant) -> Arc<str> {
+        if let Some(seen) = st.comms.get_mut(comm) {
+            *seen = now;
+            if let Some((name, _)) = st.comms.get_key_value(comm) {
+                return Arc::clone(name);
+            }
+        }
+        if st.comms.len() >= self.comm_budget {
+            self.expire(st, now);
+        }
+        if st.comms.len() >= self.comm_budget {
+            st.overflowed += 1;
+            return Arc::from(OTHER_COMM);
+        }
+        let name: Arc<str> = Arc::from(comm);
+        st.comms.insert(Arc::clone(&name), now);
+        name
+    }
+
+    /// Removes series idle past the TTL with nothing open, and frees their names' slots.
+    fn expire(&self, st: &mut State, now: Instant) {
+        let ttl = self.ttl;
+        let before = st.series.len();
+        st.series
+            .retain(|_, s| s.active > 0 || now.duration_since(s.touched) < ttl);
+        st.removed += (before - st.series.len()) as u64;
+        let State { series, comms, .. } = st;
+        comms.retain(|name, seen| {
+            now.duration_since(*seen) < ttl || series.keys().any(|(_, c)| c == name)
+        });
+    }
+
+    /// Series (destination group × process name) now.
+    pub fn series(&self) -> usize {
+        self.lock().series.len()
+    }
+}
+
+/// Writes one family: `value` of every series, labelled (dest, comm[, extra]).
+fn family<'a, F>(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    unit: Option<&Unit>,
+    metric_type: MetricType,
+    series: &'a HashMap<Key, Series>,
+    mut value: F,
+) -> fmt::Result
+where
+    F: FnMut(
+        &'a Series,
+        &mut dyn FnMut(Option<(&'static str, &'static str)>, u64) -> fmt::Result,
+    ) -> fmt::Result,
+{
+    let mut metric = encoder.encode_descriptor(name, help, unit, metric_type)?;
+    for ((dest, comm), s) in series {
+        value(s, &mut |extra, v| {
+            let base = [("dest", &**dest), ("comm", &**comm)];
+            let labels: Vec<(&str, &str)> = base.into_iter().chain(extra).collect();
+            let m = metric.encode_family(&labels)?;
+            if matches!(metric_type, MetricType::Gauge) {
+                ConstGauge::new(i64::try_from(v).unwrap_or(i64::MAX)).encode(m)
+            } else {
+                ConstCounter::new(v).encode(m)
+            }
+        })?;
+    }
+    Ok(())
+}
+
+impl Collector for FlowMetrics {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> fmt::Result {
+        let mut st = self.lock();
+        self.expire(&mut st, Instant::now());
+        let series = &st.series;
+        let e = &mut encoder;
+        let c = MetricType::Counter;
+        family(
+            e,
+            "flow_connects",
+            "Outbound connects by destination group, process and result (ok or the failure)",
+            None,
+            c,
+            series,
+            |s, out| {
+                out(Some(("result", "ok")), s.connects_ok)?;
+                for o in FlowOutcome::iter() {
+                    if s.connects_failed[o as usize] > 0 {
+                        out(Some(("result", o.into())), s.connects_failed[o as usize])?;
+                    }
+                }
+                Ok(())
+            },
+        )?;
+        family(
+            e,
+            "flow_closed",
+            "Established connections closed, by how they ended",
+            None,
+            c,
+            series,
+            |s, out| {
+                for o in FlowOutcome::iter() {
+                    if s.closed[o as usize] > 0 {
+                        out(Some(("outcome", o.into())), s.closed[o as usize])?;
+                    }
+                }
+                Ok(())
+            },
+        )?;
+        family(
+            e,
+            "flow_tcp",
+            "TCP payload bytes of closed connections, by direction",
+            Some(&Unit::Bytes),
+            c,
+            series,
+            |s, out| {
+                out(Some(("direction", "sent")), s.bytes_sent)?;
+                out(Some(("direction", "received")), s.bytes_received)
+            },
+        )?;
+        family(
+            e,
+            "flow_retransmits",
+            "TCP retransmits of closed connections",
+            None,
+            c,
+            series,
+            |s, out| out(None, s.retransmits),
+        )?;
+        family(
+            e,
+            "flow_resets",
+            "TCP resets of closed connections, by direction",
+            None,
+            c,
+            series,
+            |s, out| {
+                out(Some(("direction", "sent")), s.resets_sent)?;
+                out(Some(("direction", "received")), s.resets_received)
+            },
+        )?;
+        family(
+            e,
+            "flow_active_connections",
+            "Outbound connections open now",
+            None,
+            MetricType::Gauge,
+            series,
+            |s, out| out(None, s.active),
+        )?;
+        let mut m = e.encode_descriptor(
+            "flow_connect_duration",
+            "SYN_SENT → ESTABLISHED, by destination group and process",
+            Some(&Unit::Seconds),
+            MetricType::Histogram,
+        )?;
+        for ((dest, comm), s) in series {
+            s.connect
+                .encode(m.encode_family(&[("dest", &**dest), ("comm", &**comm)])?)?;
+        }
+        let overflow = ConstCounter::new(st.overflowed);
+        overflow.encode(e.encode_descriptor(
+            "flow_comm_overflow",
+            "Flow updates counted under comm=\"~other\" because the process-name budget was full",
+            None,
+            MetricType::Counter,
+        )?)?;
+        ConstCounter::new(st.removed).encode(e.encode_descriptor(
+            "flow_series_expired",
+            "Flow series removed after their TTL",
+            None,
+            MetricType::Counter,
+        )?)?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        domain::{FlowState, flow::sample_flow},
+        metrics::MetricsBuilder,
+    };
+
+    fn update(kind: FlowUpdateKind, port: u16, comm: &str) -> FlowUpdate {
+        let mut flow = sample_flow(u64::from(port), port);
+        flow.comm = comm.to_owned();
+        flow.state = match kind {
+            FlowUpdateKind::Established => FlowState::Established,
+            FlowUpdateKind::Closed => FlowState::Closed,
+            FlowUpdateKind::Failed => FlowState::Failed,
+        };
+        FlowUpdate { kind, flow }
+    }
+
+    #[test]
+    fn names_past_the_budget_go_to_other_and_ports_never_become_labels() {
+        let mut b = MetricsBuilder::new();
+        let m = FlowMetrics::register(
+            b.registry(),
+            DestGroups::default(),
+            3,
+            Duration::from_secs(60),
+        );
+        let now = Instant::now();
+        for i in 0..1000u16 {
+            let comm = format!("proc-{}", i % 10);
+            m.record_at(&update(FlowUpdateKind::Established, 10_000 + i, &comm), now);
+            m.record_at(&update(FlowUpdateKind::Closed, 10_000 + i, &comm), now);
+        }
+        assert_eq!(m.series(), 4, "3 names + ~other, one destination group");
+        let text = b.finish().encode().unwrap();
+        assert!(text.contains("comm=\"~other\""), "{text}");
+        assert!(
+            !text.contains("10000"),
+            "a port leaked into a label:\n{text}"
+        );
+        assert!(
+            text.contains("netscope_flow_comm_overflow_total 1400"),
+            "{text}"
+        );
+        assert!(
+            text.contains("netscope_flow_active_connections{dest=\"internal\",comm=\"proc-0\"} 0"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn idle_series_expire_and_give_their_name_slot_back() {
+        let m = FlowMetrics::register(
+            &mut Registry::default(),
+            DestGroups::default(),
+            1,
+            Duration::from_secs(60),
+        );
+        let t0 = Instant::now();
+        m.record_at(&update(FlowUpdateKind::Closed, 1, "old"), t0);
+        m.record_at(&update(FlowUpdateKind::Established, 2, "open"), t0);
+        assert_eq!(m.series(), 2, "`open` went to ~other: budget 1");
+        let later = t0 + Duration::from_secs(61);
+        m.record_at(&update(FlowUpdateKind::Established, 3, "new"), later);
+        let st = m.lock();
+        let names: Vec<&str> = st.series.keys().map(|(_, c)| &**c).collect();
+        assert!(names.contains(&"new"), "{names:?}");
+        assert!(!names.contains(&"old"), "idle `old` expired: {names:?}");
+        assert!(
+            names.contains(&OTHER_COMM),
+            "~other holds an open connection: kept {names:?}"
+        );
+    }
+}

@@ -1,0 +1,230 @@
+//! Prometheus metrics: one `prometheus-client` registry, served by `/metrics` as OpenMetrics
+//! text.
+//!
+//! Each component owns its numbers. Counters a component already keeps for its summary are
+//! read at scrape time through the [`CounterSource`] port (the same atomics the run and probe
+//! summaries print), so `/metrics`, `/api/v1/status` and the summaries cannot disagree. What
+//! only metrics need — per-target histograms and families — is recorded on the path through
+//! the [`MetricsRecorder`](crate::domain::MetricsRecorder) port ([`calls::CallMetrics`],
+//! [`flows::FlowMetrics`]), never from the lossy bus.
+//!
+//! **Label budget** (ARCHITECTURE.md): a label value comes only from a closed enum or from
+//! configuration (target, route, destination group), or from a budgeted set with overflow
+//! (`comm`, at most `comm_budget` values, then `~other`; idle series removed after a TTL).
+//! Never an IP, port, URL, path, id or Kafka key.
+
+pub mod calls;
+pub mod flows;
+pub mod resilience;
+
+use std::{fmt, sync::Arc};
+
+use prometheus_client::{
+    collector::Collector,
+    encoding::{DescriptorEncoder, EncodeMetric as _},
+    metrics::{MetricType, counter::ConstCounter, gauge::ConstGauge, info::Info},
+    registry::Registry,
+};
+
+use crate::domain::{
+    CounterSource, FlowUpdate, MetricsRecorder, SampleKind, outcome::OutboundResult,
+};
+
+/// The OpenMetrics text content type `/metrics` answers with.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// The registry while components register into it (at boot, in the composition root).
+pub struct MetricsBuilder {
+    registry: Registry,
+    sources: Vec<Arc<dyn CounterSource>>,
+}
+
+impl Default for MetricsBuilder {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl MetricsBuilder {
+    /// A registry with the `netscope_` prefix and `netscope_build_info`.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("netscope");
+        registry.register(
+            "build",
+            "NetScope agent build",
+            Info::new(vec![("version", env!("CARGO_PKG_VERSION"))]),
+        );
+        Self {
+            registry,
+            sources: Vec::new(),
+        }
+    }
+
+    /// Where components register their own metric families.
+    pub fn registry(&mut self) -> &mut Registry {
+        &mut self.registry
+    }
+
+    /// A component's counters, read at every scrape.
+    pub fn source(&mut self, source: Arc<dyn CounterSource>) {
+        self.registry
+            .register_collector(Box::new(SourceCollector(Arc::clone(&source))));
+        self.sources.push(source);
+    }
+
+    pub fn finish(self) -> Arc<Metrics> {
+        Arc::new(Metrics {
+            registry: self.registry,
+            sources: self.sources,
+        })
+    }
+}
+
+/// The finished registry: what `/metrics` encodes and `/api/v1/status` reads.
+pub struct Metrics {
+    registry: Registry,
+    sources: Vec<Arc<dyn CounterSource>>,
+}
+
+impl Metrics {
+    /// The whole registry as OpenMetrics text.
+    pub fn encode(&self) -> Result<String, fmt::Error> {
+        let mut out = String::with_capacity(16 << 10);
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)?;
+        Ok(out)
+    }
+
+    /// The components' counters (for `/api/v1/status`).
+    pub fn sources(&self) -> &[Arc<dyn CounterSource>] {
+        &self.sources
+    }
+}
+
+/// Encodes a [`CounterSource`]'s samples; samples of one metric must be adjacent.
+struct SourceCollector(Arc<dyn CounterSource>);
+
+impl fmt::Debug for SourceCollector {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("SourceCollector")
+            .field(&self.0.component())
+            .finish()
+    }
+}
+
+impl Collector for SourceCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), fmt::Error> {
+        let samples = self.0.samples();
+        let mut rest = samples.as_slice();
+        while let Some(first) = rest.first() {
+            let same = rest.iter().take_while(|s| s.name == first.name).count();
+            let (family, tail) = rest.split_at(same);
+            rest = tail;
+            let metric_type = match first.kind {
+                SampleKind::Counter => MetricType::Counter,
+                SampleKind::Gauge => MetricType::Gauge,
+            };
+            let mut metric =
+                encoder.encode_descriptor(first.name, first.help, None, metric_type)?;
+            for s in family {
+                let value = i64::try_from(s.value).unwrap_or(i64::MAX);
+                let Some(label) = s.label else {
+                    // An unlabelled metric has one sample.
+                    match s.kind {
+                        SampleKind::Counter => ConstCounter::new(s.value).encode(metric)?,
+                        SampleKind::Gauge => ConstGauge::new(value).encode(metric)?,
+                    }
+                    break;
+                };
+                let labels = [label];
+                let labelled = metric.encode_family(&labels)?;
+                match s.kind {
+                    SampleKind::Counter => ConstCounter::new(s.value).encode(labelled)?,
+                    SampleKind::Gauge => ConstGauge::new(value).encode(labelled)?,
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The [`MetricsRecorder`] of the agent: calls always, flows when flow metrics are on.
+pub struct Recorder {
+    pub calls: calls::CallMetrics,
+    pub flows: Option<Arc<flows::FlowMetrics>>,
+}
+
+impl MetricsRecorder for Recorder {
+    fn call_finished(&self, result: &OutboundResult) {
+        self.calls.record(result);
+    }
+
+    fn flow_updated(&self, update: &FlowUpdate) {
+        if let Some(f) = &self.flows {
+            f.record(update);
+        }
+    }
+}
+
+/// `2xx`…`5xx`, or `none` when no response came: the only form a status takes in a label.
+pub fn status_class(status: Option<u16>) -> &'static str {
+    match status {
+        Some(100..=199) => "1xx",
+        Some(200..=299) => "2xx",
+        Some(300..=399) => "3xx",
+        Some(400..=499) => "4xx",
+        Some(500..=599) => "5xx",
+        Some(_) => "other",
+        None => "none",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::Sample;
+
+    struct Fixed;
+
+    impl CounterSource for Fixed {
+        fn component(&self) -> &'static str {
+            "fixed"
+        }
+        fn samples(&self) -> Vec<Sample> {
+            vec![
+                Sample::counter("kafka_records", "Records by result", 7).with("result", "ok"),
+                Sample::counter("kafka_records", "Records by result", 2).with("result", "dlq"),
+                Sample::gauge("queue_depth", "Jobs waiting", 3),
+            ]
+        }
+    }
+
+    #[test]
+    fn a_counter_source_is_encoded_as_families_with_the_prefix() {
+        let mut b = MetricsBuilder::new();
+        b.source(Arc::new(Fixed));
+        let text = b.finish().encode().unwrap();
+        assert!(
+            text.contains("# TYPE netscope_kafka_records counter"),
+            "{text}"
+        );
+        assert!(
+            text.contains("netscope_kafka_records_total{result=\"ok\"} 7"),
+            "{text}"
+        );
+        assert!(
+            text.contains("netscope_kafka_records_total{result=\"dlq\"} 2"),
+            "{text}"
+        );
+        assert!(text.contains("netscope_queue_depth 3\n"), "{text}");
+        assert!(text.contains("netscope_build_info{version="), "{text}");
+        assert!(text.ends_with("# EOF\n"), "{text}");
+    }
+
+    #[test]
+    fn status_classes_are_a_closed_set() {
+        assert_eq!(status_class(Some(204)), "2xx");
+        assert_eq!(status_class(Some(503)), "5xx");
+        assert_eq!(status_class(Some(999)), "other");
+        assert_eq!(status_class(None), "none");
+    }
+}
