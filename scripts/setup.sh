@@ -5,7 +5,8 @@
 #   - pinned stable Rust (+clippy, rustfmt) and a dated nightly with rust-src (for the eBPF crate)
 #   - bpf-linker, built against the libLLVM shipped inside that nightly (no system LLVM needed)
 #   - cargo-deny (licences, bans, sources)
-#   - the apt packages the kernel tests and benches use (nftables, iproute2, bpftool)
+#   - the apt packages the tests and benches use (nftables, iproute2, bpftool, curl; prometheus
+#     with promtool and chromium for the API tests)
 #   - tracefs and bpffs mounted
 #   - Apache Kafka's jars from Maven Central (scripts/kafka.sh install; Java 17 + Maven)
 #   - Ceph 16 with the RADOS Gateway from Debian (scripts/ceph.sh install)
@@ -15,7 +16,8 @@ STABLE="${NETSCOPE_STABLE:-1.99.1}"
 NIGHTLY="${NETSCOPE_NIGHTLY:-nightly-2026-10-29}"
 BPF_LINKER_VERSION="0.13.0"
 CARGO_DENY_VERSION="0.20.2"
-APT_PACKAGES=(nftables iproute2 bpftool)
+# prometheus (with promtool) and chromium: the real scraper and browser of the API tests.
+APT_PACKAGES=(nftables iproute2 bpftool curl prometheus chromium chromium-driver)
 
 say() { printf 'setup: %s\n' "$*"; }
 

@@ -18,9 +18,10 @@ tasks:
                         (root: with the probe)
   send [ARGS…]          send demo requests to the local pipeline (`netscope-agent send`)
   probe [ARGS…]         build (release) and run `netscope-agent probe ARGS…` (root)
-  test                  fmt check, clippy -D warnings, cargo deny, start the local Kafka broker and Ceph
-                        RGW, then every test; the Kafka and RGW tests are required, and as
-                        root the kernel tests too (NETSCOPE_REQUIRE_{KAFKA,CEPH,KERNEL}_TESTS=1)
+  test                  fmt check, clippy -D warnings, cargo deny, start the local Kafka broker, Ceph
+                        RGW and Prometheus, then every test; the Kafka, RGW, Prometheus and
+                        Chromium tests are required, and as root the kernel tests too
+                        (NETSCOPE_REQUIRE_{KAFKA,CEPH,PROMETHEUS,BROWSER,KERNEL}_TESTS=1)
   kafka start|stop|status  the local Kafka broker (scripts/kafka.sh)
   ceph start|stop|status|rgw-stop|rgw-start  the local Ceph RGW (scripts/ceph.sh)
   bench probe [ARGS…]   kernel cost and connection rate: none vs NetScope vs empty programs
@@ -105,6 +106,7 @@ fn test() -> Result<(), String> {
     };
     run("bash", &["scripts/kafka.sh", "start"], &[])?;
     run("bash", &["scripts/ceph.sh", "start"], &[])?;
+    run("bash", &["scripts/prometheus.sh", "start"], &[])?;
     run_tests(require)
 }
 
@@ -144,7 +146,7 @@ const ALONE: [&str; 1] = ["kernel"];
 
 /// Test binaries that attach kernel probes: one lane runs them one after the other, so that no
 /// other probe-heavy test doubles their per-event cost meanwhile.
-const PROBE_LANE: [&str; 2] = ["cli", "pipeline"];
+const PROBE_LANE: [&str; 3] = ["cli", "pipeline", "prometheus"];
 
 /// One test binary as `cargo test --no-run` names it.
 struct TestBinary {
@@ -266,6 +268,8 @@ fn run_tests(require_kernel: &str) -> Result<(), String> {
         ("NETSCOPE_REQUIRE_KERNEL_TESTS", require_kernel),
         ("NETSCOPE_REQUIRE_KAFKA_TESTS", "1"),
         ("NETSCOPE_REQUIRE_CEPH_TESTS", "1"),
+        ("NETSCOPE_REQUIRE_PROMETHEUS_TESTS", "1"),
+        ("NETSCOPE_REQUIRE_BROWSER_TESTS", "1"),
         ("RUST_BACKTRACE", "1"),
     ];
     let (alone, rest): (Vec<_>, Vec<_>) = binaries.into_iter().partition(TestBinary::alone);

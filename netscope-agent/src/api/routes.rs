@@ -6,7 +6,7 @@ use std::sync::Arc;
 use axum::{
     Json,
     extract::{Path, RawQuery, State, WebSocketUpgrade, ws::rejection::WebSocketUpgradeRejection},
-    http::{StatusCode, header},
+    http::{HeaderMap, StatusCode, header},
     response::{Html, IntoResponse, Response},
 };
 
@@ -43,15 +43,26 @@ pub async fn readyz(
     Ok((status, Json(Ready { ready, checks })).into_response())
 }
 
+/// OpenMetrics, unless the client asks for the Prometheus text format and not for it.
 pub async fn metrics(
     State(state): State<Arc<ApiState>>,
     RawQuery(q): RawQuery,
+    headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     Params::parse(q.as_deref(), &[])?;
     let text = state
         .metrics
         .encode()
         .map_err(|e| ApiError::Internal(format!("encoding metrics: {e}")))?;
+    let accept = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    if accept.contains("text/plain") && !accept.contains("application/openmetrics-text") {
+        let text = crate::metrics::to_prometheus_text(&text);
+        let content_type = crate::metrics::CONTENT_TYPE_PROMETHEUS;
+        return Ok(([(header::CONTENT_TYPE, content_type)], text).into_response());
+    }
     Ok(([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], text).into_response())
 }
 

@@ -22,7 +22,12 @@ use std::{fmt, sync::Arc};
 use prometheus_client::{
     collector::Collector,
     encoding::{DescriptorEncoder, EncodeMetric as _},
-    metrics::{MetricType, counter::ConstCounter, gauge::ConstGauge, info::Info},
+    metrics::{
+        MetricType,
+        counter::ConstCounter,
+        family::Family,
+        gauge::{ConstGauge, Gauge},
+    },
     registry::Registry,
 };
 
@@ -32,6 +37,34 @@ use crate::domain::{
 
 /// The OpenMetrics text content type `/metrics` answers with.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+/// The Prometheus text format (0.0.4), for clients that ask for it and not for OpenMetrics
+/// (older tools such as `promtool check metrics`).
+pub const CONTENT_TYPE_PROMETHEUS: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// OpenMetrics text → Prometheus text 0.0.4: a counter's HELP and TYPE name its `_total`
+/// samples, and `# UNIT` and `# EOF` go (the only differences in what this registry writes).
+pub fn to_prometheus_text(openmetrics: &str) -> String {
+    let mut out = String::with_capacity(openmetrics.len());
+    let mut help: Option<&str> = None;
+    for line in openmetrics.lines() {
+        if let Some(rest) = line.strip_prefix("# HELP ") {
+            help = Some(rest);
+        } else if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = rest.split_once(' ').unwrap_or((rest, "untyped"));
+            let suffix = if kind == "counter" { "_total" } else { "" };
+            if let Some(h) = help.take() {
+                let text = h.split_once(' ').map_or("", |(_, t)| t);
+                out.push_str(&format!("# HELP {name}{suffix} {text}\n"));
+            }
+            out.push_str(&format!("# TYPE {name}{suffix} {kind}\n"));
+        } else if line.starts_with("# UNIT ") || line == "# EOF" {
+        } else {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    out
+}
 
 /// The registry while components register into it (at boot, in the composition root).
 pub struct MetricsBuilder {
@@ -49,11 +82,13 @@ impl MetricsBuilder {
     /// A registry with the `netscope_` prefix and `netscope_build_info`.
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("netscope");
-        registry.register(
-            "build",
-            "NetScope agent build",
-            Info::new(vec![("version", env!("CARGO_PKG_VERSION"))]),
-        );
+        // A gauge of 1 rather than an OpenMetrics `info`, which Prometheus' text parser
+        // (promtool) does not know.
+        let build = Family::<[(&'static str, &'static str); 1], Gauge>::default();
+        build
+            .get_or_create(&[("version", env!("CARGO_PKG_VERSION"))])
+            .set(1);
+        registry.register("build_info", "NetScope agent build", build);
         Self {
             registry,
             sources: Vec::new(),
@@ -218,6 +253,19 @@ mod tests {
         assert!(text.contains("netscope_queue_depth 3\n"), "{text}");
         assert!(text.contains("netscope_build_info{version="), "{text}");
         assert!(text.ends_with("# EOF\n"), "{text}");
+    }
+
+    #[test]
+    fn the_prometheus_text_names_counters_by_their_samples() {
+        let om = "# HELP netscope_calls Calls.\n# TYPE netscope_calls counter\n\
+                  netscope_calls_total{a=\"b\"} 3\n# HELP netscope_d Dur.\n# TYPE netscope_d_seconds histogram\n\
+                  # UNIT netscope_d_seconds seconds\nnetscope_d_seconds_count 1\n# EOF\n";
+        assert_eq!(
+            to_prometheus_text(om),
+            "# HELP netscope_calls_total Calls.\n# TYPE netscope_calls_total counter\n\
+             netscope_calls_total{a=\"b\"} 3\n# HELP netscope_d_seconds Dur.\n\
+             # TYPE netscope_d_seconds histogram\nnetscope_d_seconds_count 1\n"
+        );
     }
 
     #[test]

@@ -2,6 +2,8 @@
 //! nftables rules, and a harness around the real probe, reader and event conversion.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
+pub mod agent;
+
 use std::{
     fs::File,
     os::fd::AsRawFd,
@@ -61,6 +63,7 @@ impl TestLock {
 
 pub mod ceph;
 pub mod kafka;
+pub mod prometheus;
 
 /// Returns a guard when kernel tests can run here; otherwise explains why they are skipped, or
 /// fails when `NETSCOPE_REQUIRE_KERNEL_TESTS=1` (CI) says they must run.

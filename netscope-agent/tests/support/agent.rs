@@ -1,0 +1,230 @@
+//! The agent as the end-to-end tests run it: a `run` process on fresh topics, with a config
+//! naming the test's upstream, and helpers to feed it and read what it produced.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use rdkafka::Message as _;
+use serde_json::{Value, json};
+
+use super::kafka::{self, unique};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_netscope-agent");
+
+/// Retries, and a circuit that never opens (tests that count attempts).
+pub const NO_CIRCUIT: &str = "max_attempts = 3\nmin_backoff_ms = 5\nmax_backoff_ms = 20\n\
+                              circuit_window = 10000\ncircuit_min_calls = 10000\n";
+
+pub struct Setup {
+    pub brokers: String,
+    pub requests: String,
+    pub results: String,
+    pub dlq: String,
+    pub group: String,
+    pub dir: PathBuf,
+    pub config: PathBuf,
+}
+
+impl Setup {
+    pub async fn new(tag: &str, brokers: String, upstream_port: u16) -> Self {
+        Self::with_ports(tag, brokers, &[upstream_port]).await
+    }
+
+    pub async fn with_ports(tag: &str, brokers: String, ports: &[u16]) -> Self {
+        Self::with_policy(tag, brokers, ports, NO_CIRCUIT).await
+    }
+
+    /// The upstream target `up` on `ports`, with these `[targets.policy]` lines.
+    pub async fn with_policy(tag: &str, brokers: String, ports: &[u16], policy: &str) -> Self {
+        let ports = ports
+            .iter()
+            .map(u16::to_string)
+            .collect::<Vec<_>>()
+            .join(", ");
+        let (requests, results, dlq, group) =
+            (unique("req"), unique("res"), unique("dlq"), unique("grp"));
+        kafka::create_topics(&brokers, &[(&requests, 3), (&results, 1), (&dlq, 1)]).await;
+        let dir = std::env::temp_dir().join(unique(tag));
+        std::fs::create_dir_all(&dir).unwrap();
+        let config = dir.join("netscope.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[[targets]]\nname = \"up\"\nhosts = [\"127.0.0.1\"]\nports = [{ports}]\n\
+                 [targets.policy]\n{policy}"
+            ),
+        )
+        .unwrap();
+        Self {
+            brokers,
+            requests,
+            results,
+            dlq,
+            group,
+            dir,
+            config,
+        }
+    }
+
+    pub fn start(&self, extra: &[&str]) -> Child {
+        self.start_as(extra, None)
+    }
+
+    /// The agent as `uid` (its files in a directory that uid may write).
+    pub fn start_as(&self, extra: &[&str], uid: Option<u32>) -> Child {
+        let mut args = vec![
+            "run",
+            "--brokers",
+            &self.brokers,
+            "--group",
+            &self.group,
+            "--requests-topic",
+            &self.requests,
+            "--results-topic",
+            &self.results,
+            "--dlq-topic",
+            &self.dlq,
+            "--create-topics",
+            "false",
+            "--listen",
+            "127.0.0.1:0",
+        ];
+        args.extend_from_slice(extra);
+        let audit = self.dir.join("audit.ndjson");
+        let mut cmd = Command::new(BIN);
+        if let Some(uid) = uid {
+            use std::os::unix::{fs::PermissionsExt as _, process::CommandExt as _};
+            std::fs::set_permissions(&self.dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+            cmd.uid(uid).gid(uid);
+        }
+        cmd.args(&args)
+            .arg("--config")
+            .arg(&self.config)
+            .arg("--audit-file")
+            .arg(&audit)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(self.dir.join("agent.log")).unwrap())
+            .spawn()
+            .unwrap()
+    }
+
+    pub fn stop(&self, mut agent: Child) {
+        // SAFETY: kill(2) on our child.
+        unsafe { libc::kill(agent.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(40);
+        loop {
+            if let Some(status) = agent.try_wait().unwrap() {
+                assert!(
+                    status.success(),
+                    "agent exited with {status}: {}",
+                    self.log()
+                );
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "agent did not stop: {}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn log(&self) -> String {
+        let log = std::fs::read_to_string(self.dir.join("agent.log")).unwrap_or_default();
+        log.lines().rev().take(20).collect::<Vec<_>>().join("\n")
+    }
+
+    /// Results read back from the results topic until `n` arrived (or 60 s).
+    pub fn results(&self, n: usize) -> Vec<Value> {
+        self.results_within(n, Duration::from_secs(60))
+    }
+
+    pub fn results_within(&self, n: usize, limit: Duration) -> Vec<Value> {
+        kafka::read_all(&self.brokers, &self.results, 1, n, limit)
+            .iter()
+            .map(|m| serde_json::from_slice(m.payload().unwrap()).unwrap())
+            .collect()
+    }
+
+    /// Runs the agent on the `n` messages sent, SIGKILLs it once some results are out (the
+    /// rest in flight or queued; `at_kill` looks at what it left), restarts it and stops it
+    /// once every message has a result. Returns every result, duplicates included.
+    pub fn killed_midway(&self, n: usize, args: &[&str], at_kill: impl FnOnce()) -> Vec<Value> {
+        let mut agent = self.start(args);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while self.results(20).len() < 20 {
+            assert!(Instant::now() < deadline, "no progress: {}", self.log());
+        }
+        agent.kill().unwrap(); // SIGKILL
+        agent.wait().unwrap();
+        let before = self.results_within(n, Duration::from_secs(3)).len();
+        assert!(
+            before < n,
+            "the kill came too late to test anything ({before} results)"
+        );
+        at_kill();
+
+        let agent = self.start(args);
+        let deadline = Instant::now() + Duration::from_secs(90);
+        let mut results;
+        loop {
+            results = self.results_within(n + 300, Duration::from_secs(3));
+            let distinct: BTreeSet<String> = results.iter().map(request_id).collect();
+            if distinct.len() == n {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} of {n} after restart: {}",
+                distinct.len(),
+                self.log()
+            );
+        }
+        self.stop(agent);
+        results
+    }
+
+    /// Sends the messages; returns where each landed: request id → (partition, offset).
+    pub async fn send(&self, messages: &[(String, Vec<u8>)]) -> BTreeMap<String, (i32, i64)> {
+        let producer = kafka::producer(&self.brokers);
+        let mut placed = BTreeMap::new();
+        for (id, payload) in messages {
+            let at = kafka::produce(
+                &producer,
+                &self.requests,
+                id,
+                Some(payload),
+                &[("x-request-id", id.as_bytes())],
+            )
+            .await;
+            placed.insert(id.clone(), at);
+        }
+        placed
+    }
+}
+
+pub fn request(
+    base: &str,
+    method: &str,
+    path: &str,
+    key: Option<&str>,
+    body: Option<&str>,
+) -> Vec<u8> {
+    let mut m = json!({"schema_version": 1, "method": method, "url": format!("{base}{path}"), "timeout_ms": 10000});
+    if let Some(k) = key {
+        m["idempotency_key"] = json!(k);
+    }
+    if let Some(b) = body {
+        m["body"] = json!(b);
+    }
+    m.to_string().into_bytes()
+}
+
+pub fn request_id(r: &Value) -> String {
+    r["ctx"]["request_id"].as_str().unwrap().to_owned()
+}
