@@ -146,7 +146,7 @@ const ALONE: [&str; 1] = ["kernel"];
 
 /// Test binaries that attach kernel probes: one lane runs them one after the other, so that no
 /// other probe-heavy test doubles their per-event cost meanwhile.
-const PROBE_LANE: [&str; 3] = ["cli", "pipeline", "prometheus"];
+const PROBE_LANE: [&str; 4] = ["cli", "pipeline", "prometheus", "page"];
 
 /// One test binary as `cargo test --no-run` names it.
 struct TestBinary {

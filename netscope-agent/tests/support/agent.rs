@@ -90,9 +90,10 @@ impl Setup {
             &self.dlq,
             "--create-topics",
             "false",
-            "--listen",
-            "127.0.0.1:0",
         ];
+        if !extra.contains(&"--listen") {
+            args.extend(["--listen", "127.0.0.1:0"]);
+        }
         args.extend_from_slice(extra);
         let audit = self.dir.join("audit.ndjson");
         let mut cmd = Command::new(BIN);
