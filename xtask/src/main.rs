@@ -26,6 +26,8 @@ tasks:
   ceph start|stop|status|rgw-stop|rgw-start  the local Ceph RGW (scripts/ceph.sh)
   bench probe [ARGS…]   kernel cost and connection rate: none vs NetScope vs empty programs
   bench pipeline [ARGS…]  pipeline throughput and latency vs a bare reqwest loop (starts Kafka)
+  bench api [ARGS…]     the live view and /metrics under the pipeline's load: 50 WebSocket
+                        clients (one never reading), scrape time at the label budget (starts Kafka)
   bench audit [ARGS…]   events/s into RGW, PUTs per 10,000 events, request-path latency with
                         RGW healthy vs stopped (starts Ceph)
   bench flows [ARGS…]   criterion micro-benchmarks: ring record → flow table (events/s per
@@ -365,6 +367,10 @@ fn bench(args: &[String]) -> Result<(), String> {
         "pipeline" => {
             run("bash", &["scripts/kafka.sh", "start"], &[])?;
             bench_bin("pipeline", rest)
+        }
+        "api" => {
+            run("bash", &["scripts/kafka.sh", "start"], &[])?;
+            bench_bin("api", rest)
         }
         "audit" => {
             run("bash", &["scripts/ceph.sh", "start"], &[])?;

@@ -4,10 +4,12 @@
 //!
 //! Protocol and invariants:
 //! - A client first gets `hello` (version, mode, its filters), then the last `resilience`.
+//! - Every message carries `at_unix_ms`: when the hub took its event off the bus.
 //! - Each client reads the ring at its own pace; the ring is its bounded queue. A client that
 //!   falls more than the ring behind gets `lagged{skipped}` and resumes at the oldest message
 //!   kept; one that lags [`MAX_LAGS`] times in a row, or whose socket does not take a message
 //!   within [`SEND_TIMEOUT`], is closed (1008). The pipeline never waits for a client.
+//! - Messages are sent in batches, one flush each: what arrives within [`LINGER`] of the first.
 //! - The server pings every [`PING_EVERY`]; a client silent for two pings is closed.
 //! - At most `max_clients` at once: one more is refused with 503 before the upgrade.
 //! - At shutdown every client gets a close frame (1001) and the feeder stops.
@@ -21,6 +23,7 @@ use std::{
 };
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, close_code};
+use futures_util::SinkExt as _;
 use serde::Serialize;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, broadcast, watch};
 
@@ -36,6 +39,10 @@ pub const SEND_TIMEOUT: Duration = Duration::from_secs(2);
 pub const PING_EVERY: Duration = Duration::from_secs(10);
 /// Lag notices in a row before a client is dropped.
 pub const MAX_LAGS: u32 = 3;
+/// Messages sent with one flush at most.
+pub const BATCH: u64 = 256;
+/// How long a client's batch waits for more messages before it is flushed.
+pub const LINGER: Duration = Duration::from_millis(10);
 /// Largest message a client may send (it has nothing to say but pongs and close).
 pub const MAX_CLIENT_MESSAGE: usize = 4 << 10;
 
@@ -105,18 +112,26 @@ pub struct LiveHub {
     mode: &'static str,
 }
 
+/// A message: its type, when the hub took the event off the bus (ms since the Unix epoch),
+/// and the event.
 #[derive(Serialize)]
 struct Tagged<'a, T: Serialize> {
     #[serde(rename = "type")]
     kind: Kind,
+    at_unix_ms: u64,
     #[serde(flatten)]
     body: &'a T,
 }
 
 fn json<T: Serialize>(kind: Kind, body: &T) -> Option<Utf8Bytes> {
-    serde_json::to_string(&Tagged { kind, body })
-        .ok()
-        .map(Utf8Bytes::from)
+    let at_unix_ms = crate::clock::now_unix_ms();
+    serde_json::to_string(&Tagged {
+        kind,
+        at_unix_ms,
+        body,
+    })
+    .ok()
+    .map(Utf8Bytes::from)
 }
 
 #[derive(Serialize)]
@@ -370,23 +385,27 @@ impl LiveHub {
             tokio::select! {
                 m = rx.recv() => match m {
                     Ok(m) => {
-                        lags_in_a_row = 0;
-                        if filter.wants(&m) && self.send(socket, Message::Text(m.text.clone())).await.is_err() {
+                        let sent = match self.send_batch(socket, &mut rx, filter, m).await {
+                            Ok(None) => {
+                                lags_in_a_row = 0;
+                                Ok(())
+                            }
+                            Ok(Some(skipped)) => {
+                                lags_in_a_row += 1;
+                                self.lagged(socket, skipped, lags_in_a_row).await
+                            }
+                            Err(why) => Err(why),
+                        };
+                        if let Err(why) = sent {
                             self.counters.dropped_slow.fetch_add(1, Ordering::Relaxed);
-                            return Some((close_code::POLICY, "too slow: a message was not taken in time"));
+                            return Some((close_code::POLICY, why));
                         }
                     }
                     Err(broadcast::error::RecvError::Lagged(skipped)) => {
-                        self.counters.lagged.fetch_add(skipped, Ordering::Relaxed);
                         lags_in_a_row += 1;
-                        if lags_in_a_row >= MAX_LAGS {
+                        if let Err(why) = self.lagged(socket, skipped, lags_in_a_row).await {
                             self.counters.dropped_slow.fetch_add(1, Ordering::Relaxed);
-                            return Some((close_code::POLICY, "too slow: lagged repeatedly"));
-                        }
-                        let notice = format!("{{\"type\":\"lagged\",\"skipped\":{skipped}}}");
-                        if self.send(socket, Message::Text(notice.into())).await.is_err() {
-                            self.counters.dropped_slow.fetch_add(1, Ordering::Relaxed);
-                            return Some((close_code::POLICY, "too slow"));
+                            return Some((close_code::POLICY, why));
                         }
                     }
                     Err(broadcast::error::RecvError::Closed) => return Some((close_code::AWAY, "agent stopping")),
@@ -406,6 +425,85 @@ impl LiveHub {
                 _ = stop.changed() => return Some((close_code::AWAY, "agent stopping")),
             }
         }
+    }
+
+    /// Sends `first` and what arrives within [`LINGER`] after it (up to [`BATCH`] messages)
+    /// with one flush: one wake-up and one write for many frames when the agent is busy, at
+    /// the cost of at most [`LINGER`] of latency. Returns how many messages the client skipped,
+    /// when it turned out to lag meanwhile.
+    async fn send_batch(
+        &self,
+        socket: &mut WebSocket,
+        rx: &mut broadcast::Receiver<Arc<LiveMsg>>,
+        filter: &LiveFilter,
+        first: Arc<LiveMsg>,
+    ) -> Result<Option<u64>, &'static str> {
+        let linger_until = tokio::time::Instant::now() + LINGER;
+        let mut next = Some(first);
+        let mut queued = 0u64;
+        let mut skipped = None;
+        let mut lingered = false;
+        let batch = async {
+            while let Some(m) = next.take() {
+                if filter.wants(&m) {
+                    socket.feed(Message::Text(m.text.clone())).await?;
+                    queued += 1;
+                }
+                if queued >= BATCH {
+                    break;
+                }
+                let mut more = rx.try_recv();
+                if matches!(more, Err(broadcast::error::TryRecvError::Empty)) && !lingered {
+                    // Sleep rather than wait on the ring: a wake-up per batch, not per message.
+                    tokio::time::sleep_until(linger_until).await;
+                    lingered = true;
+                    more = rx.try_recv();
+                }
+                let more = match more {
+                    Err(broadcast::error::TryRecvError::Empty) => {
+                        Err(broadcast::error::RecvError::Closed)
+                    }
+                    Ok(m) => Ok(m),
+                    Err(broadcast::error::TryRecvError::Lagged(n)) => {
+                        Err(broadcast::error::RecvError::Lagged(n))
+                    }
+                    Err(broadcast::error::TryRecvError::Closed) => {
+                        Err(broadcast::error::RecvError::Closed)
+                    }
+                };
+                match more {
+                    Ok(m) => next = Some(m),
+                    Err(broadcast::error::RecvError::Lagged(n)) => skipped = Some(n),
+                    // Linger over, or closing (the next `recv` says so).
+                    Err(broadcast::error::RecvError::Closed) => {}
+                }
+            }
+            socket.flush().await
+        };
+        match tokio::time::timeout(SEND_TIMEOUT, batch).await {
+            Ok(Ok(())) => {
+                self.counters.sent.fetch_add(queued, Ordering::Relaxed);
+                Ok(skipped)
+            }
+            _ => Err("too slow: messages were not taken in time"),
+        }
+    }
+
+    /// Tells the client it skipped `skipped` messages; `Err` when it lags too often.
+    async fn lagged(
+        &self,
+        socket: &mut WebSocket,
+        skipped: u64,
+        in_a_row: u32,
+    ) -> Result<(), &'static str> {
+        self.counters.lagged.fetch_add(skipped, Ordering::Relaxed);
+        if in_a_row >= MAX_LAGS {
+            return Err("too slow: lagged repeatedly");
+        }
+        let notice = format!("{{\"type\":\"lagged\",\"skipped\":{skipped}}}");
+        self.send(socket, Message::Text(notice.into()))
+            .await
+            .map_err(|()| "too slow")
     }
 
     async fn send(&self, socket: &mut WebSocket, m: Message) -> Result<(), ()> {

@@ -5,7 +5,7 @@ mod audit;
 mod probe;
 mod run;
 mod send;
-mod serve;
+pub mod serve;
 
 pub use self::{
     audit::{VerifyArgs, VerifySettings, verify_audit},

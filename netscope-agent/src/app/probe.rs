@@ -124,7 +124,7 @@ pub async fn run_probe(
         live,
         programs: probe.attached(),
     };
-    let server = serve::start(&api, "probe", view, stop_rx.clone()).await?;
+    let (_, server) = serve::start(&api, "probe", view, stop_rx.clone()).await?;
 
     let kick = Arc::new(Notify::new());
     let mut reader = ring::pump(reader, settings.poll, kick, stop_rx, |k, e| {

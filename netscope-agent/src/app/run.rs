@@ -358,7 +358,7 @@ pub async fn run_pipeline(s: RunSettings) -> Result<RunSummary, AppError> {
     shutdown_signal(stop_tx)?;
     let mut pipeline = Pipeline::build(&s, stop_rx.clone()).await?;
     let server = match pipeline.take_view() {
-        Some(view) => Some(serve::start(&s.api, "run", view, stop_rx.clone()).await?),
+        Some(view) => Some(serve::start(&s.api, "run", view, stop_rx.clone()).await?.1),
         None => None,
     };
 

@@ -40,13 +40,14 @@ fn kernel_release() -> String {
         .unwrap_or_else(|_| "unknown".to_owned())
 }
 
-/// Binds the listen address (failing the boot when it cannot) and serves until `stop`.
+/// Binds the listen address (failing the boot when it cannot) and serves until `stop`;
+/// returns the address bound and the server's task.
 pub async fn start(
     s: &ApiSettings,
     mode: &'static str,
     view: View,
     stop: watch::Receiver<bool>,
-) -> Result<JoinHandle<()>, AppError> {
+) -> Result<(std::net::SocketAddr, JoinHandle<()>), AppError> {
     let listener = api::bind(s.listen).await.map_err(|source| AppError::Io {
         what: format!("listen {}", s.listen),
         source,
@@ -72,11 +73,12 @@ pub async fn start(
         limiter: ClientLimiter::new(s.rate_per_sec),
     });
     info!(addr = %addr, url = %format!("http://{addr}/"), token = s.token.is_some(), "HTTP server listening");
-    Ok(tokio::spawn(async move {
+    let task = tokio::spawn(async move {
         if let Err(e) = api::serve(listener, state, stop).await {
             tracing::error!(error = %e, "HTTP server stopped");
         }
-    }))
+    });
+    Ok((addr, task))
 }
 
 /// Waits for the server to finish (it was told to stop); gives up after a few seconds.

@@ -28,6 +28,7 @@ use netscope_agent::{
     probe::{Probe, ProbeOptions, ProgramSet, ProgramStats},
 };
 
+mod api;
 mod audit;
 mod pipeline;
 mod stats;
@@ -43,6 +44,25 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Bench {
+    /// The live view and /metrics under the pipeline's load: 50 WebSocket clients (one never
+    /// reading) at the 20 ms-upstream rate, and scrapes at the label budget.
+    Api {
+        #[arg(long, default_value_t = 10_000)]
+        calls: usize,
+        #[arg(long, default_value_t = 20)]
+        delay_ms: u64,
+        #[arg(long, default_value_t = 128)]
+        workers: usize,
+        /// Live clients, one of which never reads.
+        #[arg(long, default_value_t = 50)]
+        clients: usize,
+        #[arg(long, default_value_t = 200)]
+        scrapes: usize,
+        #[arg(long, default_value_t = 1024)]
+        queue: usize,
+        #[arg(long, default_value = DEFAULT_BROKERS)]
+        brokers: String,
+    },
     /// The pipeline against a bare reqwest loop, same upstream, same concurrency: its capacity
     /// (instant upstream) and its throughput at a delayed upstream.
     Pipeline {
@@ -122,6 +142,23 @@ const PORT: u16 = 7301;
 
 fn main() -> ExitCode {
     let result = match Cli::parse().bench {
+        Bench::Api {
+            calls,
+            delay_ms,
+            workers,
+            clients,
+            scrapes,
+            queue,
+            brokers,
+        } => api::bench(&api::ApiBench {
+            calls: calls.max(2),
+            delay_ms,
+            workers: workers.max(1),
+            clients: clients.max(2),
+            scrapes: scrapes.max(1),
+            queue: queue.max(1),
+            brokers,
+        }),
         Bench::Probe {
             connections,
             payload,

@@ -10,6 +10,7 @@
 //! `bench pipeline: capacity_calls_per_s=<x> throughput_ratio=<y> cpu_us_per_call=<z>`.
 
 use std::{
+    path::PathBuf,
     sync::atomic::Ordering,
     time::{Duration, Instant},
 };
@@ -18,7 +19,12 @@ use clap::Parser;
 
 use crate::stats::{Sample, cpu_breakdown, cpu_by_thread, process_cpu, threads_cpu};
 use netscope_agent::{
-    app::Pipeline, config::RunArgs, demo::upstream::Upstream, domain::BusEvent, outbound::client,
+    app::Pipeline,
+    bus::BusSubscriber,
+    config::{RunArgs, RunSettings},
+    demo::upstream::Upstream,
+    domain::BusEvent,
+    outbound::client,
 };
 use rdkafka::{
     ClientConfig,
@@ -35,21 +41,21 @@ struct Args {
 }
 
 /// What one run (bare or pipeline) did.
-struct Stats {
-    per_sec: f64,
-    p50: f64,
-    p95: f64,
-    p99: f64,
+pub struct Stats {
+    pub per_sec: f64,
+    pub p50: f64,
+    pub p95: f64,
+    pub p99: f64,
     /// The agent's (or the bare client's) CPU time per call, upstream excluded.
-    cpu_us_per_call: f64,
+    pub cpu_us_per_call: f64,
 }
 
 /// CPU time of everything in this process but the upstream.
-fn agent_cpu() -> Duration {
+pub fn agent_cpu() -> Duration {
     process_cpu().saturating_sub(threads_cpu(UPSTREAM_THREAD))
 }
 
-const UPSTREAM_THREAD: &str = "upstream";
+pub const UPSTREAM_THREAD: &str = "upstream";
 
 /// Figures of a run measured from `cpu_at_start` and `started` until now.
 fn stats(latencies_ms: Vec<f64>, started: Instant, cpu_at_start: Duration, calls: usize) -> Stats {
@@ -93,166 +99,246 @@ async fn bare(base: &str, path: &str, calls: usize, concurrency: usize) -> Resul
     Ok(stats(all, started, cpu, calls))
 }
 
-async fn through_pipeline(
-    base: &str,
-    path: &str,
-    port: u16,
-    calls: usize,
-    concurrency: usize,
-    queue: usize,
-    brokers: &str,
-) -> Result<(Stats, bool), String> {
-    let tag = format!(
-        "{}-{}",
-        std::process::id(),
-        Instant::now().elapsed().as_nanos()
-    );
-    let dir = std::env::temp_dir().join(format!("netscope-bench-{tag}"));
-    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
-    let config = dir.join("bench.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[[targets]]\nname = \"bench\"\nhosts = [\"127.0.0.1\"]\nports = [{port}]\n\
-             [targets.policy]\nmax_in_flight = {concurrency}\ncircuit_window = 10000\ncircuit_min_calls = 10000\n"
-        ),
-    )
-    .map_err(|e| e.to_string())?;
-    let (requests, results, dlq) = (
-        format!("bench-req-{tag}"),
-        format!("bench-res-{tag}"),
-        format!("bench-dlq-{tag}"),
-    );
-    // SAFETY: geteuid has no preconditions.
-    let with_probe = unsafe { libc::geteuid() } == 0;
-    let mut argv = vec![
-        "bench".to_owned(),
-        "--config".into(),
-        config.display().to_string(),
-        "--brokers".into(),
-        brokers.into(),
-        "--group".into(),
-        format!("bench-{tag}"),
-        "--requests-topic".into(),
-        requests.clone(),
-        "--results-topic".into(),
-        results.clone(),
-        "--dlq-topic".into(),
-        dlq.clone(),
-        "--audit-file".into(),
-        dir.join("audit.ndjson").display().to_string(),
-        "--workers".into(),
-        concurrency.to_string(),
-        "--queue".into(),
-        queue.to_string(),
-        "--dport".into(),
-        port.to_string(),
-    ];
-    if !with_probe {
-        argv.push("--no-probe".into());
-    }
-    let settings = Args::try_parse_from(&argv)
-        .map_err(|e| e.to_string())?
-        .run
-        .validate()
-        .map_err(|e| e.to_string())?;
+/// One pipeline run's shape.
+pub struct RunSpec<'a> {
+    pub base: &'a str,
+    pub path: &'a str,
+    pub port: u16,
+    pub calls: usize,
+    pub concurrency: usize,
+    pub queue: usize,
+    pub brokers: &'a str,
+}
 
-    // The backlog, produced before the pipeline starts.
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .create()
-        .map_err(|e| e.to_string())?;
-    let topics = [
-        NewTopic::new(&requests, 3, TopicReplication::Fixed(1)),
-        NewTopic::new(&results, 3, TopicReplication::Fixed(1)),
-        NewTopic::new(&dlq, 1, TopicReplication::Fixed(1)),
-    ];
-    for r in admin
-        .create_topics(&topics, &AdminOptions::new())
-        .await
-        .map_err(|e| e.to_string())?
-    {
-        r.map_err(|(t, e)| format!("{t}: {e}"))?;
-    }
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("linger.ms", "5")
-        .create()
-        .map_err(|e| e.to_string())?;
-    let mut pending = Vec::with_capacity(calls);
-    for i in 0..calls {
-        let payload =
-            format!(r#"{{"schema_version":1,"method":"GET","url":"{base}{path}?i={i}"}}"#);
-        let key = i.to_string();
-        let record = FutureRecord::to(&requests).key(&key).payload(&payload);
-        pending.push(
-            producer
-                .send_result(record)
-                .map_err(|(e, _)| e.to_string())?,
+/// A pipeline's settings on fresh topics, its backlog already produced (so that the run
+/// measures consumption, not the producer).
+pub struct Prepared {
+    pub settings: RunSettings,
+    pub with_probe: bool,
+    dir: PathBuf,
+    topics: [String; 3],
+    admin: AdminClient<DefaultClientContext>,
+}
+
+impl Prepared {
+    pub async fn new(spec: &RunSpec<'_>) -> Result<Self, String> {
+        let tag = format!(
+            "{}-{}",
+            std::process::id(),
+            netscope_agent::clock::now_unix_ms()
         );
-    }
-    for p in pending {
-        p.await
+        let dir = std::env::temp_dir().join(format!("netscope-bench-{tag}"));
+        std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+        let config = dir.join("bench.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[[targets]]\nname = \"bench\"\nhosts = [\"127.0.0.1\"]\nports = [{}]\n\
+                 [targets.policy]\nmax_in_flight = {}\ncircuit_window = 10000\ncircuit_min_calls = 10000\n",
+                spec.port, spec.concurrency
+            ),
+        )
+        .map_err(|e| e.to_string())?;
+        let topics = [
+            format!("bench-req-{tag}"),
+            format!("bench-res-{tag}"),
+            format!("bench-dlq-{tag}"),
+        ];
+        // SAFETY: geteuid has no preconditions.
+        let with_probe = unsafe { libc::geteuid() } == 0;
+        let mut argv: Vec<String> = [
+            "bench",
+            "--config",
+            &config.display().to_string(),
+            "--brokers",
+            spec.brokers,
+            "--group",
+            &format!("bench-{tag}"),
+            "--requests-topic",
+            &topics[0],
+            "--results-topic",
+            &topics[1],
+            "--dlq-topic",
+            &topics[2],
+            "--audit-file",
+            &dir.join("audit.ndjson").display().to_string(),
+            "--workers",
+            &spec.concurrency.to_string(),
+            "--queue",
+            &spec.queue.to_string(),
+            "--dport",
+            &spec.port.to_string(),
+            "--listen",
+            "127.0.0.1:0",
+            // The benchmarks scrape as fast as they can.
+            "--api-rate",
+            "1000000",
+        ]
+        .map(str::to_owned)
+        .to_vec();
+        if !with_probe {
+            argv.push("--no-probe".into());
+        }
+        let settings = Args::try_parse_from(&argv)
             .map_err(|e| e.to_string())?
-            .map_err(|(e, _)| e.to_string())?;
+            .run
+            .validate()
+            .map_err(|e| e.to_string())?;
+        let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+            .set("bootstrap.servers", spec.brokers)
+            .create()
+            .map_err(|e| e.to_string())?;
+        let new_topics = [
+            NewTopic::new(&topics[0], 3, TopicReplication::Fixed(1)),
+            NewTopic::new(&topics[1], 3, TopicReplication::Fixed(1)),
+            NewTopic::new(&topics[2], 1, TopicReplication::Fixed(1)),
+        ];
+        for r in admin
+            .create_topics(&new_topics, &AdminOptions::new())
+            .await
+            .map_err(|e| e.to_string())?
+        {
+            r.map_err(|(t, e)| format!("{t}: {e}"))?;
+        }
+        let me = Self {
+            settings,
+            with_probe,
+            dir,
+            topics,
+            admin,
+        };
+        me.produce(spec).await?;
+        Ok(me)
     }
 
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let pipeline = Pipeline::build(&settings, stop_rx.clone())
-        .await
-        .map_err(|e| e.to_string())?;
-    let mut bus = pipeline.bus().subscribe();
-    let counters = pipeline.counters();
-    let running = tokio::spawn(pipeline.run(stop_rx));
-    // Throughput between the first and the last result: the group join is not the pipeline's.
-    let mut latencies = Vec::with_capacity(calls);
-    let mut first: Option<(Instant, Duration)> = None;
-    let mut threads_at_first = None;
-    let mut matched = 0usize;
+    async fn produce(&self, spec: &RunSpec<'_>) -> Result<(), String> {
+        let producer: FutureProducer = ClientConfig::new()
+            .set("bootstrap.servers", spec.brokers)
+            .set("linger.ms", "5")
+            .create()
+            .map_err(|e| e.to_string())?;
+        let mut pending = Vec::with_capacity(spec.calls);
+        for i in 0..spec.calls {
+            let payload = format!(
+                r#"{{"schema_version":1,"method":"GET","url":"{}{}?i={i}"}}"#,
+                spec.base, spec.path
+            );
+            let key = i.to_string();
+            let record = FutureRecord::to(&self.topics[0])
+                .key(&key)
+                .payload(&payload);
+            pending.push(
+                producer
+                    .send_result(record)
+                    .map_err(|(e, _)| e.to_string())?,
+            );
+        }
+        for p in pending {
+            p.await
+                .map_err(|e| e.to_string())?
+                .map_err(|(e, _)| e.to_string())?;
+        }
+        Ok(())
+    }
+
+    /// Removes the run's files and topics (partitions left behind slow every later run).
+    pub async fn cleanup(self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+        let topics: Vec<&str> = self.topics.iter().map(String::as_str).collect();
+        let _ = self
+            .admin
+            .delete_topics(&topics, &AdminOptions::new())
+            .await;
+    }
+}
+
+/// The results of a run as the bus carried them.
+pub struct Collected {
+    pub latencies_ms: Vec<f64>,
+    /// When the first result came, and the agent's CPU time then: throughput is measured from
+    /// the first result to the last (the group join is not the pipeline's).
+    pub first: Option<(Instant, Duration)>,
+    pub threads_at_first: Option<std::collections::BTreeMap<String, Duration>>,
+    pub matched: usize,
+}
+
+/// Takes `calls` results off the bus (10 minutes at most).
+pub async fn collect(mut bus: BusSubscriber, calls: usize) -> Collected {
+    let mut c = Collected {
+        latencies_ms: Vec::with_capacity(calls),
+        first: None,
+        threads_at_first: None,
+        matched: 0,
+    };
     let deadline = Instant::now() + Duration::from_secs(600);
-    while latencies.len() < calls && Instant::now() < deadline {
+    while c.latencies_ms.len() < calls && Instant::now() < deadline {
         match tokio::time::timeout(Duration::from_secs(5), bus.recv()).await {
             Ok(Some(BusEvent::Call(r))) => {
-                if first.is_none() {
-                    first = Some((Instant::now(), agent_cpu()));
-                    threads_at_first = Some(cpu_by_thread());
+                if c.first.is_none() {
+                    c.first = Some((Instant::now(), agent_cpu()));
+                    c.threads_at_first = Some(cpu_by_thread());
                 }
-                latencies.push(r.duration_ms);
-                matched += usize::from(r.network.matched);
+                c.latencies_ms.push(r.duration_ms);
+                c.matched += usize::from(r.network.matched);
             }
             Ok(Some(BusEvent::Flow(_))) | Err(_) => {}
             Ok(None) => break,
         }
     }
-    let figures = first.map(|(at, cpu)| stats(latencies.clone(), at, cpu, calls - 1));
-    if let Some(before) = &threads_at_first {
-        eprintln!(
-            "bench pipeline: CPU µs per call by thread: {}",
-            cpu_breakdown(before, &cpu_by_thread(), calls - 1)
-        );
+    c
+}
+
+impl Collected {
+    /// The run's figures; an error when results are missing.
+    pub fn figures(
+        self,
+        calls: usize,
+        finished: usize,
+        with_probe: bool,
+        label: &str,
+    ) -> Result<Stats, String> {
+        if let Some(before) = &self.threads_at_first {
+            eprintln!(
+                "bench {label}: CPU µs per call by thread: {}",
+                cpu_breakdown(before, &cpu_by_thread(), calls - 1)
+            );
+        }
+        if self.latencies_ms.len() < calls || finished < calls {
+            return Err(format!(
+                "only {} of {calls} results ({finished} finished)",
+                self.latencies_ms.len()
+            ));
+        }
+        if with_probe && self.matched < calls {
+            eprintln!(
+                "bench {label}: {} of {calls} calls matched a kernel flow",
+                self.matched
+            );
+        }
+        let (at, cpu) = self.first.ok_or("no result")?;
+        Ok(stats(self.latencies_ms, at, cpu, calls - 1))
     }
+}
+
+pub async fn through_pipeline(spec: &RunSpec<'_>) -> Result<(Stats, bool), String> {
+    let prepared = Prepared::new(spec).await?;
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let pipeline = Pipeline::build(&prepared.settings, stop_rx.clone())
+        .await
+        .map_err(|e| e.to_string())?;
+    let bus = pipeline.bus().subscribe();
+    let counters = pipeline.counters();
+    let running = tokio::spawn(pipeline.run(stop_rx));
+    let collected = collect(bus, spec.calls).await;
     let _ = stop_tx.send(true);
     let _ = running.await;
-    let _ = std::fs::remove_dir_all(&dir);
-    // Partitions left behind would make every later run's broker slower.
-    let _ = admin
-        .delete_topics(&[&requests, &results, &dlq], &AdminOptions::new())
-        .await;
+    let with_probe = prepared.with_probe;
+    prepared.cleanup().await;
     let finished = counters.finished.load(Ordering::Relaxed) as usize;
-    if latencies.len() < calls || finished < calls {
-        return Err(format!(
-            "only {} of {calls} results ({finished} finished)",
-            latencies.len()
-        ));
-    }
-    if with_probe && matched < calls {
-        eprintln!(
-            "bench pipeline: {} of {calls} calls matched a kernel flow",
-            matched
-        );
-    }
-    let figures = figures.ok_or("no result")?;
-    Ok((figures, with_probe))
+    Ok((
+        collected.figures(spec.calls, finished, with_probe, "pipeline")?,
+        with_probe,
+    ))
 }
 
 /// What `cargo xtask bench pipeline` runs.
@@ -274,8 +360,9 @@ fn row(upstream: &str, run: &str, workers: usize, s: &Stats) {
     );
 }
 
-pub fn bench(b: &PipelineBench) -> Result<(), String> {
-    // The upstream on a runtime of its own, whose thread's CPU time is not the agent's.
+/// The programmable upstream on a runtime of its own (thread "upstream"), whose CPU time is
+/// not the agent's; and the agent's runtime (two workers, as `netscope-agent` has).
+pub fn runtimes() -> Result<(tokio::runtime::Runtime, Upstream, tokio::runtime::Runtime), String> {
     let upstream_rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .thread_name(UPSTREAM_THREAD)
@@ -290,6 +377,11 @@ pub fn bench(b: &PipelineBench) -> Result<(), String> {
         .enable_all()
         .build()
         .map_err(|e| e.to_string())?;
+    Ok((upstream_rt, up, rt))
+}
+
+pub fn bench(b: &PipelineBench) -> Result<(), String> {
+    let (_upstream_rt, up, rt) = runtimes()?;
     let base = format!("http://{}", up.addr);
     let port = up.addr.port();
     let result = rt.block_on(async {
@@ -303,10 +395,16 @@ pub fn bench(b: &PipelineBench) -> Result<(), String> {
         for (delay, workers) in [(0, b.capacity_workers), (b.delay_ms, b.delay_workers)] {
             let path = format!("/delay/{delay}");
             let bare = bare(&base, &path, b.calls, workers).await?;
-            let (piped, with_probe) = through_pipeline(
-                &base, &path, port, b.calls, workers, b.queue, &b.brokers,
-            )
-            .await?;
+            let spec = RunSpec {
+                base: &base,
+                path: &path,
+                port,
+                calls: b.calls,
+                concurrency: workers,
+                queue: b.queue,
+                brokers: &b.brokers,
+            };
+            let (piped, with_probe) = through_pipeline(&spec).await?;
             let name = if with_probe {
                 "pipeline (with probe)"
             } else {
