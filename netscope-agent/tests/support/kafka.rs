@@ -199,38 +199,19 @@ pub struct BrokerCut {
 impl BrokerCut {
     pub fn new(uid: u32, port: u16) -> Self {
         let table = format!("netscope_cut_{}", std::process::id());
-        nft(&format!(
-            "table inet {table} {{\n chain out {{\n type filter hook output priority 0;\n \
+        super::nft_with(
+            &[],
+            &format!(
+                "table inet {table} {{\n chain out {{\n type filter hook output priority 0;\n \
              meta skuid {uid} tcp dport {port} reject with tcp reset\n }}\n}}\n"
-        ));
+            ),
+        );
         Self { table }
     }
 }
 
 impl Drop for BrokerCut {
     fn drop(&mut self) {
-        nft(&format!("delete table inet {}", self.table));
+        super::nft_with(&[], &format!("delete table inet {}", self.table));
     }
-}
-
-fn nft(script: &str) {
-    use std::io::Write as _;
-    let mut child = std::process::Command::new("nft")
-        .args(["-f", "-"])
-        .stdin(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("nft (apt package nftables)");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(script.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "nft failed: {}\n{script}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }

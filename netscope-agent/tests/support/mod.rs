@@ -99,6 +99,32 @@ fn run(cmd: &str, args: &[&str]) {
 
 static NETNS_SEQ: AtomicU32 = AtomicU32::new(0);
 
+/// Runs `nft -f -` with `script` on stdin, after `prefix` (e.g. `ip netns exec NAME`; empty
+/// for the host's namespace); panics with nft's message when it fails.
+pub fn nft_with(prefix: &[&str], script: &str) {
+    use std::io::Write as _;
+    let mut argv: Vec<&str> = prefix.to_vec();
+    argv.extend(["nft", "-f", "-"]);
+    let mut child = Command::new(argv[0])
+        .args(&argv[1..])
+        .stdin(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("nft (apt package nftables)");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(script.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "nft failed: {}\n{script}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// A named network namespace with `lo` up, deleted on drop.
 pub struct NetNs {
     pub name: String,
@@ -129,25 +155,7 @@ impl NetNs {
 
     /// Runs `nft -f -` inside the namespace.
     pub fn nft(&self, script: &str) {
-        let mut child = Command::new("ip")
-            .args(["netns", "exec", &self.name, "nft", "-f", "-"])
-            .stdin(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .expect("nft (apt package nftables)");
-        use std::io::Write as _;
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(script.as_bytes())
-            .unwrap();
-        let out = child.wait_with_output().unwrap();
-        assert!(
-            out.status.success(),
-            "nft failed: {}\n{script}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        nft_with(&["ip", "netns", "exec", &self.name], script);
     }
 
     /// `nft` JSON listing of a named counter: (packets, bytes).
