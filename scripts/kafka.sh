@@ -12,6 +12,8 @@
 set -euo pipefail
 
 here="$(cd "$(dirname "$0")" && pwd)"
+# shellcheck source=scripts/lib.sh
+. "${here}/lib.sh"
 version="$(sed -n 's:.*<kafka.version>\(.*\)</kafka.version>.*:\1:p' "${here}/kafka/pom.xml")"
 libs="${NETSCOPE_KAFKA_LIBS:-${HOME}/.cache/netscope/kafka-${version}/libs}"
 dir="${NETSCOPE_KAFKA_DIR:-${HOME}/.local/share/netscope/kafka}"
@@ -107,42 +109,11 @@ start() {
   nohup bash -c "$(declare -f java_cmd); heap='${heap}' dir='${dir}' libs='${libs}' java_cmd kafka.Kafka '${dir}/server.properties'" \
     >> "${dir}/kafka.log" 2>&1 < /dev/null &
   echo $! > "${pidfile}"
-  for _ in $(seq 1 120); do
-    if serving; then
-      say "ready (pid $(cat "${pidfile}"))"
-      return
-    fi
-    if ! running; then
-      say "exited during start-up; last log lines:" >&2
-      tail -n 30 "${dir}/kafka.log" >&2
-      exit 1
-    fi
-    sleep 0.5
-  done
-  say "not ready after 60 s; last log lines:" >&2
-  tail -n 30 "${dir}/kafka.log" >&2
-  exit 1
+  wait_started 60 "${dir}/kafka.log" serving running "${pidfile}"
 }
 
 stop() {
-  if ! running; then
-    say "not running"
-    rm -f "${pidfile}"
-    return
-  fi
-  local pid
-  pid="$(cat "${pidfile}")"
-  kill -TERM "${pid}" 2>/dev/null || true
-  for _ in $(seq 1 40); do
-    running || break
-    sleep 0.5
-  done
-  if running; then
-    say "still running after 20 s: SIGKILL"
-    kill -KILL "${pid}" 2>/dev/null || true
-  fi
-  rm -f "${pidfile}"
-  say "stopped"
+  stop_pidfile "${pidfile}" running
 }
 
 case "${1:-}" in

@@ -13,6 +13,9 @@
 # targets, data — a temporary TSDB wiped at every start, log, pid).
 set -euo pipefail
 
+# shellcheck source=scripts/lib.sh
+. "$(cd "$(dirname "$0")" && pwd)/lib.sh"
+
 dir="${NETSCOPE_PROMETHEUS_DIR:-${HOME}/.local/share/netscope/prometheus}"
 port="${NETSCOPE_PROMETHEUS_PORT:-9090}"
 pidfile="${dir}/prometheus.pid"
@@ -56,37 +59,11 @@ start() {
     --web.listen-address="127.0.0.1:${port}" --storage.tsdb.retention.time=1d \
     > "${dir}/prometheus.log" 2>&1 < /dev/null &
   echo $! > "${pidfile}"
-  for _ in $(seq 1 120); do
-    if ready; then
-      say "ready (pid $(cat "${pidfile}"))"
-      return
-    fi
-    if ! running; then
-      say "exited during start-up; last log lines:" >&2
-      tail -n 20 "${dir}/prometheus.log" >&2
-      exit 1
-    fi
-    sleep 0.25
-  done
-  say "not ready after 30 s" >&2
-  tail -n 20 "${dir}/prometheus.log" >&2
-  exit 1
+  wait_started 30 "${dir}/prometheus.log" ready running "${pidfile}"
 }
 
 stop() {
-  if ! running; then
-    say "not running"
-    rm -f "${pidfile}"
-    return
-  fi
-  kill -TERM "$(cat "${pidfile}")" 2>/dev/null || true
-  for _ in $(seq 1 40); do
-    running || break
-    sleep 0.25
-  done
-  running && kill -KILL "$(cat "${pidfile}")" 2>/dev/null || true
-  rm -f "${pidfile}"
-  say "stopped"
+  stop_pidfile "${pidfile}" running
 }
 
 case "${1:-}" in
