@@ -14,7 +14,7 @@ use crate::{
     config::{ApiSettings, ProbeSettings},
     domain::{BusEvent, CounterSource, FlowQuery, FlowUpdate, FlowUpdateKind, HealthCheck},
     flows::{FlowPipeline, FlowTable, FlowTableStats},
-    metrics::{MetricsBuilder, Recorder, calls::CallMetrics, flows::FlowMetrics},
+    metrics::{MetricsBuilder, Recorder},
     probe::{KernelCounters, Probe, ProbeHealth, ProbeOptions, ring},
 };
 
@@ -81,15 +81,7 @@ pub async fn run_probe(
         u64::try_from(settings.retention.as_nanos()).unwrap_or(u64::MAX),
     )));
     let mut metrics = MetricsBuilder::new();
-    let recorder = Arc::new(Recorder {
-        calls: CallMetrics::register(metrics.registry()),
-        flows: Some(FlowMetrics::register(
-            metrics.registry(),
-            api.dest_groups.clone(),
-            api.comm_budget,
-            api.series_ttl,
-        )),
-    });
+    let recorder = Recorder::register(&mut metrics, Some(api.flow_labels()));
     let pipeline =
         FlowPipeline::new(Arc::clone(&table), Arc::new(bus.clone())).with_recorder(recorder);
 
@@ -98,32 +90,14 @@ pub async fn run_probe(
     let (stop_tx, stop_rx) = watch::channel(false);
     shutdown_signal(stop_tx)?;
 
-    let live = serve::live_hub(&api, "probe", stop_rx.clone());
-    let sources: [Arc<dyn CounterSource>; 5] = [
-        probe.counter_reader(),
-        reader.counters(),
-        bus.counter_source(),
-        Arc::clone(&table) as Arc<dyn CounterSource>,
-        Arc::clone(&live) as Arc<dyn CounterSource>,
-    ];
-    for source in sources {
-        metrics.source(source);
-    }
-    let health = ProbeHealth {
-        programs: probe.attached(),
-        reader: reader.counters(),
-        stale_after: (settings.poll * 5).max(std::time::Duration::from_secs(2)),
+    let parts = ViewParts {
+        probe: &probe,
+        reader: &reader,
+        bus: &bus,
+        table: &table,
+        poll: settings.poll,
     };
-    tokio::spawn(Arc::clone(&live).feed(bus.subscribe(), None));
-    let view = serve::View {
-        metrics: metrics.finish(),
-        flows: Some(Arc::clone(&table) as Arc<dyn FlowQuery>),
-        calls: None,
-        gateway: None,
-        health: vec![Arc::new(health) as Arc<dyn HealthCheck>],
-        live,
-        programs: probe.attached(),
-    };
+    let view = parts.view(&api, metrics, stop_rx.clone());
     let (_, server) = serve::start(&api, "probe", view, stop_rx.clone()).await?;
 
     let kick = Arc::new(Notify::new());
@@ -140,27 +114,78 @@ pub async fn run_probe(
     let kernel = probe.kernel_counters()?;
     drop(pipeline);
     drop(probe);
-
     let bus_published = bus.published();
     drop(bus);
     let (printed, bus_lagged) = match printer.await {
         Ok(result) => result.map_err(AppError::Output)?,
         Err(e) => return Err(AppError::Output(std::io::Error::other(e))),
     };
-    let reader_stats = reader.stats();
-    let table_stats: FlowTableStats = table.lock().unwrap_or_else(PoisonError::into_inner).stats();
     let bus = BusCounts {
         published: bus_published,
         lagged: bus_lagged,
     };
-    let summary = summarize(kernel, reader_stats, printed, bus, table_stats);
+    let table_stats: FlowTableStats = table.lock().unwrap_or_else(PoisonError::into_inner).stats();
+    report(kernel, reader.stats(), printed, bus, table_stats)
+}
+
+/// What the server shows of the probe: the flow table, the kernel's and the reader's
+/// counters, the bus, the live view, and readiness.
+struct ViewParts<'a> {
+    probe: &'a Probe,
+    reader: &'a ring::EventReader,
+    bus: &'a BroadcastBus,
+    table: &'a Arc<Mutex<FlowTable>>,
+    poll: std::time::Duration,
+}
+
+impl ViewParts<'_> {
+    fn view(
+        &self,
+        api: &ApiSettings,
+        mut metrics: MetricsBuilder,
+        stop: watch::Receiver<bool>,
+    ) -> serve::View {
+        let live = serve::live_hub(api, "probe", stop);
+        let sources: [Arc<dyn CounterSource>; 5] = [
+            self.probe.counter_reader(),
+            self.reader.counters(),
+            self.bus.counter_source(),
+            Arc::clone(self.table) as Arc<dyn CounterSource>,
+            Arc::clone(&live) as Arc<dyn CounterSource>,
+        ];
+        for source in sources {
+            metrics.source(source);
+        }
+        tokio::spawn(Arc::clone(&live).feed(self.bus.subscribe(), None));
+        let health = ProbeHealth::new(self.probe, self.reader, self.poll);
+        serve::View {
+            metrics: metrics.finish(),
+            flows: Some(Arc::clone(self.table) as Arc<dyn FlowQuery>),
+            calls: None,
+            gateway: None,
+            health: vec![Arc::new(health) as Arc<dyn HealthCheck>],
+            live,
+            programs: self.probe.attached(),
+        }
+    }
+}
+
+/// Prints the summary; an error when the counters do not reconcile.
+fn report(
+    kernel: KernelCounters,
+    reader: ring::ReaderStats,
+    printed: u64,
+    bus: BusCounts,
+    table: FlowTableStats,
+) -> Result<ProbeSummary, AppError> {
+    let summary = summarize(kernel, reader, printed, bus, table);
     print_summary(&summary)?;
     if !summary.reconciled {
         return Err(AppError::Unreconciled {
             emitted: kernel.emitted(),
-            read: reader_stats.delivered + reader_stats.malformed,
-            delivered: reader_stats.delivered,
-            malformed: reader_stats.malformed,
+            read: reader.delivered + reader.malformed,
+            delivered: reader.delivered,
+            malformed: reader.malformed,
         });
     }
     Ok(summary)

@@ -33,10 +33,7 @@ use crate::{
         schema::Normalizer,
         topics,
     },
-    metrics::{
-        MetricsBuilder, Recorder, calls::CallMetrics, flows::FlowMetrics,
-        resilience::ResilienceCollector,
-    },
+    metrics::{MetricsBuilder, Recorder, resilience::ResilienceCollector},
     outbound::HttpGateway,
     pipeline::{Executor, PipelineCounters},
     probe::{Probe, ProbeHealth, ProbeOptions, correlate::Correlator, ring},
@@ -86,64 +83,23 @@ impl Pipeline {
         // The audit trail first: a bad bucket or key fails the boot before anything is consumed.
         let (audit, rgw_audit) = audit_sink(s).await?;
         let bus = BroadcastBus::new(65_536);
-        let mut metrics = MetricsBuilder::new();
-        let recorder = Arc::new(Recorder {
-            calls: CallMetrics::register(metrics.registry()),
-            flows: s.probe.as_ref().map(|_| {
-                FlowMetrics::register(
-                    metrics.registry(),
-                    s.api.dest_groups.clone(),
-                    s.api.comm_budget,
-                    s.api.series_ttl,
-                )
-            }),
-        });
-        let mut health: Vec<Arc<dyn HealthCheck>> = Vec::new();
-        let (observer, probe_task, flows, programs) = match &s.probe {
-            Some(ps) => {
-                let attached = attach_probe(ps, &bus, recorder.clone(), stop.clone())?;
-                for source in attached.sources {
-                    metrics.source(source);
-                }
-                health.push(attached.health);
-                let programs = attached.programs;
-                (
-                    Some(attached.observer),
-                    Some(attached.task),
-                    Some(attached.table),
-                    programs,
-                )
-            }
-            None => (None, None, None, Vec::new()),
+        let mut seen = Observed::new(s);
+        let probe = match &s.probe {
+            Some(ps) => Some(attach_probe(ps, &bus, seen.recorder(), stop.clone())?),
+            None => None,
         };
         if s.create_topics {
-            let topics = [
-                (s.requests_topic.as_str(), 3),
-                (s.results_topic.as_str(), 3),
-                (s.dlq_topic.as_str(), 1),
-            ];
-            topics::ensure(&s.brokers, &topics).await?;
+            ensure_topics(s).await?;
         }
         let gateway: Arc<dyn OutboundGateway> = Arc::new(HttpGateway::new(
             s.policies.clone(),
             s.default_policy.clone(),
             s.max_in_flight,
-            observer,
+            probe.as_ref().map(|p| Arc::clone(&p.observer)),
         )?);
-        metrics
-            .registry()
-            .register_collector(Box::new(ResilienceCollector(Arc::clone(&gateway))));
         let results: Arc<dyn OutcomeSink> =
             Arc::new(KafkaResults::new(&s.brokers, &s.results_topic)?);
-        let ingest = KafkaIngest::connect(
-            KafkaSettings {
-                brokers: s.brokers.clone(),
-                group_id: s.group.clone(),
-                topics: vec![s.requests_topic.clone()],
-                dlq_topic: s.dlq_topic.clone(),
-            },
-            Normalizer::new(s.targets.clone(), s.limits.clone()),
-        )?;
+        let ingest = connect_ingest(s)?;
         let counters = Arc::new(PipelineCounters::default());
         let jobs = mpsc::channel(s.queue);
         let _ = counters.queue.set(jobs.0.downgrade());
@@ -152,38 +108,19 @@ impl Pipeline {
             sinks: vec![results, audit],
             bus: Arc::new(bus.clone()),
             source: ingest.tracker(),
-            recorder: recorder as Arc<dyn MetricsRecorder>,
+            recorder: seen.recorder(),
             workers: s.workers,
             grace: Duration::from_secs(10),
             counters: Arc::clone(&counters),
         });
-        let live = serve::live_hub(&s.api, "run", stop);
-        let calls = Arc::new(RecentCalls::new(s.api.recent_calls));
-        tokio::spawn(Arc::clone(&calls).feed(bus.subscribe()));
-        tokio::spawn(Arc::clone(&live).feed(bus.subscribe(), Some(Arc::clone(&gateway))));
-        health.push(ingest.health());
-        let sources: [Arc<dyn CounterSource>; 4] = [
-            ingest.counters(),
-            Arc::clone(&counters) as Arc<dyn CounterSource>,
-            bus.counter_source(),
-            Arc::clone(&live) as Arc<dyn CounterSource>,
-        ];
-        for source in sources {
-            metrics.source(source);
-        }
+        seen.source(ingest.counters());
+        seen.source(Arc::clone(&counters) as Arc<dyn CounterSource>);
+        seen.health.push(ingest.health());
         if let Some(rgw) = &rgw_audit {
-            metrics.source(rgw.stats());
-            health.push(rgw.stats());
+            seen.source(rgw.stats());
+            seen.health.push(rgw.stats());
         }
-        let view = serve::View {
-            metrics: metrics.finish(),
-            flows,
-            calls: Some(calls),
-            gateway: Some(gateway),
-            health,
-            live,
-            programs,
-        };
+        let (probe_task, view) = seen.view(s, &bus, gateway, probe, stop);
         Ok(Self {
             ingest,
             executor,
@@ -243,6 +180,99 @@ impl Pipeline {
             audit,
         })
     }
+}
+
+/// What the server will show of the pipeline, gathered while it is wired: the metrics each
+/// component registers, the health checks, and the recorder the executor and probe feed.
+struct Observed {
+    metrics: MetricsBuilder,
+    recorder: Arc<Recorder>,
+    health: Vec<Arc<dyn HealthCheck>>,
+}
+
+impl Observed {
+    fn new(s: &RunSettings) -> Self {
+        let mut metrics = MetricsBuilder::new();
+        let flows = s.probe.as_ref().map(|_| s.api.flow_labels());
+        let recorder = Recorder::register(&mut metrics, flows);
+        Self {
+            metrics,
+            recorder,
+            health: Vec::new(),
+        }
+    }
+
+    fn recorder(&self) -> Arc<dyn MetricsRecorder> {
+        Arc::clone(&self.recorder) as Arc<dyn MetricsRecorder>
+    }
+
+    fn source(&mut self, source: Arc<dyn CounterSource>) {
+        self.metrics.source(source);
+    }
+
+    /// The server's view: the call log and the live hub fed from the bus, the gateway's state,
+    /// the probe's table and health; also hands back the probe's reader task.
+    fn view(
+        mut self,
+        s: &RunSettings,
+        bus: &BroadcastBus,
+        gateway: Arc<dyn OutboundGateway>,
+        probe: Option<Attached>,
+        stop: watch::Receiver<bool>,
+    ) -> (Option<ProbeTask>, serve::View) {
+        let live = serve::live_hub(&s.api, "run", stop);
+        let calls = Arc::new(RecentCalls::new(s.api.recent_calls));
+        tokio::spawn(Arc::clone(&calls).feed(bus.subscribe()));
+        tokio::spawn(Arc::clone(&live).feed(bus.subscribe(), Some(Arc::clone(&gateway))));
+        self.source(bus.counter_source());
+        self.source(Arc::clone(&live) as Arc<dyn CounterSource>);
+        self.metrics
+            .registry()
+            .register_collector(Box::new(ResilienceCollector(Arc::clone(&gateway))));
+        let (task, flows, programs) = match probe {
+            Some(p) => {
+                for source in p.sources {
+                    self.metrics.source(source);
+                }
+                self.health.push(p.health);
+                (Some(p.task), Some(p.table), p.programs)
+            }
+            None => (None, None, Vec::new()),
+        };
+        let view = serve::View {
+            metrics: self.metrics.finish(),
+            flows,
+            calls: Some(calls),
+            gateway: Some(gateway),
+            health: self.health,
+            live,
+            programs,
+        };
+        (task, view)
+    }
+}
+
+/// The requests, results and dead-letter topics, created when missing.
+async fn ensure_topics(s: &RunSettings) -> Result<(), AppError> {
+    let topics = [
+        (s.requests_topic.as_str(), 3),
+        (s.results_topic.as_str(), 3),
+        (s.dlq_topic.as_str(), 1),
+    ];
+    Ok(topics::ensure(&s.brokers, &topics).await?)
+}
+
+/// The consumer (joining the group) and the dead-letter producer.
+fn connect_ingest(s: &RunSettings) -> Result<KafkaIngest, AppError> {
+    Ok(KafkaIngest::connect(
+        KafkaSettings {
+            brokers: s.brokers.clone(),
+            group_id: s.group.clone(),
+            topics: vec![s.requests_topic.clone()],
+            dlq_topic: s.dlq_topic.clone(),
+        },
+        Normalizer::new(s.targets.clone(), s.limits.clone()),
+    )?)
 }
 
 /// The demo upstream on 127.0.0.1:18080, when asked for.
@@ -323,11 +353,7 @@ fn attach_probe(
         Duration::from_millis(500),
     ));
     let programs = probe.attached();
-    let health = Arc::new(ProbeHealth {
-        programs: programs.clone(),
-        reader: reader.counters(),
-        stale_after: (ps.poll * 5).max(Duration::from_secs(2)),
-    });
+    let health = Arc::new(ProbeHealth::new(&probe, &reader, ps.poll));
     let sources: Vec<Arc<dyn CounterSource>> = vec![
         probe.counter_reader(),
         reader.counters(),

@@ -72,6 +72,17 @@ pub struct ApiSettings {
     pub series_ttl: Duration,
 }
 
+impl ApiSettings {
+    /// How the flow metrics label flows.
+    pub fn flow_labels(&self) -> crate::metrics::flows::FlowLabels {
+        crate::metrics::flows::FlowLabels {
+            dest: self.dest_groups.clone(),
+            comm_budget: self.comm_budget,
+            ttl: self.series_ttl,
+        }
+    }
+}
+
 /// Longest token file read (a token is a line).
 const MAX_TOKEN_BYTES: u64 = 4096;
 
@@ -109,30 +120,7 @@ impl ApiArgs {
                     .ok()
             })
             .collect();
-        if self.api_rate == 0 {
-            errors.push("api-rate must be at least 1".to_owned());
-        }
-        if !(1..=10_000).contains(&self.ws_max_clients) {
-            errors.push(format!(
-                "ws-max-clients {} must be 1..=10000",
-                self.ws_max_clients
-            ));
-        }
-        if !(1..=1_000_000).contains(&self.recent_calls) {
-            errors.push(format!(
-                "recent-calls {} must be 1..=1000000",
-                self.recent_calls
-            ));
-        }
-        if !(1..=10_000).contains(&self.comm_budget) {
-            errors.push(format!(
-                "comm-budget {} must be 1..=10000",
-                self.comm_budget
-            ));
-        }
-        if self.series_ttl_secs == 0 {
-            errors.push("series-ttl-secs must be at least 1".to_owned());
-        }
+        self.check_sizes(errors);
         let dest_groups = self.dest_groups(errors);
         (errors.len() == before).then(|| ApiSettings {
             listen: listen.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0))),
@@ -145,6 +133,25 @@ impl ApiArgs {
             comm_budget: self.comm_budget,
             series_ttl: Duration::from_secs(self.series_ttl_secs),
         })
+    }
+
+    /// Rates, caps and budgets within sane bounds.
+    fn check_sizes(&self, errors: &mut Vec<String>) {
+        if self.api_rate == 0 {
+            errors.push("api-rate must be at least 1".to_owned());
+        }
+        for (name, v, max) in [
+            ("ws-max-clients", self.ws_max_clients, 10_000),
+            ("recent-calls", self.recent_calls, 1_000_000),
+            ("comm-budget", self.comm_budget, 10_000),
+        ] {
+            if !(1..=max).contains(&v) {
+                errors.push(format!("{name} {v} must be 1..={max}"));
+            }
+        }
+        if self.series_ttl_secs == 0 {
+            errors.push("series-ttl-secs must be at least 1".to_owned());
+        }
     }
 
     /// The token's first line; an unreadable, oversized or empty file is an error.

@@ -88,7 +88,14 @@ impl CallMetrics {
             retransmits: Family::default(),
             correlation: Family::default(),
         };
-        let r = registry;
+        m.register_calls(registry);
+        m.register_network(registry);
+        m
+    }
+
+    /// The calls themselves and the resilience decisions they met.
+    fn register_calls(&self, r: &mut Registry) {
+        let m = self;
         r.register(
             "calls",
             "Outbound calls finished, by target, route, method, outcome and status class",
@@ -120,6 +127,11 @@ impl CallMetrics {
             "Calls not attempted, by target and policy (kind: circuit_open, bulkhead_full, rate_limited)",
             m.rejections.clone(),
         );
+    }
+
+    /// What the kernel saw of the calls' connections.
+    fn register_network(&self, r: &mut Registry) {
+        let m = self;
         r.register_with_unit(
             "tcp_connect_duration",
             "SYN_SENT → ESTABLISHED of the connections calls opened, as the kernel saw it",
@@ -147,7 +159,6 @@ impl CallMetrics {
             "Calls matched (or not) with the kernel's view of their connection",
             m.correlation.clone(),
         );
-        m
     }
 
     pub fn record(&self, r: &OutboundResult) {

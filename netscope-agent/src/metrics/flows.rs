@@ -69,6 +69,15 @@ struct State {
     removed: u64,
 }
 
+/// How flows are labelled: by destination group, and by process name within a budget; idle
+/// series expire after `ttl`.
+#[derive(Clone, Debug)]
+pub struct FlowLabels {
+    pub dest: DestGroups,
+    pub comm_budget: usize,
+    pub ttl: Duration,
+}
+
 pub struct FlowMetrics {
     dest: DestGroups,
     comm_budget: usize,
@@ -85,16 +94,11 @@ impl fmt::Debug for FlowMetrics {
 }
 
 impl FlowMetrics {
-    pub fn register(
-        registry: &mut Registry,
-        dest: DestGroups,
-        comm_budget: usize,
-        ttl: Duration,
-    ) -> Arc<Self> {
+    pub fn register(registry: &mut Registry, labels: FlowLabels) -> Arc<Self> {
         let m = Arc::new(Self {
-            dest,
-            comm_budget,
-            ttl,
+            dest: labels.dest,
+            comm_budget: labels.comm_budget,
+            ttl: labels.ttl,
             state: Mutex::new(State {
                 series: HashMap::new(),
                 comms: HashMap::new(),
@@ -187,36 +191,110 @@ impl FlowMetrics {
     }
 }
 
-/// Writes one family: `value` of every series, labelled (dest, comm[, extra]).
-fn family<'a, F>(
-    encoder: &mut DescriptorEncoder,
-    name: &str,
-    help: &str,
-    unit: Option<&Unit>,
-    metric_type: MetricType,
-    series: &'a HashMap<Key, Series>,
-    mut value: F,
-) -> fmt::Result
-where
-    F: FnMut(
-        &'a Series,
-        &mut dyn FnMut(Option<(&'static str, &'static str)>, u64) -> fmt::Result,
-    ) -> fmt::Result,
-{
-    let mut metric = encoder.encode_descriptor(name, help, unit, metric_type)?;
-    for ((dest, comm), s) in series {
-        value(s, &mut |extra, v| {
-            let base = [("dest", &**dest), ("comm", &**comm)];
-            let labels: Vec<(&str, &str)> = base.into_iter().chain(extra).collect();
-            let m = metric.encode_family(&labels)?;
-            if matches!(metric_type, MetricType::Gauge) {
-                ConstGauge::new(i64::try_from(v).unwrap_or(i64::MAX)).encode(m)
-            } else {
-                ConstCounter::new(v).encode(m)
+/// A value of a series, with at most one label besides `dest` and `comm`.
+type Labelled = (Option<(&'static str, &'static str)>, u64);
+
+/// One counter or gauge family of the flow metrics.
+struct Family {
+    name: &'static str,
+    help: &'static str,
+    unit: Option<Unit>,
+    kind: MetricType,
+    values: fn(&Series) -> Vec<Labelled>,
+}
+
+/// Outcomes with a count, labelled `key`.
+fn by_outcome(key: &'static str, counts: &[u64; FlowOutcome::COUNT]) -> Vec<Labelled> {
+    FlowOutcome::iter()
+        .filter(|o| counts[*o as usize] > 0)
+        .map(|o| (Some((key, o.into())), counts[o as usize]))
+        .collect()
+}
+
+const FAMILIES: [Family; 6] = [
+    Family {
+        name: "flow_connects",
+        help: "Outbound connects by destination group, process and result (ok or the failure)",
+        unit: None,
+        kind: MetricType::Counter,
+        values: |s| {
+            let mut v = vec![(Some(("result", "ok")), s.connects_ok)];
+            v.extend(by_outcome("result", &s.connects_failed));
+            v
+        },
+    },
+    Family {
+        name: "flow_closed",
+        help: "Established connections closed, by how they ended",
+        unit: None,
+        kind: MetricType::Counter,
+        values: |s| by_outcome("outcome", &s.closed),
+    },
+    Family {
+        name: "flow_tcp",
+        help: "TCP payload bytes of closed connections, by direction",
+        unit: Some(Unit::Bytes),
+        kind: MetricType::Counter,
+        values: |s| {
+            vec![
+                (Some(("direction", "sent")), s.bytes_sent),
+                (Some(("direction", "received")), s.bytes_received),
+            ]
+        },
+    },
+    Family {
+        name: "flow_retransmits",
+        help: "TCP retransmits of closed connections",
+        unit: None,
+        kind: MetricType::Counter,
+        values: |s| vec![(None, s.retransmits)],
+    },
+    Family {
+        name: "flow_resets",
+        help: "TCP resets of closed connections, by direction",
+        unit: None,
+        kind: MetricType::Counter,
+        values: |s| {
+            vec![
+                (Some(("direction", "sent")), s.resets_sent),
+                (Some(("direction", "received")), s.resets_received),
+            ]
+        },
+    },
+    Family {
+        name: "flow_active_connections",
+        help: "Outbound connections open now",
+        unit: None,
+        kind: MetricType::Gauge,
+        values: |s| vec![(None, s.active)],
+    },
+];
+
+impl Family {
+    /// Every series' values, labelled (dest, comm[, extra]).
+    fn encode(
+        &self,
+        encoder: &mut DescriptorEncoder,
+        series: &HashMap<Key, Series>,
+    ) -> fmt::Result {
+        let mut metric =
+            encoder.encode_descriptor(self.name, self.help, self.unit.as_ref(), self.kind)?;
+        for ((dest, comm), s) in series {
+            for (extra, v) in (self.values)(s) {
+                let labels: Vec<(&str, &str)> = [("dest", &**dest), ("comm", &**comm)]
+                    .into_iter()
+                    .chain(extra)
+                    .collect();
+                let m = metric.encode_family(&labels)?;
+                if matches!(self.kind, MetricType::Gauge) {
+                    ConstGauge::new(i64::try_from(v).unwrap_or(i64::MAX)).encode(m)?;
+                } else {
+                    ConstCounter::new(v).encode(m)?;
+                }
             }
-        })?;
+        }
+        Ok(())
     }
-    Ok(())
 }
 
 impl Collector for FlowMetrics {
@@ -225,82 +303,9 @@ impl Collector for FlowMetrics {
         self.expire(&mut st, Instant::now());
         let series = &st.series;
         let e = &mut encoder;
-        let c = MetricType::Counter;
-        family(
-            e,
-            "flow_connects",
-            "Outbound connects by destination group, process and result (ok or the failure)",
-            None,
-            c,
-            series,
-            |s, out| {
-                out(Some(("result", "ok")), s.connects_ok)?;
-                for o in FlowOutcome::iter() {
-                    if s.connects_failed[o as usize] > 0 {
-                        out(Some(("result", o.into())), s.connects_failed[o as usize])?;
-                    }
-                }
-                Ok(())
-            },
-        )?;
-        family(
-            e,
-            "flow_closed",
-            "Established connections closed, by how they ended",
-            None,
-            c,
-            series,
-            |s, out| {
-                for o in FlowOutcome::iter() {
-                    if s.closed[o as usize] > 0 {
-                        out(Some(("outcome", o.into())), s.closed[o as usize])?;
-                    }
-                }
-                Ok(())
-            },
-        )?;
-        family(
-            e,
-            "flow_tcp",
-            "TCP payload bytes of closed connections, by direction",
-            Some(&Unit::Bytes),
-            c,
-            series,
-            |s, out| {
-                out(Some(("direction", "sent")), s.bytes_sent)?;
-                out(Some(("direction", "received")), s.bytes_received)
-            },
-        )?;
-        family(
-            e,
-            "flow_retransmits",
-            "TCP retransmits of closed connections",
-            None,
-            c,
-            series,
-            |s, out| out(None, s.retransmits),
-        )?;
-        family(
-            e,
-            "flow_resets",
-            "TCP resets of closed connections, by direction",
-            None,
-            c,
-            series,
-            |s, out| {
-                out(Some(("direction", "sent")), s.resets_sent)?;
-                out(Some(("direction", "received")), s.resets_received)
-            },
-        )?;
-        family(
-            e,
-            "flow_active_connections",
-            "Outbound connections open now",
-            None,
-            MetricType::Gauge,
-            series,
-            |s, out| out(None, s.active),
-        )?;
+        for family in &FAMILIES {
+            family.encode(e, series)?;
+        }
         let mut m = e.encode_descriptor(
             "flow_connect_duration",
             "SYN_SENT → ESTABLISHED, by destination group and process",
@@ -336,6 +341,14 @@ mod tests {
         metrics::MetricsBuilder,
     };
 
+    fn labels(comm_budget: usize) -> FlowLabels {
+        FlowLabels {
+            dest: DestGroups::default(),
+            comm_budget,
+            ttl: Duration::from_secs(60),
+        }
+    }
+
     fn update(kind: FlowUpdateKind, port: u16, comm: &str) -> FlowUpdate {
         let mut flow = sample_flow(u64::from(port), port);
         flow.comm = comm.to_owned();
@@ -350,12 +363,7 @@ mod tests {
     #[test]
     fn names_past_the_budget_go_to_other_and_ports_never_become_labels() {
         let mut b = MetricsBuilder::new();
-        let m = FlowMetrics::register(
-            b.registry(),
-            DestGroups::default(),
-            3,
-            Duration::from_secs(60),
-        );
+        let m = FlowMetrics::register(b.registry(), labels(3));
         let now = Instant::now();
         for i in 0..1000u16 {
             let comm = format!("proc-{}", i % 10);
@@ -381,12 +389,7 @@ mod tests {
 
     #[test]
     fn idle_series_expire_and_give_their_name_slot_back() {
-        let m = FlowMetrics::register(
-            &mut Registry::default(),
-            DestGroups::default(),
-            1,
-            Duration::from_secs(60),
-        );
+        let m = FlowMetrics::register(&mut Registry::default(), labels(1));
         let t0 = Instant::now();
         m.record_at(&update(FlowUpdateKind::Closed, 1, "old"), t0);
         m.record_at(&update(FlowUpdateKind::Established, 2, "open"), t0);

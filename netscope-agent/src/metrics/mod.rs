@@ -188,6 +188,18 @@ pub struct Recorder {
     pub flows: Option<Arc<flows::FlowMetrics>>,
 }
 
+impl Recorder {
+    /// Registers the call metrics, and the flow metrics labelled as `flows` says (when there
+    /// is a probe to feed them).
+    pub fn register(builder: &mut MetricsBuilder, flows: Option<flows::FlowLabels>) -> Arc<Self> {
+        let registry = builder.registry();
+        Arc::new(Self {
+            calls: calls::CallMetrics::register(registry),
+            flows: flows.map(|labels| flows::FlowMetrics::register(registry, labels)),
+        })
+    }
+}
+
 impl MetricsRecorder for Recorder {
     fn call_finished(&self, result: &OutboundResult) {
         self.calls.record(result);

@@ -35,38 +35,44 @@ fn gauge(
     Ok(())
 }
 
+/// The circuit's state (one series per state, 1 for the current one) and its transitions.
+fn circuits(e: &mut DescriptorEncoder, snaps: &[ResilienceSnapshot]) -> fmt::Result {
+    let mut m = e.encode_descriptor(
+        "circuit_state",
+        "1 for the state each target's circuit is in, 0 for the others",
+        None,
+        MetricType::Gauge,
+    )?;
+    for s in snaps {
+        for state in CircuitState::iter() {
+            let labels = [("target", s.target.0.as_str()), ("state", state.into())];
+            ConstGauge::new(i64::from(s.circuit == state)).encode(m.encode_family(&labels)?)?;
+        }
+    }
+    let mut m = e.encode_descriptor(
+        "circuit_transitions",
+        "Times each target's circuit moved to a state",
+        None,
+        MetricType::Counter,
+    )?;
+    for s in snaps {
+        let t = s.transitions;
+        for (to, n) in [
+            ("open", t.opened),
+            ("half_open", t.half_opened),
+            ("closed", t.closed),
+        ] {
+            let labels = [("target", s.target.0.as_str()), ("to", to)];
+            ConstCounter::new(n).encode(m.encode_family(&labels)?)?;
+        }
+    }
+    Ok(())
+}
+
 impl Collector for ResilienceCollector {
     fn encode(&self, mut e: DescriptorEncoder) -> fmt::Result {
         let snaps = self.0.snapshot();
-        let mut m = e.encode_descriptor(
-            "circuit_state",
-            "1 for the state each target's circuit is in, 0 for the others",
-            None,
-            MetricType::Gauge,
-        )?;
-        for s in &snaps {
-            for state in CircuitState::iter() {
-                let labels = [("target", s.target.0.as_str()), ("state", state.into())];
-                ConstGauge::new(i64::from(s.circuit == state)).encode(m.encode_family(&labels)?)?;
-            }
-        }
-        let mut m = e.encode_descriptor(
-            "circuit_transitions",
-            "Times each target's circuit moved to a state",
-            None,
-            MetricType::Counter,
-        )?;
-        for s in &snaps {
-            let t = s.transitions;
-            for (to, n) in [
-                ("open", t.opened),
-                ("half_open", t.half_opened),
-                ("closed", t.closed),
-            ] {
-                let labels = [("target", s.target.0.as_str()), ("to", to)];
-                ConstCounter::new(n).encode(m.encode_family(&labels)?)?;
-            }
-        }
+        circuits(&mut e, &snaps)?;
         let n = |v: usize| i64::try_from(v).unwrap_or(i64::MAX);
         gauge(
             &mut e,

@@ -115,6 +115,17 @@ pub struct ProbeHealth {
     pub stale_after: Duration,
 }
 
+impl ProbeHealth {
+    /// For `probe`'s programs and `reader`, which turns at least every `poll`.
+    pub fn new(probe: &super::Probe, reader: &super::EventReader, poll: Duration) -> Self {
+        Self {
+            programs: probe.attached(),
+            reader: reader.counters(),
+            stale_after: (poll * 5).max(Duration::from_secs(2)),
+        }
+    }
+}
+
 impl HealthCheck for ProbeHealth {
     fn checks(&self) -> Vec<Check> {
         let last = self.reader.alive_mono_ms.load(Ordering::Relaxed);
