@@ -196,10 +196,15 @@ fn helper_reads_give_the_same_facts_as_direct_context_loads() {
 
 /// The kernel's interval lies inside the application's (it starts inside `connect()` and ends
 /// before `connect()` returns) — asserted; then `Err` unless |kernel − application| ≤
-/// max(2 %, 200 µs).
+/// max(2 %, 200 µs). Under emulation (`cargo xtask test-kernels`), where a system call alone
+/// takes hundreds of µs, the floor is `NETSCOPE_LATENCY_FLOOR_US`.
 fn latency_agrees(kernel_ns: u64, app: Duration) -> Result<(), String> {
     let app_ns = app.as_nanos() as u64;
-    let tolerance = (app_ns / 50).max(200_000);
+    let floor_us: u64 = std::env::var("NETSCOPE_LATENCY_FLOOR_US")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(200);
+    let tolerance = (app_ns / 50).max(floor_us * 1000);
     assert!(
         kernel_ns <= app_ns,
         "kernel {kernel_ns} ns > application {app_ns} ns"
@@ -382,14 +387,18 @@ fn a_burst_of_20000_connections_is_seen_whole_and_counters_reconcile() {
         return;
     };
     const PORT: u16 = 7106;
-    const CONNECTIONS: usize = 20_000;
+    // Scaled down under emulation (`cargo xtask test-kernels` runs 2,000 in its guests).
+    let connections: usize = std::env::var("NETSCOPE_BURST_connections")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20_000);
     let ns = NetNs::new("burst");
     let _in = ns.enter();
     // Default options: default ring size, no filter beyond the port.
     let probe = Harness::start(&Harness::for_dport(PORT));
-    connect_and_let_the_server_close(PORT, CONNECTIONS);
+    connect_and_let_the_server_close(PORT, connections);
     probe.wait_for("every close", |evs| {
-        evs.iter().filter(|s| s.kind == EventKind::Closed).count() >= CONNECTIONS
+        evs.iter().filter(|s| s.kind == EventKind::Closed).count() >= connections
     });
     let (events, counters, delivered) = probe.finish();
     let established = events
@@ -400,9 +409,9 @@ fn a_burst_of_20000_connections_is_seen_whole_and_counters_reconcile() {
         .iter()
         .filter(|s| s.kind == EventKind::Closed)
         .count();
-    assert_eq!(established, CONNECTIONS);
-    assert_eq!(closed, CONNECTIONS);
-    assert_eq!(counters.get(counter::CONNECTS_TRACKED), CONNECTIONS as u64);
+    assert_eq!(established, connections);
+    assert_eq!(closed, connections);
+    assert_eq!(counters.get(counter::CONNECTS_TRACKED), connections as u64);
     assert_eq!(counters.dropped(), 0, "ring drops with the default size");
     assert_eq!(counters.get(counter::SOCK_TABLE_FULL), 0);
     assert_eq!(counters.get(counter::READ_ERRORS), 0);
@@ -411,7 +420,7 @@ fn a_burst_of_20000_connections_is_seen_whole_and_counters_reconcile() {
         delivered,
         "kernel emitted = user delivered"
     );
-    assert_eq!(delivered, 2 * CONNECTIONS as u64);
+    assert_eq!(delivered, 2 * connections as u64);
     // Client ports are reused (the server side holds TIME_WAIT): identity is (socket, start).
     let mut ids: Vec<_> = events
         .iter()
@@ -420,7 +429,7 @@ fn a_burst_of_20000_connections_is_seen_whole_and_counters_reconcile() {
         .collect();
     ids.sort_unstable();
     ids.dedup();
-    assert_eq!(ids.len(), CONNECTIONS, "every connection seen exactly once");
+    assert_eq!(ids.len(), connections, "every connection seen exactly once");
 }
 
 #[test]

@@ -1,6 +1,8 @@
 //! `cargo xtask <task>`: NetScope's developer tasks. On a fresh machine use `./xtask.sh <task>`,
 //! which runs `scripts/setup.sh` first (toolchains, bpf-linker, apt packages, mounts).
 
+mod kernels;
+
 use std::{
     env,
     path::{Path, PathBuf},
@@ -22,6 +24,8 @@ tasks:
                         RGW and Prometheus, then every test; the Kafka, RGW, Prometheus and
                         Chromium tests are required, and as root the kernel tests too
                         (NETSCOPE_REQUIRE_{KAFKA,CEPH,PROMETHEUS,BROWSER,KERNEL}_TESTS=1)
+  test-kernels [RELEASE…|host]  the kernel tests on real Debian kernels (5.10, 6.1, 6.12, 7.x;
+                        fetched once) under qemu, and on this VM's kernel: a test × kernel matrix
   kafka start|stop|status  the local Kafka broker (scripts/kafka.sh)
   ceph start|stop|status|rgw-stop|rgw-start  the local Ceph RGW (scripts/ceph.sh)
   bench probe [ARGS…]   kernel cost and connection rate: none vs NetScope vs empty programs
@@ -394,6 +398,7 @@ fn main() -> ExitCode {
     let result = match task.as_str() {
         "setup" => run("bash", &["scripts/setup.sh"], &[]),
         "build-ebpf" => build_ebpf(rest),
+        "test-kernels" => kernels::test_kernels(rest),
         "probe" => agent(&["probe"], rest),
         "run" => run("bash", &["scripts/kafka.sh", "start"], &[])
             .and_then(|()| {
