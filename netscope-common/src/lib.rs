@@ -248,18 +248,29 @@ pub struct ProbeConfig {
     pub tc_attached: u32,
     /// 1 to read tracepoint fields with `bpf_probe_read` only (no direct context loads).
     pub helper_reads: u32,
-    pub _pad: u32,
+    /// 1 when `sock:sock_send_length`/`sock_recv_length` are attached (Linux ≥ 6.4): bytes and
+    /// calls are counted as they happen. 0 (older kernels): a connection's bytes are read from
+    /// `tcp_sock` at its close, as tcplife does, and calls are not counted.
+    pub length_hooks: u32,
     /// Offset of `sk_err` in `struct sock` (from kernel BTF), or `OFFSET_NONE`.
     pub sock_sk_err: u32,
     /// Offset of `srtt_us` in `struct tcp_sock` (from kernel BTF), or `OFFSET_NONE`.
     pub tcp_srtt_us: u32,
     /// `FILTER_*` bits.
     pub filters: u32,
+    /// Offsets of `bytes_sent`, `bytes_retrans` and `bytes_received` in `struct tcp_sock`
+    /// (kernel BTF, Linux ≥ 4.19), or `OFFSET_NONE`: what a connection sent (payload, its
+    /// retransmissions taken out) and received when `length_hooks` is 0.
+    pub tcp_bytes_sent: u32,
+    pub tcp_bytes_retrans: u32,
+    pub tcp_bytes_received: u32,
+    pub _pad: u32,
     /// Bytes of unread data in the ring at which the producer forces a wake-up of user space;
     /// below it events are submitted without wake-up and user space polls on a timer.
     pub wakeup_bytes: u64,
 }
-const _: () = assert!(size_of::<ProbeConfig>() == 128);
+const _: () = assert!(size_of::<ProbeConfig>() == 144);
+const _: () = assert!(core::mem::offset_of!(ProbeConfig, wakeup_bytes) == 136);
 
 impl ProbeConfig {
     /// A configuration in which every offset is unknown: the programs do nothing until user
@@ -297,10 +308,14 @@ impl ProbeConfig {
         destroy_skaddr: OFFSET_NONE,
         tc_attached: 0,
         helper_reads: 0,
-        _pad: 0,
+        length_hooks: 0,
         sock_sk_err: OFFSET_NONE,
         tcp_srtt_us: OFFSET_NONE,
         filters: 0,
+        tcp_bytes_sent: OFFSET_NONE,
+        tcp_bytes_retrans: OFFSET_NONE,
+        tcp_bytes_received: OFFSET_NONE,
+        _pad: 0,
         wakeup_bytes: 0,
     };
 }

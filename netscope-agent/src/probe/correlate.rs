@@ -34,6 +34,9 @@ pub struct Correlator {
     kick: Arc<Notify>,
     deltas: Mutex<CallDeltas>,
     wait: Duration,
+    /// The kernel counts bytes as they flow (length tracepoints); without, only a finished
+    /// connection's bytes are known.
+    live_bytes: bool,
 }
 
 impl Correlator {
@@ -43,6 +46,7 @@ impl Correlator {
         updated: Arc<Notify>,
         kick: Arc<Notify>,
         wait: Duration,
+        live_bytes: bool,
     ) -> Self {
         Self {
             table,
@@ -51,6 +55,7 @@ impl Correlator {
             kick,
             deltas: Mutex::new(CallDeltas::default()),
             wait,
+            live_bytes,
         }
     }
 
@@ -81,10 +86,19 @@ impl Correlator {
 
     fn compute(&self, flow: &Flow, call_started: SystemTime) -> NetworkFacts {
         let now = self.counters(flow);
-        self.deltas
+        let mut facts = self
+            .deltas
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .facts(flow, now, unix_ns(call_started))
+            .facts(flow, now, unix_ns(call_started));
+        // Without live counts, only a connection opened for this call and already closed has
+        // bytes that are this call's: nothing is invented.
+        let whole_connection = facts.new_connection == Some(true) && flow.is_finished();
+        if !self.live_bytes && !whole_connection {
+            facts.bytes_sent = None;
+            facts.bytes_received = None;
+        }
+        facts
     }
 }
 

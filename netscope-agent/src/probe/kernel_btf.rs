@@ -1,6 +1,7 @@
 //! Offsets of the few kernel struct fields the programs read directly (`sock.sk_err`,
-//! `tcp_sock.srtt_us`), found in the running kernel's BTF at load time. Without BTF the probe
-//! still runs; those two facts are then reported as unknown.
+//! `tcp_sock.srtt_us`, and — on kernels without the length tracepoints — `tcp_sock.bytes_sent`,
+//! `bytes_retrans` and `bytes_received`), found in the running kernel's BTF at load time. Without BTF the probe
+//! still runs; those facts are then reported as unknown.
 
 use btf_rs::{Btf, Type};
 
@@ -13,6 +14,11 @@ pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
 pub struct KernelOffsets {
     pub sock_sk_err: Option<u32>,
     pub tcp_sock_srtt_us: Option<u32>,
+    /// `tcp_sock.bytes_sent`, `bytes_retrans` and `bytes_received` (RFC 4898, Linux ≥ 4.19),
+    /// read at close where the kernel has no `sock_send_length`/`sock_recv_length` tracepoints.
+    pub tcp_sock_bytes_sent: Option<u32>,
+    pub tcp_sock_bytes_retrans: Option<u32>,
+    pub tcp_sock_bytes_received: Option<u32>,
 }
 
 impl KernelOffsets {
@@ -20,6 +26,9 @@ impl KernelOffsets {
         Self {
             sock_sk_err: member_offset(btf, "sock", "sk_err"),
             tcp_sock_srtt_us: member_offset(btf, "tcp_sock", "srtt_us"),
+            tcp_sock_bytes_sent: member_offset(btf, "tcp_sock", "bytes_sent"),
+            tcp_sock_bytes_retrans: member_offset(btf, "tcp_sock", "bytes_retrans"),
+            tcp_sock_bytes_received: member_offset(btf, "tcp_sock", "bytes_received"),
         }
     }
 

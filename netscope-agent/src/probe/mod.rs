@@ -162,6 +162,8 @@ pub struct Probe {
     loaded: Vec<&'static str>,
     kernel_offsets: KernelOffsets,
     counters: std::sync::Arc<KernelCounterReader>,
+    /// The length tracepoints are attached (Linux ≥ 6.4): live bytes and calls per socket.
+    length_hooks: bool,
 }
 
 impl Probe {
@@ -204,7 +206,13 @@ impl Probe {
             loaded: Vec::new(),
             kernel_offsets,
             counters,
+            length_hooks: config.length_hooks == 1,
         };
+        if !probe.length_hooks {
+            tracing::warn!(
+                "no sock:sock_send_length/sock_recv_length on this kernel (before 6.4): bytes come from tcp_sock at close; live per-call bytes and call counts are unknown"
+            );
+        }
         probe.fill_filters(&options.filters)?;
         probe.attach(options)?;
         Ok(probe)
@@ -265,6 +273,9 @@ impl Probe {
 
     fn attach(&mut self, options: &ProbeOptions) -> Result<(), ProbeError> {
         for spec in &TRACEPOINTS {
+            if spec.category == "sock" && spec.name != "inet_sock_set_state" && !self.length_hooks {
+                continue;
+            }
             let name = match options.programs {
                 ProgramSet::NetScope => spec.netscope,
                 ProgramSet::Baseline => spec.baseline,
@@ -377,6 +388,12 @@ impl Probe {
         std::sync::Arc::clone(&self.counters)
     }
 
+    /// Whether the kernel counts each socket's bytes as they flow (the length tracepoints,
+    /// Linux ≥ 6.4); otherwise only a closed connection's bytes are known.
+    pub fn counts_live_bytes(&self) -> bool {
+        self.length_hooks
+    }
+
     /// The programs attached now.
     pub fn attached(&self) -> Vec<&'static str> {
         self.loaded.clone()
@@ -434,26 +451,34 @@ fn probe_config(
     options: &ProbeOptions,
 ) -> Result<ProbeConfig, ProbeError> {
     let skaddr = |category, name| tracefs.format(category, name)?.offset("skaddr", 8);
+    // The length tracepoints exist from Linux 6.4; before, bytes come from tcp_sock at close.
+    let length = |name| match tracefs.format("sock", name) {
+        Ok(format) => format.sock_length_offsets().map(Some),
+        Err(ProbeError::TracepointMissing { .. }) => Ok(None),
+        Err(e) => Err(e),
+    };
+    let (send_length, recv_length) = (length("sock_send_length")?, length("sock_recv_length")?);
+    let length_hooks = send_length.is_some() && recv_length.is_some();
     Ok(ProbeConfig {
         set_state: tracefs
             .format("sock", "inet_sock_set_state")?
             .set_state_offsets()?,
-        send_length: tracefs
-            .format("sock", "sock_send_length")?
-            .sock_length_offsets()?,
-        recv_length: tracefs
-            .format("sock", "sock_recv_length")?
-            .sock_length_offsets()?,
+        send_length: send_length.unwrap_or(ProbeConfig::UNSET.send_length),
+        recv_length: recv_length.unwrap_or(ProbeConfig::UNSET.recv_length),
         retransmit_skaddr: skaddr("tcp", "tcp_retransmit_skb")?,
         send_reset_skaddr: skaddr("tcp", "tcp_send_reset")?,
         receive_reset_skaddr: skaddr("tcp", "tcp_receive_reset")?,
         destroy_skaddr: skaddr("tcp", "tcp_destroy_sock")?,
         tc_attached: u32::from(!options.tc_interfaces.is_empty()),
         helper_reads: u32::from(options.helper_reads_only),
-        _pad: 0,
+        length_hooks: u32::from(length_hooks),
         sock_sk_err: offsets.sock_sk_err.unwrap_or(OFFSET_NONE),
         tcp_srtt_us: offsets.tcp_sock_srtt_us.unwrap_or(OFFSET_NONE),
         filters: options.filters.bits(),
+        tcp_bytes_sent: offsets.tcp_sock_bytes_sent.unwrap_or(OFFSET_NONE),
+        tcp_bytes_retrans: offsets.tcp_sock_bytes_retrans.unwrap_or(OFFSET_NONE),
+        tcp_bytes_received: offsets.tcp_sock_bytes_received.unwrap_or(OFFSET_NONE),
+        _pad: 0,
         wakeup_bytes: options.wakeup_bytes,
     })
 }

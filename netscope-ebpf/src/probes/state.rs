@@ -282,6 +282,29 @@ fn read_kernel<T: Default>(sk: u64, offset: u32) -> Option<T> {
     unsafe { bpf_probe_read_kernel((sk + offset as u64) as *const T) }.ok()
 }
 
+/// Without the length hooks (Linux < 6.4): a closed connection's bytes from TCP's own counters
+/// (tcplife's way). Sent: payload transmitted minus retransmitted. Received: `bytes_received`
+/// counts the peer's FIN as one byte, and the FIN came in when the socket closed from a state
+/// that follows it (CLOSE_WAIT, LAST_ACK, CLOSING, FIN_WAIT2 through TIME_WAIT).
+#[inline(always)]
+fn tcp_totals(sk: u64, close_from: u32) -> (u64, u64) {
+    let sent = read_kernel::<u64>(sk, config!(tcp_bytes_sent)).unwrap_or(0);
+    let retrans = read_kernel::<u64>(sk, config!(tcp_bytes_retrans)).unwrap_or(0);
+    let received = read_kernel::<u64>(sk, config!(tcp_bytes_received)).unwrap_or(0);
+    let fin_in = matches!(
+        close_from,
+        tcp_state::CLOSE_WAIT
+            | tcp_state::LAST_ACK
+            | tcp_state::CLOSING
+            | tcp_state::FIN_WAIT2
+            | tcp_state::TIME_WAIT
+    );
+    (
+        sent.saturating_sub(retrans),
+        received.saturating_sub(u64::from(fin_in)),
+    )
+}
+
 /// Inlined: a BPF call passes at most five arguments in registers.
 #[inline(always)]
 fn emit(
@@ -298,6 +321,10 @@ fn emit(
     // SAFETY: `state` points into a live SOCKS value; the reservation is exclusively ours.
     let st = unsafe { &*state };
     let srtt = read_kernel::<u32>(sk, config!(tcp_srtt_us)).map_or(SRTT_UNKNOWN, |v| v >> 3);
+    let (bytes_sent, bytes_received) = match kind {
+        EventKind::Closed if config!(length_hooks) == 0 => tcp_totals(sk, st.close_from_state),
+        _ => (st.bytes_sent, st.bytes_received),
+    };
     // sk_err only says something once the connection has ended.
     let sk_err = match kind {
         EventKind::Established => SK_ERR_UNKNOWN,
@@ -320,8 +347,8 @@ fn emit(
         start_ns: st.start_ns,
         established_ns: st.established_ns,
         closed_ns: st.closed_ns,
-        bytes_sent: st.bytes_sent,
-        bytes_received: st.bytes_received,
+        bytes_sent,
+        bytes_received,
         send_calls: st.send_calls,
         recv_calls: st.recv_calls,
         wire: *wire,
