@@ -17,7 +17,9 @@ NIGHTLY="${NETSCOPE_NIGHTLY:-nightly-2026-10-29}"
 BPF_LINKER_VERSION="0.13.0"
 CARGO_DENY_VERSION="0.20.2"
 # prometheus (with promtool) and chromium: the real scraper and browser of the API tests.
-APT_PACKAGES=(nftables iproute2 bpftool curl prometheus chromium chromium-driver)
+# qemu-system-x86 and busybox-static: the kernel matrix (cargo xtask test-kernels).
+APT_PACKAGES=(nftables iproute2 bpftool curl prometheus chromium chromium-driver qemu-system-x86
+  busybox-static xz-utils)
 
 say() { printf 'setup: %s\n' "$*"; }
 

@@ -21,7 +21,7 @@ tasks:
   send [ARGS…]          send demo requests to the local pipeline (`netscope-agent send`)
   probe [ARGS…]         build (release) and run `netscope-agent probe ARGS…` (root)
   test                  fmt check, clippy -D warnings, cargo deny, start the local Kafka broker, Ceph
-                        RGW and Prometheus, then every test; the Kafka, RGW, Prometheus and
+                        RGW and Prometheus, then every test, then (root) test-kernels; the Kafka, RGW, Prometheus and
                         Chromium tests are required, and as root the kernel tests too
                         (NETSCOPE_REQUIRE_{KAFKA,CEPH,PROMETHEUS,BROWSER,KERNEL}_TESTS=1)
   test-kernels [RELEASE…|host]  the kernel tests on real Debian kernels (5.10, 6.1, 6.12, 7.x;
@@ -113,7 +113,18 @@ fn test() -> Result<(), String> {
     run("bash", &["scripts/kafka.sh", "start"], &[])?;
     run("bash", &["scripts/ceph.sh", "start"], &[])?;
     run("bash", &["scripts/prometheus.sh", "start"], &[])?;
-    run_tests(require)
+    run_tests(require)?;
+    if is_root() {
+        // The same kernel tests on Linux 5.10, 6.1, 6.12 and 7.x under qemu, and here.
+        let started = std::time::Instant::now();
+        let matrix = kernels::test_kernels(&[]);
+        eprintln!(
+            "xtask: kernel matrix took {:.0} s",
+            started.elapsed().as_secs_f64()
+        );
+        matrix?;
+    }
+    Ok(())
 }
 
 /// Totals of libtest's `test result:` lines.
