@@ -40,6 +40,13 @@ enum Command {
 
 #[derive(clap::Args)]
 struct ProbeCommand {
+    /// Print which hook serves each fact on this kernel (or why none can), and exit: 0 when
+    /// every required fact is served, 1 otherwise. Loads nothing.
+    #[arg(long)]
+    check: bool,
+    /// With --check: JSON instead of text.
+    #[arg(long, requires = "check")]
+    json: bool,
     #[command(flatten)]
     probe: ProbeArgs,
     #[command(flatten)]
@@ -91,6 +98,7 @@ fn main() -> ExitCode {
         Err(e) => return fail(&e, 1),
     };
     match cli.command {
+        Command::Probe(args) if args.check => print_check(args.json),
         Command::Probe(args) => validated(args.validate(), |(probe, api)| {
             rt.block_on(app::run_probe(probe, api))
                 .map(|_| ExitCode::SUCCESS)
@@ -122,6 +130,24 @@ fn validated<S, E: std::error::Error, F: std::error::Error>(
     match settings {
         Err(e) => fail(&e, 2),
         Ok(s) => run(s).unwrap_or_else(|e| fail(&e, 1)),
+    }
+}
+
+/// `probe --check`: the report on stdout; exit 0 when every required fact is served.
+fn print_check(json: bool) -> ExitCode {
+    let report = netscope_agent::probe::check::check();
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report).unwrap_or_default()
+        );
+    } else {
+        print!("{}", report.render());
+    }
+    if report.ok() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
     }
 }
 

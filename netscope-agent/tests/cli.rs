@@ -177,6 +177,32 @@ fn bad_audit_settings_are_all_listed_at_boot_and_exit_2() {
 }
 
 #[test]
+fn probe_check_says_which_hook_serves_each_fact_here() {
+    let output = Command::new(BIN)
+        .args(["probe", "--check"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&output.stdout);
+    for fact in [
+        "connect latency",
+        "bytes per connection",
+        "bytes per call",
+        "retransmits",
+    ] {
+        assert!(text.contains(fact), "`{fact}` missing:\n{text}");
+    }
+    // This VM has the length tracepoints and BTF: every required fact is served.
+    assert_eq!(output.status.code(), Some(0), "{text}");
+    let json = Command::new(BIN)
+        .args(["probe", "--check", "--json"])
+        .output()
+        .unwrap();
+    let report: Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(report["facts"][0]["fact"], "connect latency");
+    assert!(report["facts"][0]["hook"].is_string(), "{report}");
+}
+
+#[test]
 fn without_privileges_it_names_the_missing_capabilities() {
     let mut cmd = Command::new(BIN);
     cmd.arg("probe");

@@ -9,6 +9,7 @@
 //! 20,000-connection burst runs scaled to 2,000 connections (`NETSCOPE_BURST_CONNECTIONS`), and
 //! connect latency must agree with the application's within max(2 %, 2 ms) instead of
 //! max(2 %, 200 µs) (`NETSCOPE_LATENCY_FLOOR_US`): an emulated system call takes hundreds of µs.
+//! Each guest also runs `netscope-agent probe --check` (which hook serves each fact there).
 //! Prints a matrix: test × kernel → ok / FAILED.
 
 use std::{
@@ -122,6 +123,22 @@ fn install(root: &Path, from: &Path, to: Option<&str>) -> Result<(), String> {
     Ok(())
 }
 
+/// Copies a binary without its debug info (a debug build is hundreds of MB; the guest has 1 GiB).
+fn stripped(from: &Path, to: &Path) -> Result<(), String> {
+    let status = Command::new("strip")
+        .arg("--strip-debug")
+        .arg("-o")
+        .arg(to)
+        .arg(from)
+        .status()
+        .map_err(|e| format!("strip (binutils): {e}"))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("strip {} failed", from.display()))
+    }
+}
+
 const INIT: &str = r#"#!/bin/sh
 export PATH=/bin:/sbin:/usr/bin:/usr/sbin
 mount -t proc proc /proc
@@ -141,6 +158,7 @@ done
 ip link set lo up
 echo "NETSCOPE-GUEST: kernel $(uname -r)"
 cd /netscope
+./netscope-agent probe --check | while IFS= read -r line; do echo "NETSCOPE-CHECK: $line"; done
 NETSCOPE_REQUIRE_KERNEL_TESTS=1 NETSCOPE_BURST_CONNECTIONS=@BURST@ \
   NETSCOPE_LATENCY_FLOOR_US=@FLOOR@ RUST_BACKTRACE=1 \
   ./kernel --test-threads=1 2>&1
@@ -180,8 +198,14 @@ fn initramfs(kernel: &Kernel, test_binary: &Path, out: &Path) -> Result<PathBuf,
             .map_err(|e| e.to_string())?;
     }
     let tools = [which("ip")?, which("nft")?, which("bash")?];
-    install(&root, test_binary, Some("netscope/kernel"))?;
-    for binary in tools.iter().map(PathBuf::as_path).chain([test_binary]) {
+    let agent = workspace().join("target/debug/netscope-agent");
+    stripped(test_binary, &root.join("netscope/kernel"))?;
+    stripped(&agent, &root.join("netscope/netscope-agent"))?;
+    for binary in tools
+        .iter()
+        .map(PathBuf::as_path)
+        .chain([test_binary, agent.as_path()])
+    {
         for lib in libraries(binary)? {
             install(&root, &lib, None)?;
         }
@@ -322,6 +346,12 @@ pub fn test_kernels(args: &[String]) -> Result<(), String> {
         let log = out.join(format!("{}.log", k.release));
         let output = boot(k, &image, &log)?;
         eprintln!("xtask: {}: serial log in {}", k.release, log.display());
+        for line in output
+            .lines()
+            .filter_map(|l| l.strip_prefix("NETSCOPE-CHECK: "))
+        {
+            eprintln!("xtask: {}: probe --check: {line}", k.release);
+        }
         columns.push((k.release.clone(), results(&output)));
     }
     if only.is_empty() || only.contains(&"host") {

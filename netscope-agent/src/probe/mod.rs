@@ -3,6 +3,7 @@
 //! hook, and what each needs of the kernel, is ARCHITECTURE.md's "Kernel compatibility" table
 //! (the one source); the attach list itself is `TRACEPOINTS`.
 
+pub mod check;
 pub mod correlate;
 pub mod health;
 pub mod kernel_btf;

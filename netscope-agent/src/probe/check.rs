@@ -1,0 +1,190 @@
+//! `netscope-agent probe --check`: which hook serves each fact on this kernel, or why none can —
+//! from tracefs (the tracepoints), kernel BTF (struct offsets), the kernel version (ring buffer,
+//! TCX) and this process's capabilities. Nothing is loaded.
+
+use serde::Serialize;
+
+use super::{KernelOffsets, Tracefs, privileges};
+use aya::util::KernelVersion;
+
+/// One fact NetScope reports, and what serves it here.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Fact {
+    pub fact: &'static str,
+    /// The hook that serves it, or `None`.
+    pub hook: Option<String>,
+    /// Why no hook can serve it (when `hook` is `None`), or what is limited.
+    pub note: Option<String>,
+    /// The probe refuses to run without it.
+    pub required: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct CheckReport {
+    pub kernel: String,
+    pub btf: bool,
+    pub ring_buffer: bool,
+    pub tc_mode: &'static str,
+    pub missing_capabilities: Vec<&'static str>,
+    pub facts: Vec<Fact>,
+}
+
+impl CheckReport {
+    /// Every required fact has a hook (and the ring buffer exists).
+    pub fn ok(&self) -> bool {
+        self.ring_buffer && self.facts.iter().all(|f| f.hook.is_some() || !f.required)
+    }
+
+    pub fn render(&self) -> String {
+        let yes = |b: bool| if b { "yes" } else { "no" };
+        let mut s = format!(
+            "kernel       {}\nBTF          {}\nring buffer  {}\nTC           {}\ncapabilities {}\n\n",
+            self.kernel,
+            yes(self.btf),
+            yes(self.ring_buffer),
+            self.tc_mode,
+            if self.missing_capabilities.is_empty() {
+                "ok".to_owned()
+            } else {
+                format!("missing {}", self.missing_capabilities.join(", "))
+            }
+        );
+        for f in &self.facts {
+            let served = f.hook.as_deref().unwrap_or("NONE");
+            s.push_str(&format!("{:<22} {served}", f.fact));
+            if let Some(note) = &f.note {
+                s.push_str(&format!("  ({note})"));
+            }
+            s.push('\n');
+        }
+        s
+    }
+}
+
+fn fact(fact: &'static str, required: bool, hook: Option<String>, note: Option<&str>) -> Fact {
+    Fact {
+        fact,
+        hook,
+        note: note.map(str::to_owned),
+        required,
+    }
+}
+
+/// Inspects this machine.
+pub fn check() -> CheckReport {
+    let version = KernelVersion::current().ok();
+    let at_least = |a, b| version.is_some_and(|v| v >= KernelVersion::new(a, b, 0));
+    let tracefs = Tracefs::locate().ok();
+    let tp = |category: &str, name: &str| {
+        tracefs
+            .as_ref()
+            .is_some_and(|t| t.format(category, name).is_ok())
+            .then(|| format!("tracepoint {category}:{name}"))
+    };
+    let offsets = KernelOffsets::load().ok();
+    let btf = offsets.is_some();
+    let o = offsets.unwrap_or_default();
+    let length = tp("sock", "sock_send_length").zip(tp("sock", "sock_recv_length"));
+    let tcp_totals = o.tcp_sock_bytes_sent.is_some()
+        && o.tcp_sock_bytes_retrans.is_some()
+        && o.tcp_sock_bytes_received.is_some();
+    let bytes_per_connection = match (&length, tcp_totals) {
+        (Some(_), _) => Some("tracepoints sock:sock_send_length/sock_recv_length".to_owned()),
+        (None, true) => Some("tcp_sock counters at close (BTF)".to_owned()),
+        (None, false) => None,
+    };
+    let resets = tp("tcp", "tcp_send_reset")
+        .zip(tp("tcp", "tcp_receive_reset"))
+        .map(|_| "tracepoints tcp:tcp_send_reset/tcp_receive_reset".to_owned());
+    let tc_mode = if at_least(6, 6) {
+        "TCX"
+    } else {
+        "clsact (netlink)"
+    };
+    let facts = vec![
+        fact(
+            "connect latency",
+            true,
+            tp("sock", "inet_sock_set_state"),
+            None,
+        ),
+        fact(
+            "bytes per connection",
+            true,
+            bytes_per_connection,
+            length
+                .is_none()
+                .then_some("calls per connection unknown before Linux 6.4"),
+        ),
+        fact(
+            "bytes per call",
+            false,
+            length
+                .as_ref()
+                .map(|_| "live socket counters (length tracepoints)".to_owned()),
+            length
+                .is_none()
+                .then_some("needs sock:sock_send_length (Linux ≥ 6.4); pooled calls carry none"),
+        ),
+        fact("retransmits", true, tp("tcp", "tcp_retransmit_skb"), None),
+        fact("resets", true, resets, None),
+        fact(
+            "wire counters",
+            false,
+            Some(format!("TC classifier ({tc_mode})")),
+            Some("per --tc-iface"),
+        ),
+        fact(
+            "srtt",
+            false,
+            o.tcp_sock_srtt_us
+                .map(|_| "tcp_sock.srtt_us (BTF)".to_owned()),
+            (!btf).then_some("no kernel BTF"),
+        ),
+        fact(
+            "errno",
+            false,
+            o.sock_sk_err.map(|_| "sock.sk_err (BTF)".to_owned()),
+            (!btf).then_some("no kernel BTF"),
+        ),
+    ];
+    CheckReport {
+        kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
+            .map(|s| s.trim().to_owned())
+            .unwrap_or_else(|_| "unknown".to_owned()),
+        btf,
+        ring_buffer: at_least(5, 8),
+        tc_mode,
+        missing_capabilities: privileges::missing_capabilities(),
+        facts,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_required_fact_without_a_hook_fails_the_check() {
+        let mut r = CheckReport {
+            kernel: "5.10.0".into(),
+            btf: true,
+            ring_buffer: true,
+            tc_mode: "clsact (netlink)",
+            missing_capabilities: vec![],
+            facts: vec![
+                fact("connect latency", true, Some("tracepoint x".into()), None),
+                fact("bytes per call", false, None, Some("needs 6.4")),
+            ],
+        };
+        assert!(r.ok(), "an optional fact may be missing");
+        assert!(
+            r.render()
+                .contains("bytes per call         NONE  (needs 6.4)"),
+            "{}",
+            r.render()
+        );
+        r.facts[0].hook = None;
+        assert!(!r.ok());
+    }
+}
