@@ -70,17 +70,35 @@ pub struct DestGroups {
 }
 
 /// Ranges that are not the Internet: RFC 1918, loopback, link-local, CGNAT (RFC 6598), ULA.
-const INTERNAL: [&str; 9] = [
-    "10.0.0.0/8",
-    "172.16.0.0/12",
-    "192.168.0.0/16",
-    "127.0.0.0/8",
-    "169.254.0.0/16",
-    "100.64.0.0/10",
-    "::1/128",
-    "fc00::/7",
-    "fe80::/10",
+const INTERNAL: [Cidr; 9] = [
+    Cidr::v4([10, 0, 0, 0], 8),
+    Cidr::v4([172, 16, 0, 0], 12),
+    Cidr::v4([192, 168, 0, 0], 16),
+    Cidr::v4([127, 0, 0, 0], 8),
+    Cidr::v4([169, 254, 0, 0], 16),
+    Cidr::v4([100, 64, 0, 0], 10),
+    Cidr::v6([0, 0, 0, 0, 0, 0, 0, 1], 128),
+    Cidr::v6([0xfc00, 0, 0, 0, 0, 0, 0, 0], 7),
+    Cidr::v6([0xfe80, 0, 0, 0, 0, 0, 0, 0], 10),
 ];
+
+impl Cidr {
+    const fn v4(octets: [u8; 4], prefix_len: u8) -> Self {
+        let [a, b, c, d] = octets;
+        Self {
+            addr: IpAddr::V4(std::net::Ipv4Addr::new(a, b, c, d)),
+            prefix_len,
+        }
+    }
+
+    const fn v6(segments: [u16; 8], prefix_len: u8) -> Self {
+        let [a, b, c, d, e, f, g, h] = segments;
+        Self {
+            addr: IpAddr::V6(std::net::Ipv6Addr::new(a, b, c, d, e, f, g, h)),
+            prefix_len,
+        }
+    }
+}
 
 impl DestGroups {
     /// `groups` as configured (name → prefixes), in order of precedence.
@@ -100,10 +118,7 @@ impl DestGroups {
             IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
             v4 => v4,
         };
-        let internal = INTERNAL
-            .iter()
-            .filter_map(|c| c.parse::<Cidr>().ok())
-            .any(|c| c.contains(ip));
+        let internal = INTERNAL.iter().any(|c| c.contains(ip));
         if internal { "internal" } else { "external" }
     }
 

@@ -80,6 +80,8 @@ pub struct FlowLabels {
 
 pub struct FlowMetrics {
     dest: DestGroups,
+    /// Every destination group's label, allocated once.
+    dest_labels: Vec<Arc<str>>,
     comm_budget: usize,
     ttl: Duration,
     state: Mutex<State>,
@@ -96,6 +98,7 @@ impl fmt::Debug for FlowMetrics {
 impl FlowMetrics {
     pub fn register(registry: &mut Registry, labels: FlowLabels) -> Arc<Self> {
         let m = Arc::new(Self {
+            dest_labels: labels.dest.names().map(Arc::from).collect(),
             dest: labels.dest,
             comm_budget: labels.comm_budget,
             ttl: labels.ttl,
@@ -120,7 +123,12 @@ impl FlowMetrics {
 
     fn record_at(&self, update: &FlowUpdate, now: Instant) {
         let f = &update.flow;
-        let dest: Arc<str> = Arc::from(self.dest.group_of(f.remote.ip()));
+        let group = self.dest.group_of(f.remote.ip());
+        let dest = self
+            .dest_labels
+            .iter()
+            .find(|l| &***l == group)
+            .map_or_else(|| Arc::from(group), Arc::clone);
         let mut st = self.lock();
         let comm = self.comm_label(&mut st, &f.comm, now);
         let s = st
