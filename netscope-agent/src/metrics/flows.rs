@@ -15,12 +15,12 @@ use std::{
 use prometheus_client::{
     collector::Collector,
     encoding::{DescriptorEncoder, EncodeMetric as _},
-    metrics::{MetricType, counter::ConstCounter, gauge::ConstGauge, histogram::Histogram},
+    metrics::{MetricType, counter::ConstCounter, histogram::Histogram},
     registry::{Registry, Unit},
 };
 use strum::{EnumCount as _, IntoEnumIterator as _};
 
-use crate::domain::{DestGroups, FlowOutcome, FlowUpdate, FlowUpdateKind};
+use crate::domain::{DestGroups, FlowOutcome, FlowUpdate, FlowUpdateKind, SampleKind};
 
 /// The `comm` label of flows whose process name is past the budget.
 pub const OTHER_COMM: &str = "~other";
@@ -207,7 +207,7 @@ struct Family {
     name: &'static str,
     help: &'static str,
     unit: Option<Unit>,
-    kind: MetricType,
+    kind: SampleKind,
     values: fn(&Series) -> Vec<Labelled>,
 }
 
@@ -224,7 +224,7 @@ const FAMILIES: [Family; 6] = [
         name: "flow_connects",
         help: "Outbound connects by destination group, process and result (ok or the failure)",
         unit: None,
-        kind: MetricType::Counter,
+        kind: SampleKind::Counter,
         values: |s| {
             let mut v = vec![(Some(("result", "ok")), s.connects_ok)];
             v.extend(by_outcome("result", &s.connects_failed));
@@ -235,14 +235,14 @@ const FAMILIES: [Family; 6] = [
         name: "flow_closed",
         help: "Established connections closed, by how they ended",
         unit: None,
-        kind: MetricType::Counter,
+        kind: SampleKind::Counter,
         values: |s| by_outcome("outcome", &s.closed),
     },
     Family {
         name: "flow_tcp",
         help: "TCP payload bytes of closed connections, by direction",
         unit: Some(Unit::Bytes),
-        kind: MetricType::Counter,
+        kind: SampleKind::Counter,
         values: |s| {
             vec![
                 (Some(("direction", "sent")), s.bytes_sent),
@@ -254,14 +254,14 @@ const FAMILIES: [Family; 6] = [
         name: "flow_retransmits",
         help: "TCP retransmits of closed connections",
         unit: None,
-        kind: MetricType::Counter,
+        kind: SampleKind::Counter,
         values: |s| vec![(None, s.retransmits)],
     },
     Family {
         name: "flow_resets",
         help: "TCP resets of closed connections, by direction",
         unit: None,
-        kind: MetricType::Counter,
+        kind: SampleKind::Counter,
         values: |s| {
             vec![
                 (Some(("direction", "sent")), s.resets_sent),
@@ -273,7 +273,7 @@ const FAMILIES: [Family; 6] = [
         name: "flow_active_connections",
         help: "Outbound connections open now",
         unit: None,
-        kind: MetricType::Gauge,
+        kind: SampleKind::Gauge,
         values: |s| vec![(None, s.active)],
     },
 ];
@@ -285,20 +285,19 @@ impl Family {
         encoder: &mut DescriptorEncoder,
         series: &HashMap<Key, Series>,
     ) -> fmt::Result {
-        let mut metric =
-            encoder.encode_descriptor(self.name, self.help, self.unit.as_ref(), self.kind)?;
+        let mut metric = encoder.encode_descriptor(
+            self.name,
+            self.help,
+            self.unit.as_ref(),
+            super::metric_type(self.kind),
+        )?;
         for ((dest, comm), s) in series {
             for (extra, v) in (self.values)(s) {
                 let labels: Vec<(&str, &str)> = [("dest", &**dest), ("comm", &**comm)]
                     .into_iter()
                     .chain(extra)
                     .collect();
-                let m = metric.encode_family(&labels)?;
-                if matches!(self.kind, MetricType::Gauge) {
-                    ConstGauge::new(i64::try_from(v).unwrap_or(i64::MAX)).encode(m)?;
-                } else {
-                    ConstCounter::new(v).encode(m)?;
-                }
+                super::encode_value(self.kind, v, metric.encode_family(&labels)?)?;
             }
         }
         Ok(())

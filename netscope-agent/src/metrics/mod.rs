@@ -21,7 +21,7 @@ use std::{fmt, sync::Arc};
 
 use prometheus_client::{
     collector::Collector,
-    encoding::{DescriptorEncoder, EncodeMetric as _},
+    encoding::{DescriptorEncoder, EncodeMetric as _, MetricEncoder},
     metrics::{
         MetricType,
         counter::ConstCounter,
@@ -154,31 +154,36 @@ impl Collector for SourceCollector {
             let same = rest.iter().take_while(|s| s.name == first.name).count();
             let (family, tail) = rest.split_at(same);
             rest = tail;
-            let metric_type = match first.kind {
-                SampleKind::Counter => MetricType::Counter,
-                SampleKind::Gauge => MetricType::Gauge,
-            };
             let mut metric =
-                encoder.encode_descriptor(first.name, first.help, None, metric_type)?;
+                encoder.encode_descriptor(first.name, first.help, None, metric_type(first.kind))?;
             for s in family {
-                let value = i64::try_from(s.value).unwrap_or(i64::MAX);
                 let Some(label) = s.label else {
                     // An unlabelled metric has one sample.
-                    match s.kind {
-                        SampleKind::Counter => ConstCounter::new(s.value).encode(metric)?,
-                        SampleKind::Gauge => ConstGauge::new(value).encode(metric)?,
-                    }
+                    encode_value(s.kind, s.value, metric)?;
                     break;
                 };
                 let labels = [label];
-                let labelled = metric.encode_family(&labels)?;
-                match s.kind {
-                    SampleKind::Counter => ConstCounter::new(s.value).encode(labelled)?,
-                    SampleKind::Gauge => ConstGauge::new(value).encode(labelled)?,
-                }
+                encode_value(s.kind, s.value, metric.encode_family(&labels)?)?;
             }
         }
         Ok(())
+    }
+}
+
+fn metric_type(kind: SampleKind) -> MetricType {
+    match kind {
+        SampleKind::Counter => MetricType::Counter,
+        SampleKind::Gauge => MetricType::Gauge,
+    }
+}
+
+/// A value as the counter or the gauge (saturating at `i64::MAX`) `kind` says.
+fn encode_value(kind: SampleKind, value: u64, metric: MetricEncoder) -> fmt::Result {
+    match kind {
+        SampleKind::Counter => ConstCounter::new(value).encode(metric),
+        SampleKind::Gauge => {
+            ConstGauge::new(i64::try_from(value).unwrap_or(i64::MAX)).encode(metric)
+        }
     }
 }
 
