@@ -33,13 +33,6 @@ pub fn live_hub(s: &ApiSettings, mode: &'static str, stop: watch::Receiver<bool>
     LiveHub::new(s.ws_max_clients, LIVE_QUEUE, mode, stop)
 }
 
-/// The running kernel's release (`uname -r`).
-fn kernel_release() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/osrelease")
-        .map(|s| s.trim().to_owned())
-        .unwrap_or_else(|_| "unknown".to_owned())
-}
-
 /// Binds the listen address (failing the boot when it cannot) and serves until `stop`;
 /// returns the address bound and the server's task.
 pub async fn start(
@@ -65,7 +58,7 @@ pub async fn start(
         gateway: view.gateway,
         health: view.health,
         status: StatusInfo {
-            kernel: kernel_release(),
+            kernel: crate::probe::check::kernel_release(),
             programs: view.programs,
             started_unix_ms: crate::clock::now_unix_ms(),
         },

@@ -70,6 +70,13 @@ fn fact(fact: &'static str, required: bool, hook: Option<String>, note: Option<&
     }
 }
 
+/// The running kernel's release (`uname -r`), or "unknown".
+pub fn kernel_release() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_else(|_| "unknown".to_owned())
+}
+
 /// Inspects this machine.
 pub fn check() -> CheckReport {
     let version = KernelVersion::current().ok();
@@ -96,7 +103,7 @@ pub fn check() -> CheckReport {
     let resets = tp("tcp", "tcp_send_reset")
         .zip(tp("tcp", "tcp_receive_reset"))
         .map(|_| "tracepoints tcp:tcp_send_reset/tcp_receive_reset".to_owned());
-    let tc_mode = if at_least(6, 6) {
+    let tc_mode = if super::uses_tcx() {
         "TCX"
     } else {
         "clsact (netlink)"
@@ -149,9 +156,7 @@ pub fn check() -> CheckReport {
         ),
     ];
     CheckReport {
-        kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
-            .map(|s| s.trim().to_owned())
-            .unwrap_or_else(|_| "unknown".to_owned()),
+        kernel: kernel_release(),
         btf,
         ring_buffer: at_least(5, 8),
         tc_mode,

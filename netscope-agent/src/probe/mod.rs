@@ -145,6 +145,11 @@ const fn tc_programs(set: ProgramSet) -> (&'static str, &'static str) {
     }
 }
 
+/// TC classifiers attach as TCX links from Linux 6.6; before, through a clsact qdisc.
+pub fn uses_tcx() -> bool {
+    KernelVersion::current().is_ok_and(|v| v >= KernelVersion::new(6, 6, 0))
+}
+
 /// The per-CPU counters map, out of the object (it stays readable after detaching).
 fn take_counters(ebpf: &mut Ebpf) -> Result<KernelCounterReader, ProbeError> {
     let map = ebpf
@@ -295,7 +300,7 @@ impl Probe {
             return Ok(());
         }
         let (egress, ingress) = tc_programs(options.programs);
-        let tcx = KernelVersion::current().is_ok_and(|v| v >= KernelVersion::new(6, 6, 0));
+        let tcx = uses_tcx();
         for name in [egress, ingress] {
             let program: &mut SchedClassifier = self.program_mut(name)?;
             program.load().map_err(|source| ProbeError::Program {
