@@ -51,6 +51,18 @@ pub enum AppError {
     },
 }
 
+/// The flow table the probe's settings size: `max_flows` flows, finished ones kept for
+/// `retention`.
+fn flow_table(
+    ps: &crate::config::ProbeSettings,
+) -> std::sync::Arc<std::sync::Mutex<crate::flows::FlowTable>> {
+    let retention_ns = u64::try_from(ps.retention.as_nanos()).unwrap_or(u64::MAX);
+    std::sync::Arc::new(std::sync::Mutex::new(crate::flows::FlowTable::new(
+        ps.max_flows,
+        retention_ns,
+    )))
+}
+
 /// Turns SIGINT/SIGTERM into `true` on `stop`.
 pub(crate) fn shutdown_signal(stop: tokio::sync::watch::Sender<bool>) -> Result<(), AppError> {
     use tokio::signal::unix::{SignalKind, signal};

@@ -76,10 +76,7 @@ pub async fn run_probe(
     );
 
     let bus = BroadcastBus::new(65_536);
-    let table = Arc::new(Mutex::new(FlowTable::new(
-        settings.max_flows,
-        u64::try_from(settings.retention.as_nanos()).unwrap_or(u64::MAX),
-    )));
+    let table = super::flow_table(&settings);
     let mut metrics = MetricsBuilder::new();
     let recorder = Recorder::register(&mut metrics, Some(api.flow_labels()));
     let pipeline =

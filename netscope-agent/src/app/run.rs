@@ -5,7 +5,7 @@
 
 use std::{
     io::Write as _,
-    sync::{Arc, Mutex, atomic::Ordering},
+    sync::{Arc, atomic::Ordering},
     time::Duration,
 };
 
@@ -26,7 +26,7 @@ use crate::{
         BusEvent, ConnectionObserver, CounterSource, FlowQuery, HealthCheck, Job, MetricsRecorder,
         OutboundGateway, OutcomeSink,
     },
-    flows::{FlowPipeline, FlowTable},
+    flows::FlowPipeline,
     ingest::{
         kafka::{KafkaIngest, KafkaSettings},
         results::KafkaResults,
@@ -334,10 +334,7 @@ fn attach_probe(
     recorder: Arc<dyn MetricsRecorder>,
     stop: watch::Receiver<bool>,
 ) -> Result<Attached, AppError> {
-    let table = Arc::new(Mutex::new(FlowTable::new(
-        ps.max_flows,
-        u64::try_from(ps.retention.as_nanos()).unwrap_or(u64::MAX),
-    )));
+    let table = super::flow_table(ps);
     let flows = Arc::new(
         FlowPipeline::new(Arc::clone(&table), Arc::new(bus.clone())).with_recorder(recorder),
     );
