@@ -5,18 +5,14 @@
 
 mod support;
 
-use std::{
-    process::Child,
-    time::{Duration, Instant},
-};
+use std::{process::Child, time::Duration};
 
 use netscope_agent::demo::upstream::Upstream;
 use support::{
     agent::{Setup, request},
-    api_addr_in_log,
     browser::{browser_test, screenshot_dir},
     kafka::kafka_test,
-    kernel_test,
+    kernel_test, wait_api_addr,
 };
 
 /// A circuit that opens after 5 failures in 10 and stays open for a minute; no retries.
@@ -25,21 +21,11 @@ const TRIPPABLE: &str = "max_attempts = 1\ncircuit_window = 10\ncircuit_min_call
 
 const WAIT: Duration = Duration::from_secs(30);
 
+/// The agent's HTTP address, failing at once if the agent exits first.
 fn wait_listening(s: &Setup, agent: &mut Child) -> std::net::SocketAddr {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let log = std::fs::read_to_string(s.dir.join("agent.log")).unwrap_or_default();
-        if let Some(a) = api_addr_in_log(&log) {
-            return a;
-        }
-        assert!(
-            agent.try_wait().unwrap().is_none(),
-            "agent exited: {}",
-            s.log()
-        );
-        assert!(Instant::now() < deadline, "no HTTP server: {}", s.log());
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_api_addr(&s.dir.join("agent.log"), WAIT, || {
+        agent.try_wait().unwrap().is_none()
+    })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

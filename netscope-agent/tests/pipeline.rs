@@ -88,8 +88,7 @@ async fn exactly_one_result_per_consumed_message() {
     let dead = kafka::read_all(&s.brokers, &s.dlq, 1, 5, Duration::from_secs(30));
     assert_eq!(dead.len(), 5);
     // /metrics says what the results say.
-    let api = support::api_addr_in_log(&std::fs::read_to_string(s.dir.join("agent.log")).unwrap())
-        .expect("the agent logs its HTTP address");
+    let api = s.api_addr();
     let http = netscope_agent::outbound::client::build(Duration::from_secs(5)).unwrap();
     let deadline = Instant::now() + Duration::from_secs(20);
     let text = loop {

@@ -18,23 +18,11 @@ use serde_json::Value;
 use support::{
     NetNs,
     agent::{BIN, Setup, request},
-    api_addr_in_log,
     kafka::{kafka_test, unique},
     kernel_test, metric_sum,
     prometheus::prometheus_test,
+    wait_api_addr,
 };
-
-/// The agent's HTTP address, once it logged it.
-fn wait_api(log: impl Fn() -> String) -> SocketAddr {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Some(a) = api_addr_in_log(&log()) {
-            return a;
-        }
-        assert!(Instant::now() < deadline, "no HTTP server: {}", log());
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
 
 /// A scrape of `/metrics`, asking for `accept`.
 async fn scrape_as(addr: SocketAddr, accept: &str) -> String {
@@ -70,7 +58,7 @@ async fn prometheus_scrapes_a_running_pipeline_and_its_series_equal_the_runs_res
     let base = format!("http://{}", up.addr);
     let s = Setup::new("prom", brokers, up.addr.port()).await;
     let agent = s.start(&[]);
-    let api = wait_api(|| std::fs::read_to_string(s.dir.join("agent.log")).unwrap_or_default());
+    let api = s.api_addr();
     let test = unique("prom");
     let _target = prom.scrape(&test, api);
 
@@ -189,7 +177,7 @@ async fn flow_series_stay_within_the_label_budget_across_1000_ports_and_300_proc
         .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
         .unwrap();
-    let api = wait_api(|| std::fs::read_to_string(&log).unwrap_or_default());
+    let api = wait_api_addr(&log, Duration::from_secs(60), || true);
 
     let ns = NetNs::new("card");
     let guard = ns.enter();

@@ -135,6 +135,13 @@ impl Setup {
         }
     }
 
+    /// The HTTP address of the agent started last (60 s at most).
+    pub fn api_addr(&self) -> std::net::SocketAddr {
+        super::wait_api_addr(&self.dir.join("agent.log"), Duration::from_secs(60), || {
+            true
+        })
+    }
+
     pub fn log(&self) -> String {
         let log = std::fs::read_to_string(self.dir.join("agent.log")).unwrap_or_default();
         log.lines().rev().take(20).collect::<Vec<_>>().join("\n")

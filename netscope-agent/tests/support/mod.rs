@@ -348,6 +348,29 @@ pub fn api_addr_in_log(log: &str) -> Option<std::net::SocketAddr> {
         })
 }
 
+/// The agent's HTTP address once it is logged in `log` (the agent's stderr); panics, showing
+/// the log's end, when `running` says the agent is gone or `limit` passes first.
+pub fn wait_api_addr(
+    log: &std::path::Path,
+    limit: Duration,
+    mut running: impl FnMut() -> bool,
+) -> std::net::SocketAddr {
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        if let Some(addr) = api_addr_in_log(&text) {
+            return addr;
+        }
+        let tail: Vec<&str> = text.lines().rev().take(20).collect();
+        assert!(running(), "agent exited: {tail:?}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no HTTP server: {tail:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// The sum of a metric's samples (OpenMetrics text) whose labels include every `labels` pair.
 pub fn metric_sum(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
     text.lines()
