@@ -27,7 +27,7 @@ use netscope_agent::{
     domain::{OutcomeSink as _, audit::AuditEvent, outcome::OutboundResult},
 };
 use support::{
-    ceph::{RgwOutage, ceph_outage_test, ceph_test},
+    ceph::{RgwOutage, ceph_outage_test, ceph_test, foreign_client},
     kafka::unique,
 };
 
@@ -416,8 +416,7 @@ async fn on_an_object_lock_bucket_batches_can_be_neither_overwritten_nor_deleted
     let Some((_rgw, settings)) = ceph_test("rgw-lock") else {
         return;
     };
-    let raw = S3Store::new(settings.clone());
-    let client = raw.client();
+    let client = foreign_client(&settings);
     client
         .create_bucket()
         .bucket(&settings.bucket)

@@ -115,11 +115,6 @@ impl S3Store {
         }
     }
 
-    /// The S3 client as configured for RGW (for what this store does not do itself).
-    pub fn client(&self) -> &Client {
-        &self.client
-    }
-
     /// Every batch written from now on gets this retention.
     pub fn set_retention(&mut self, retention: Option<Retention>) {
         self.retention = retention;

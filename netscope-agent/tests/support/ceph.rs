@@ -78,3 +78,23 @@ impl Drop for RgwOutage {
         script("rgw-start");
     }
 }
+
+/// A plain S3 client on the test's RGW, acting as *someone else* (another tenant, an
+/// operator, an attacker): NetScope's own store keeps its SDK client to itself.
+pub fn foreign_client(settings: &S3Settings) -> aws_sdk_s3::Client {
+    use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
+    let conf = aws_sdk_s3::Config::builder()
+        .behavior_version(BehaviorVersion::latest())
+        .endpoint_url(&settings.endpoint)
+        .region(Region::new(settings.region.clone()))
+        .force_path_style(true)
+        .credentials_provider(Credentials::new(
+            &settings.access_key,
+            &settings.secret_key,
+            None,
+            None,
+            "someone-else",
+        ))
+        .build();
+    aws_sdk_s3::Client::from_conf(conf)
+}
