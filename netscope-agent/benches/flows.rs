@@ -15,8 +15,11 @@ use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_mai
 use netscope_agent::{
     bus::BroadcastBus,
     clock::MonoClock,
-    domain::{Flow, FlowState},
-    flows::{CallDeltas, Counters, FlowPipeline, FlowTable, convert::flow_from_event},
+    domain::{Flow, FlowState, Turn},
+    flows::{
+        AttemptSpan, CallDeltas, ConnectionView, Counters, FlowPipeline, FlowTable,
+        convert::flow_from_event,
+    },
 };
 use netscope_common::{AF_INET, ConnEvent, EventHeader, EventKind, FlowTuple, SRTT_UNKNOWN};
 
@@ -104,14 +107,28 @@ fn call_deltas(c: &mut Criterion) {
     group.throughput(Throughput::Elements(flows.len() as u64));
     group.bench_function("per-call deltas of pooled connections", |b| {
         b.iter(|| {
+            // Every iteration is one more exchange on each connection: a new turn to claim.
             sent += 100;
+            let turn = Turn {
+                start_mono_ns: sent,
+                sent: sent - 100,
+                received: (sent - 100) * 2,
+                retransmits: 0,
+            };
+            let span = AttemptSpan {
+                started_mono_ns: sent - 1,
+                ended_mono_ns: sent + 1,
+            };
             for f in &flows {
-                let now = Counters {
-                    sent,
-                    received: sent * 2,
-                    retransmits: 0,
+                let view = ConnectionView {
+                    now: Counters {
+                        sent,
+                        received: sent * 2,
+                        retransmits: 0,
+                    },
+                    turns: [turn, Turn::default()],
                 };
-                black_box(deltas.facts(f, now, 0));
+                black_box(deltas.facts(f, &view, span));
             }
         });
     });

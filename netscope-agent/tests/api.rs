@@ -84,6 +84,7 @@ fn flow(n: u64, port: u16, state: FlowState) -> Flow {
         resets_received: 0,
         srtt_us: Some(50),
         wire: None,
+        turns: Default::default(),
     }
 }
 

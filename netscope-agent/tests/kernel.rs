@@ -16,7 +16,7 @@ use std::{
 
 use netscope_agent::{
     domain::{FlowOutcome, FlowState},
-    probe::ProbeOptions,
+    probe::{LiveBytes, ProbeOptions},
 };
 use netscope_common::{EventKind, counter};
 use support::{Harness, NetNs, kernel_test, spawn_in};
@@ -98,6 +98,16 @@ fn tcp_info(stream: &TcpStream) -> libc::tcp_info {
     }
 }
 
+/// Which calls the kernel counts: sends and reads with the length tracepoints (Linux ≥ 6.4),
+/// sends only with the kprobes (before), none without either.
+fn calls_counted(probe: &Harness) -> (bool, bool) {
+    match probe.probe.live_bytes() {
+        LiveBytes::LengthTracepoints => (true, true),
+        LiveBytes::SeqKprobes => (true, false),
+        LiveBytes::None => (false, false),
+    }
+}
+
 #[test]
 fn bytes_and_calls_equal_what_the_application_wrote_and_read() {
     let Some(_serial) = kernel_test("bytes") else {
@@ -107,7 +117,7 @@ fn bytes_and_calls_equal_what_the_application_wrote_and_read() {
     let ns = NetNs::new("bytes");
     let _in = ns.enter();
     let probe = Harness::start(&Harness::for_dport(PORT));
-    let live_calls = probe.probe.counts_live_bytes();
+    let (live_sends, live_reads) = calls_counted(&probe);
     let listener = TcpListener::bind(("127.0.0.1", PORT)).unwrap();
     let cases: [(usize, usize); 5] = [
         (0, 1),
@@ -150,13 +160,9 @@ fn bytes_and_calls_equal_what_the_application_wrote_and_read() {
             "sent, case {up}/{down}"
         );
         assert_eq!(flow.bytes_received, read, "received, case {up}/{down}");
-        // Calls are counted by the length tracepoints (Linux ≥ 6.4); before, they are unknown
-        // and the bytes are TCP's own counters at close.
-        let (sends, recvs) = if live_calls {
-            (write_calls, read_calls)
-        } else {
-            (0, 0)
-        };
+        // Before 6.4 the bytes at close are TCP's own counters.
+        let sends = if live_sends { write_calls } else { 0 };
+        let recvs = if live_reads { read_calls } else { 0 };
         assert_eq!(flow.send_calls, sends, "send calls, case {up}/{down}");
         assert_eq!(flow.recv_calls, recvs, "recv calls, case {up}/{down}");
         assert_eq!(
@@ -196,9 +202,9 @@ fn helper_reads_give_the_same_facts_as_direct_context_loads() {
     let flow = probe.finished_flow(sport);
     assert_eq!(flow.local, format!("127.0.0.1:{sport}").parse().unwrap());
     assert_eq!(flow.remote, format!("127.0.0.1:{PORT}").parse().unwrap());
-    // Calls are counted only by the length tracepoints (Linux ≥ 6.4).
-    let live = probe.probe.counts_live_bytes();
-    let (writes, reads_counted) = if live { (writes, reads) } else { (0, 0) };
+    let (live_sends, live_reads) = calls_counted(&probe);
+    let writes = if live_sends { writes } else { 0 };
+    let reads_counted = if live_reads { reads } else { 0 };
     assert_eq!((flow.bytes_sent, flow.send_calls), (70_000, writes));
     assert_eq!(
         (flow.bytes_received, flow.recv_calls),
@@ -728,4 +734,131 @@ fn a_full_socket_table_is_counted_not_corrupted() {
         4
     );
     assert_eq!(delivered, counters.emitted());
+}
+
+/// One exchange of the turn test's protocol: a 9-byte header (request length, response length,
+/// close after replying), the request, then the response read whole (or to EOF when closing).
+fn exchange_request(client: &mut TcpStream, up: u32, down: u32, close: bool) -> u64 {
+    let mut msg = up.to_be_bytes().to_vec();
+    msg.extend_from_slice(&down.to_be_bytes());
+    msg.push(u8::from(close));
+    msg.resize(9 + up as usize, 3);
+    client.write_all(&msg).unwrap();
+    msg.len() as u64
+}
+
+fn turn_server(listener: TcpListener) -> thread::JoinHandle<()> {
+    thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        loop {
+            let mut header = [0u8; 9];
+            if s.read_exact(&mut header).is_err() {
+                return;
+            }
+            let up = u32::from_be_bytes(header[..4].try_into().unwrap());
+            let down = u32::from_be_bytes(header[4..8].try_into().unwrap());
+            std::io::copy(&mut (&mut s).take(up.into()), &mut std::io::sink()).unwrap();
+            s.write_all(&vec![5u8; down as usize]).unwrap();
+            if header[8] == 1 {
+                return;
+            }
+        }
+    })
+}
+
+#[test]
+fn each_exchange_on_a_kept_alive_connection_gets_its_own_bytes_even_when_asked_late() {
+    use std::sync::{Arc, Mutex};
+
+    use netscope_agent::{
+        clock::{monotonic_now_ns, now_unix_ms},
+        domain::{ConnectionObserver, FlowUpdateKind},
+        flows::FlowTable,
+        probe::correlate::Correlator,
+    };
+
+    let Some(_serial) = kernel_test("turns") else {
+        return;
+    };
+    const PORT: u16 = 7113;
+    let ns = NetNs::new("turns");
+    let _in = ns.enter();
+    let mut probe = Harness::start(&Harness::for_dport(PORT));
+    let live = probe.probe.counts_live_bytes();
+    let table = Arc::new(Mutex::new(FlowTable::new(64, 60_000_000_000)));
+    let notify = || Arc::new(tokio::sync::Notify::new());
+    let correlator = Correlator::new(
+        Arc::clone(&table),
+        probe.probe.take_socks().unwrap(),
+        notify(),
+        notify(),
+        Duration::from_millis(100),
+    );
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    let server = turn_server(TcpListener::bind(("127.0.0.1", PORT)).unwrap());
+    let mut client = TcpStream::connect(("127.0.0.1", PORT)).unwrap();
+    let (local, remote) = (client.local_addr().unwrap(), client.peer_addr().unwrap());
+    let sport = local.port();
+    let apply = |kind: EventKind, update: FlowUpdateKind| {
+        let events = probe.wait_for("the flow's event", |evs| {
+            evs.iter()
+                .any(|s| s.kind == kind && s.flow.local.port() == sport)
+        });
+        let seen = events
+            .into_iter()
+            .find(|s| s.kind == kind && s.flow.local.port() == sport)
+            .unwrap();
+        table
+            .lock()
+            .unwrap()
+            .apply(update, seen.flow, now_unix_ms() * 1_000_000);
+    };
+    apply(EventKind::Established, FlowUpdateKind::Established);
+    let facts = |started: u64| rt.block_on(correlator.facts(local, remote, started));
+    let read_n = |client: &mut TcpStream, n: u32| {
+        let mut buf = vec![0u8; n as usize];
+        client.read_exact(&mut buf).unwrap();
+        u64::from(n)
+    };
+
+    // A: request and response; then B's request goes out *before* A's facts are asked for —
+    // what happens when the HTTP client returned the connection to its pool and the next call
+    // took it first.
+    let a_started = monotonic_now_ns();
+    let a_sent = exchange_request(&mut client, 100, 70_000, false);
+    let a_read = read_n(&mut client, 70_000);
+    let b_started = monotonic_now_ns();
+    let b_sent = exchange_request(&mut client, 200_000, 5, false);
+    let a = facts(a_started);
+    let b_read = read_n(&mut client, 5);
+    let b = facts(b_started);
+    // C: the last exchange; the server closes after it, so its share comes from the closed
+    // connection's final counters and turns.
+    let c_started = monotonic_now_ns();
+    let c_sent = exchange_request(&mut client, 1, 3_000, true);
+    let mut c_read = Vec::new();
+    client.read_to_end(&mut c_read).unwrap();
+    drop(client);
+    server.join().unwrap();
+    apply(EventKind::Closed, FlowUpdateKind::Closed);
+    let c = facts(c_started);
+
+    let bytes = |f: &netscope_agent::domain::outcome::NetworkFacts| {
+        (f.new_connection, f.bytes_sent, f.bytes_received)
+    };
+    if !live {
+        // No live counting on this kernel: a reused connection's share is unknown, not guessed.
+        assert_eq!((b.bytes_sent, b.bytes_received), (None, None), "{b:?}");
+        return;
+    }
+    assert_eq!(bytes(&a), (Some(true), Some(a_sent), Some(a_read)), "A");
+    assert_eq!(bytes(&b), (Some(false), Some(b_sent), Some(b_read)), "B");
+    assert_eq!(
+        bytes(&c),
+        (Some(false), Some(c_sent), Some(c_read.len() as u64)),
+        "C"
+    );
 }

@@ -117,6 +117,14 @@ mod tests {
             srtt_us: 14,
             sk_err: 104,
             old_state: crate::tcp_state::FIN_WAIT2,
+            turn: crate::Turn {
+                start_ns: 9,
+                sent: 10,
+                received: 11,
+                retransmits: 12,
+                _pad: 0,
+            },
+            prev_turn: crate::Turn::default(),
         }
     }
 
@@ -144,15 +152,15 @@ mod tests {
         assert_eq!(
             ConnEvent::from_bytes(&bytes[..bytes.len() - 1]),
             Err(DecodeError::Size {
-                expected: 208,
-                actual: 207
+                expected: 272,
+                actual: 271
             })
         );
         let mut long = bytes.to_vec();
         long.push(0);
         assert!(matches!(
             ConnEvent::from_bytes(&long),
-            Err(DecodeError::Size { actual: 209, .. })
+            Err(DecodeError::Size { actual: 273, .. })
         ));
     }
 

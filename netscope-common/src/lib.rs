@@ -86,6 +86,23 @@ pub struct WireCounters {
 }
 const _: () = assert!(size_of::<WireCounters>() == 32);
 
+/// One exchange on a connection as the kernel delimits it: a turn starts at the connection's
+/// first send, and again at every send that follows received data (HTTP/1.1's request, then
+/// its response). It holds the connection's counters *at its start*, so a turn's share is the
+/// next turn's counters (or the connection's current ones) minus its own. `start_ns == 0`: no
+/// such turn (yet).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Turn {
+    /// CLOCK_MONOTONIC ns of the send that started it.
+    pub start_ns: u64,
+    pub sent: u64,
+    pub received: u64,
+    pub retransmits: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(size_of::<Turn>() == 32);
+
 /// Per-socket state the kernel keeps for a tracked outbound connection (map `SOCKS`, keyed by
 /// socket address). User space may read it to sample a live connection's counters.
 #[repr(C)]
@@ -113,8 +130,15 @@ pub struct SockState {
     /// Egress wire counters of the TC classifier (ingress ones are in the `WIRE` map, keyed by
     /// tuple, because an arriving packet has no socket yet at TC ingress). Only `*_out` is used.
     pub wire_out: WireCounters,
+    /// The current turn and the one before it.
+    pub turn: Turn,
+    pub prev_turn: Turn,
+    /// Without the length tracepoints: `tcp_sock.write_seq` and `copied_seq` at ESTABLISHED;
+    /// the bytes the application wrote and read are their distance from these.
+    pub write_seq_base: u32,
+    pub copied_seq_base: u32,
 }
-const _: () = assert!(size_of::<SockState>() == 176);
+const _: () = assert!(size_of::<SockState>() == 248);
 
 /// The one event type on the ring buffer: the connection's identity and, for `Closed` and
 /// `ConnectFailed`, its final counters (zero for `Established`).
@@ -145,8 +169,12 @@ pub struct ConnEvent {
     /// TCP state the socket left for CLOSE (`TCP_*` numbering of the kernel); for
     /// `Established`, SYN_SENT.
     pub old_state: u32,
+    /// For `Closed`: the connection's last two turns (a call that read its response just
+    /// before the close finds its share here).
+    pub turn: Turn,
+    pub prev_turn: Turn,
 }
-const _: () = assert!(size_of::<ConnEvent>() == 208);
+const _: () = assert!(size_of::<ConnEvent>() == 272);
 
 /// Value of an unknown `srtt_us`.
 pub const SRTT_UNKNOWN: u32 = u32::MAX;
@@ -264,12 +292,17 @@ pub struct ProbeConfig {
     pub tcp_bytes_sent: u32,
     pub tcp_bytes_retrans: u32,
     pub tcp_bytes_received: u32,
-    pub _pad: u32,
+    /// Offsets of `write_seq` and `copied_seq` in `struct tcp_sock` (kernel BTF): with
+    /// `length_hooks` 0, the kprobes on `tcp_sendmsg` and `tcp_cleanup_rbuf` count a live
+    /// connection's bytes from them.
+    pub tcp_write_seq: u32,
     /// Bytes of unread data in the ring at which the producer forces a wake-up of user space;
     /// below it events are submitted without wake-up and user space polls on a timer.
     pub wakeup_bytes: u64,
+    pub tcp_copied_seq: u32,
+    pub _pad: u32,
 }
-const _: () = assert!(size_of::<ProbeConfig>() == 144);
+const _: () = assert!(size_of::<ProbeConfig>() == 152);
 const _: () = assert!(core::mem::offset_of!(ProbeConfig, wakeup_bytes) == 136);
 
 impl ProbeConfig {
@@ -315,8 +348,10 @@ impl ProbeConfig {
         tcp_bytes_sent: OFFSET_NONE,
         tcp_bytes_retrans: OFFSET_NONE,
         tcp_bytes_received: OFFSET_NONE,
-        _pad: 0,
+        tcp_write_seq: OFFSET_NONE,
         wakeup_bytes: 0,
+        tcp_copied_seq: OFFSET_NONE,
+        _pad: 0,
     };
 }
 

@@ -18,6 +18,10 @@ pub static EVENTS: RingBuf = RingBuf::with_byte_size(16 << 20, 0);
 #[map]
 pub static SOCKS: HashMap<u64, SockState> = HashMap::with_max_entries(65_536, 0);
 
+/// One `SockState` per CPU to build a new entry in (see `on_connect`).
+#[map]
+pub static SOCK_SCRATCH: PerCpuArray<SockState> = PerCpuArray::with_max_entries(1, 0);
+
 /// Per-CPU counters, indexed by `netscope_common::counter::*`.
 #[map]
 pub static COUNTERS: PerCpuArray<u64> =

@@ -348,7 +348,6 @@ fn attach_probe(
         flows.updated(),
         Arc::clone(&kick),
         Duration::from_millis(500),
-        probe.counts_live_bytes(),
     ));
     let programs = probe.attached();
     let health = Arc::new(ProbeHealth::new(&probe, &reader, ps.poll));

@@ -139,6 +139,21 @@ pub struct Flow {
     pub srtt_us: Option<u32>,
     /// Only when a TC classifier saw the flow.
     pub wire: Option<WireStats>,
+    /// The connection's last two turns, newest first, as its `Closed` event gave them (an open
+    /// connection's live ones are read from the kernel).
+    #[serde(skip)]
+    pub turns: [Turn; 2],
+}
+
+/// One exchange on a connection (a request, then its response) as the kernel delimits it: it
+/// starts at a send that follows received data, and holds the connection's counters at that
+/// instant. `start_mono_ns == 0`: no such turn.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Turn {
+    pub start_mono_ns: u64,
+    pub sent: u64,
+    pub received: u64,
+    pub retransmits: u32,
 }
 
 impl Flow {
@@ -197,6 +212,7 @@ pub(crate) fn sample_flow(sock_id: u64, local_port: u16) -> Flow {
         resets_received: 0,
         srtt_us: None,
         wire: None,
+        turns: [Turn::default(); 2],
     }
 }
 

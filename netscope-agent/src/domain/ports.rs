@@ -32,14 +32,15 @@ pub trait EventBus: Send + Sync {
 
 /// The kernel's view of a connection, for the outbound side (implemented by the probe).
 pub trait ConnectionObserver: Send + Sync {
-    /// What the kernel saw of the connection `local → remote` during a call that started at
-    /// `call_started` (counters are deltas over the call; a connection opened before it is
-    /// "reused"). `matched: false` when the kernel has no such flow.
+    /// What the kernel saw of the connection `local → remote` during an attempt that started
+    /// at `attempt_started_mono_ns` (CLOCK_MONOTONIC) and has just read its response: counters
+    /// are this attempt's share of the connection's; `matched: false` when the kernel has no
+    /// such flow. Call it as soon as the response is read (that instant bounds the attempt).
     fn facts(
         &self,
         local: SocketAddr,
         remote: SocketAddr,
-        call_started: SystemTime,
+        attempt_started_mono_ns: u64,
     ) -> BoxFuture<'_, NetworkFacts>;
 
     /// What the kernel saw of a connect to `remote` that failed during a call started at

@@ -7,7 +7,7 @@ use netscope_common::{
 };
 
 use crate::clock::MonoClock;
-use crate::domain::{Flow, FlowId, FlowOutcome, FlowState, FlowUpdateKind, WireStats};
+use crate::domain::{Flow, FlowId, FlowOutcome, FlowState, FlowUpdateKind, Turn, WireStats};
 
 fn ip(family: u16, bytes: &[u8; 16]) -> IpAddr {
     if family == AF_INET {
@@ -106,6 +106,17 @@ pub fn flow_from_event(kind: EventKind, ev: &ConnEvent, clock: &MonoClock) -> Fl
         resets_received: ev.resets_received,
         srtt_us: (ev.srtt_us != SRTT_UNKNOWN).then_some(ev.srtt_us),
         wire: wire(&ev.wire),
+        turns: [turn(&ev.turn), turn(&ev.prev_turn)],
+    }
+}
+
+/// A kernel turn (from the ring or from `SOCKS`) as the domain's.
+pub fn turn(t: &netscope_common::Turn) -> Turn {
+    Turn {
+        start_mono_ns: t.start_ns,
+        sent: t.sent,
+        received: t.received,
+        retransmits: t.retransmits,
     }
 }
 
@@ -123,7 +134,7 @@ mod tests {
         ConnEvent {
             header: EventHeader {
                 kind: kind as u32,
-                len: 208,
+                len: size_of::<ConnEvent>() as u32,
                 ts_ns: 5_000,
                 tgid: 10,
                 pid: 11,

@@ -9,7 +9,7 @@ pub mod pipeline;
 pub mod table;
 
 pub use self::{
-    deltas::{CallDeltas, Counters},
+    deltas::{AttemptSpan, CallDeltas, ConnectionView, Counters},
     pipeline::FlowPipeline,
     table::{FlowTable, FlowTableStats},
 };

@@ -31,7 +31,7 @@ use super::{
 };
 use crate::{
     backoff::Backoff,
-    clock::unix_ms,
+    clock::{self, unix_ms},
     domain::{
         CallRequest, TargetName,
         outcome::{
@@ -117,6 +117,13 @@ fn classify(e: &reqwest::Error) -> AttemptError {
         ) => AttemptError::ConnectionReset,
         _ => AttemptError::Protocol,
     }
+}
+
+/// When a call and one of its attempts started, for the kernel's facts.
+#[derive(Clone, Copy)]
+struct AttemptTimes {
+    call_started: SystemTime,
+    attempt_started_mono_ns: u64,
 }
 
 /// One call on its way through the layers: its deadline, and its result as filled in so far.
@@ -338,6 +345,7 @@ impl HttpGateway {
         let rt = c.rt;
         let timeout = rt.policy.attempt_timeout.min(left);
         let started = Instant::now();
+        let started_mono_ns = clock::monotonic_now_ns();
         let a = self.send(rt, c.call, timeout).await;
         let took = started.elapsed();
         let failed = retry::is_failure(a.status, a.error);
@@ -350,7 +358,11 @@ impl HttpGateway {
             duration_ms: ms(took),
             backoff_ms: ms(waited),
         });
-        r.network = self.network_facts(c.call, &a, c.started_wall).await;
+        let when = AttemptTimes {
+            call_started: c.started_wall,
+            attempt_started_mono_ns: started_mono_ns,
+        };
+        r.network = self.network_facts(c.call, &a, when).await;
         r.status = a.status;
         r.response_bytes = a.response_bytes;
         r.outcome = match (a.status, a.error) {
@@ -369,7 +381,7 @@ impl HttpGateway {
         &self,
         call: &CallRequest,
         a: &AttemptResult,
-        started: SystemTime,
+        when: AttemptTimes,
     ) -> NetworkFacts {
         let connect_failed = matches!(
             a.error,
@@ -380,7 +392,9 @@ impl HttpGateway {
             )
         );
         match (&self.observer, a.connection) {
-            (Some(o), Some((local, remote))) => o.facts(local, remote, started).await,
+            (Some(o), Some((local, remote))) => {
+                o.facts(local, remote, when.attempt_started_mono_ns).await
+            }
             (None, Some((local, remote))) => NetworkFacts {
                 local: Some(local),
                 remote: Some(remote),
@@ -389,7 +403,10 @@ impl HttpGateway {
             (Some(o), None) if connect_failed => {
                 let port = call.request.url.port_or_known_default().unwrap_or(0);
                 match call.ctx.external_ip {
-                    Some(ip) => o.failed_connect(SocketAddr::new(ip, port), started).await,
+                    Some(ip) => {
+                        o.failed_connect(SocketAddr::new(ip, port), when.call_started)
+                            .await
+                    }
                     None => NetworkFacts::default(),
                 }
             }

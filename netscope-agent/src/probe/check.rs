@@ -100,6 +100,14 @@ pub fn check() -> CheckReport {
         (None, true) => Some("tcp_sock counters at close (BTF)".to_owned()),
         (None, false) => None,
     };
+    let seq_kprobes = (super::kprobes_available()
+        && o.tcp_sock_write_seq.is_some()
+        && o.tcp_sock_copied_seq.is_some())
+    .then(|| super::LiveBytes::SeqKprobes.describe().to_owned());
+    let bytes_per_call = length
+        .as_ref()
+        .map(|_| super::LiveBytes::LengthTracepoints.describe().to_owned())
+        .or(seq_kprobes);
     let resets = tp("tcp", "tcp_send_reset")
         .zip(tp("tcp", "tcp_receive_reset"))
         .map(|_| "tracepoints tcp:tcp_send_reset/tcp_receive_reset".to_owned());
@@ -119,19 +127,15 @@ pub fn check() -> CheckReport {
             "bytes per connection",
             true,
             bytes_per_connection,
-            length
-                .is_none()
-                .then_some("calls per connection unknown before Linux 6.4"),
+            None,
         ),
         fact(
             "bytes per call",
             false,
-            length
-                .as_ref()
-                .map(|_| "live socket counters (length tracepoints)".to_owned()),
-            length
-                .is_none()
-                .then_some("needs sock:sock_send_length (Linux ≥ 6.4); pooled calls carry none"),
+            bytes_per_call.clone(),
+            bytes_per_call.is_none().then_some(
+                "needs sock:sock_send_length (Linux ≥ 6.4) or kprobes with BTF; pooled calls carry none",
+            ),
         ),
         fact("retransmits", true, tp("tcp", "tcp_retransmit_skb"), None),
         fact("resets", true, resets, None),

@@ -2,9 +2,9 @@
 //!
 //! The call's 4-tuple (from the HTTP client) finds the flow; if the kernel's `Established`
 //! event is not drained yet, the ring reader is poked and the table watched, for a bounded
-//! time. Bytes and retransmits come from the socket's live kernel counters (this module reads
-//! them from the BPF map); [`CallDeltas`] turns them into the call's share. When no flow matches,
-//! the facts say so and carry nothing else.
+//! time. Bytes and retransmits come from the socket's live kernel counters and turns (this
+//! module reads them from the BPF map; a closed flow carries its own); [`CallDeltas`] picks the
+//! attempt's turn. When no flow matches, the facts say so and carry nothing else.
 
 use std::{
     net::SocketAddr,
@@ -17,12 +17,12 @@ use netscope_common::SockState;
 use tokio::sync::Notify;
 
 use crate::{
-    clock::unix_ns,
+    clock::{monotonic_now_ns, unix_ns},
     domain::{
         ConnectionObserver, Flow, FlowState,
         outcome::{BoxFuture, NetworkFacts},
     },
-    flows::{CallDeltas, Counters, FlowTable},
+    flows::{AttemptSpan, CallDeltas, ConnectionView, Counters, FlowTable, convert::turn},
 };
 
 pub struct Correlator {
@@ -34,9 +34,6 @@ pub struct Correlator {
     kick: Arc<Notify>,
     deltas: Mutex<CallDeltas>,
     wait: Duration,
-    /// The kernel counts bytes as they flow (length tracepoints); without, only a finished
-    /// connection's bytes are known.
-    live_bytes: bool,
 }
 
 impl Correlator {
@@ -46,7 +43,6 @@ impl Correlator {
         updated: Arc<Notify>,
         kick: Arc<Notify>,
         wait: Duration,
-        live_bytes: bool,
     ) -> Self {
         Self {
             table,
@@ -55,7 +51,6 @@ impl Correlator {
             kick,
             deltas: Mutex::new(CallDeltas::default()),
             wait,
-            live_bytes,
         }
     }
 
@@ -67,38 +62,32 @@ impl Correlator {
             .cloned()
     }
 
-    /// The connection's counters now: live from the kernel while it is open, final once closed.
-    fn counters(&self, flow: &Flow) -> Counters {
+    /// The connection now: live from the kernel while it is open, final once closed.
+    fn view(&self, flow: &Flow) -> ConnectionView {
         if flow.state == FlowState::Established {
             let socks = self.socks.lock().unwrap_or_else(PoisonError::into_inner);
             if let Ok(s) = socks.get(&flow.id.sock_id, 0)
                 && s.start_ns == flow.id.start_mono_ns
             {
-                return Counters {
-                    sent: s.bytes_sent,
-                    received: s.bytes_received,
-                    retransmits: s.retransmits,
+                return ConnectionView {
+                    now: Counters {
+                        sent: s.bytes_sent,
+                        received: s.bytes_received,
+                        retransmits: s.retransmits,
+                    },
+                    turns: [turn(&s.turn), turn(&s.prev_turn)],
                 };
             }
         }
-        Counters::of(flow)
+        ConnectionView::of(flow)
     }
 
-    fn compute(&self, flow: &Flow, call_started: SystemTime) -> NetworkFacts {
-        let now = self.counters(flow);
-        let mut facts = self
-            .deltas
+    fn compute(&self, flow: &Flow, span: AttemptSpan) -> NetworkFacts {
+        let view = self.view(flow);
+        self.deltas
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .facts(flow, now, unix_ns(call_started));
-        // Without live counts, only a connection opened for this call and already closed has
-        // bytes that are this call's: nothing is invented.
-        let whole_connection = facts.new_connection == Some(true) && flow.is_finished();
-        if !self.live_bytes && !whole_connection {
-            facts.bytes_sent = None;
-            facts.bytes_received = None;
-        }
-        facts
+            .facts(flow, &view, span)
     }
 }
 
@@ -161,11 +150,16 @@ impl ConnectionObserver for Correlator {
         &self,
         local: SocketAddr,
         remote: SocketAddr,
-        call_started: SystemTime,
+        attempt_started_mono_ns: u64,
     ) -> BoxFuture<'_, NetworkFacts> {
+        // Now, before any wait: the attempt's response has just been read.
+        let span = AttemptSpan {
+            started_mono_ns: attempt_started_mono_ns,
+            ended_mono_ns: monotonic_now_ns(),
+        };
         Box::pin(async move {
             match self.wait_for(|me| me.find(local, remote)).await {
-                Some(flow) => self.compute(&flow, call_started),
+                Some(flow) => self.compute(&flow, span),
                 None => NetworkFacts {
                     matched: false,
                     local: Some(local),

@@ -1,7 +1,8 @@
 //! Offsets of the few kernel struct fields the programs read directly (`sock.sk_err`,
 //! `tcp_sock.srtt_us`, and — on kernels without the length tracepoints — `tcp_sock.bytes_sent`,
-//! `bytes_retrans` and `bytes_received`), found in the running kernel's BTF at load time. Without BTF the probe
-//! still runs; those facts are then reported as unknown.
+//! `bytes_retrans`, `bytes_received`, `write_seq` and `copied_seq`), found in the running
+//! kernel's BTF at load time. Without BTF the probe still runs; those facts are then reported
+//! as unknown.
 
 use btf_rs::{Btf, Type};
 
@@ -19,6 +20,10 @@ pub struct KernelOffsets {
     pub tcp_sock_bytes_sent: Option<u32>,
     pub tcp_sock_bytes_retrans: Option<u32>,
     pub tcp_sock_bytes_received: Option<u32>,
+    /// `tcp_sock.write_seq` and `copied_seq`: without the length tracepoints, the kprobes
+    /// count a live connection's bytes from them.
+    pub tcp_sock_write_seq: Option<u32>,
+    pub tcp_sock_copied_seq: Option<u32>,
 }
 
 impl KernelOffsets {
@@ -29,6 +34,8 @@ impl KernelOffsets {
             tcp_sock_bytes_sent: member_offset(btf, "tcp_sock", "bytes_sent"),
             tcp_sock_bytes_retrans: member_offset(btf, "tcp_sock", "bytes_retrans"),
             tcp_sock_bytes_received: member_offset(btf, "tcp_sock", "bytes_received"),
+            tcp_sock_write_seq: member_offset(btf, "tcp_sock", "write_seq"),
+            tcp_sock_copied_seq: member_offset(btf, "tcp_sock", "copied_seq"),
         }
     }
 

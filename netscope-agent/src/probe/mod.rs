@@ -21,7 +21,7 @@ use std::{
 use aya::{
     Ebpf, EbpfLoader,
     maps::{HashMap as BpfHashMap, LpmTrie, MapData, PerCpuArray, RingBuf, lpm_trie::Key},
-    programs::{Program, SchedClassifier, TcAttachType, TracePoint, tc},
+    programs::{KProbe, Program, SchedClassifier, TcAttachType, TracePoint, tc},
     util::KernelVersion,
 };
 use netscope_common::{OFFSET_NONE, ProbeConfig, SockState, names};
@@ -137,6 +137,22 @@ const TRACEPOINTS: [TracepointSpec; 7] = [
     },
 ];
 
+/// Without the length tracepoints (Linux < 6.4), live bytes and turns come from kprobes:
+/// (NetScope's program, the empty one, the kernel function).
+const SEQ_KPROBES: [(&str, &str, &str); 2] = [
+    ("ns_tcp_sendmsg", "nop_tcp_sendmsg", "tcp_sendmsg"),
+    (
+        "ns_tcp_cleanup_rbuf",
+        "nop_tcp_cleanup_rbuf",
+        "tcp_cleanup_rbuf",
+    ),
+];
+
+/// The kernel can create kprobes (`CONFIG_KPROBES`): the kprobe PMU exists.
+pub fn kprobes_available() -> bool {
+    Path::new("/sys/bus/event_source/devices/kprobe/type").exists()
+}
+
 /// (egress, ingress) classifier programs of each set.
 const fn tc_programs(set: ProgramSet) -> (&'static str, &'static str) {
     match set {
@@ -168,8 +184,29 @@ pub struct Probe {
     loaded: Vec<&'static str>,
     kernel_offsets: KernelOffsets,
     counters: std::sync::Arc<KernelCounterReader>,
-    /// The length tracepoints are attached (Linux ≥ 6.4): live bytes and calls per socket.
-    length_hooks: bool,
+    /// How live bytes per socket (and turns) are counted, if at all.
+    live_bytes: LiveBytes,
+}
+
+/// Which hooks count a live connection's bytes and delimit its turns.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LiveBytes {
+    /// `sock:sock_send_length`/`sock_recv_length` (Linux ≥ 6.4).
+    LengthTracepoints,
+    /// kprobes on `tcp_sendmsg` and `tcp_cleanup_rbuf`, reading `write_seq`/`copied_seq`.
+    SeqKprobes,
+    /// Neither: only a closed connection's bytes are known (read from `tcp_sock` at close).
+    None,
+}
+
+impl LiveBytes {
+    pub fn describe(self) -> &'static str {
+        match self {
+            Self::LengthTracepoints => "tracepoints sock:sock_send_length/sock_recv_length",
+            Self::SeqKprobes => "kprobes tcp_sendmsg/tcp_cleanup_rbuf (tcp_sock sequence numbers)",
+            Self::None => "none",
+        }
+    }
 }
 
 impl Probe {
@@ -207,20 +244,29 @@ impl Probe {
             .load(object)
             .map_err(ProbeError::Load)?;
         let counters = std::sync::Arc::new(take_counters(&mut ebpf)?);
+        let live_bytes = if config.length_hooks == 1 {
+            LiveBytes::LengthTracepoints
+        } else if config.tcp_write_seq != OFFSET_NONE && config.tcp_copied_seq != OFFSET_NONE {
+            LiveBytes::SeqKprobes
+        } else {
+            LiveBytes::None
+        };
         let mut probe = Self {
             ebpf,
             loaded: Vec::new(),
             kernel_offsets,
             counters,
-            length_hooks: config.length_hooks == 1,
+            live_bytes,
         };
-        if !probe.length_hooks {
-            tracing::warn!(
-                "no sock:sock_send_length/sock_recv_length on this kernel (before 6.4): bytes come from tcp_sock at close; live per-call bytes and call counts are unknown"
-            );
-        }
         probe.fill_filters(&options.filters)?;
         probe.attach(options)?;
+        if probe.live_bytes == LiveBytes::SeqKprobes
+            && let Err(e) = probe.attach_seq_kprobes(options.programs)
+        {
+            tracing::warn!(error = %e, "kprobes unavailable: live per-call bytes are unknown");
+            probe.live_bytes = LiveBytes::None;
+        }
+        tracing::info!(live_bytes = probe.live_bytes.describe(), "byte counting");
         Ok(probe)
     }
 
@@ -279,7 +325,10 @@ impl Probe {
 
     fn attach(&mut self, options: &ProbeOptions) -> Result<(), ProbeError> {
         for spec in &TRACEPOINTS {
-            if spec.category == "sock" && spec.name != "inet_sock_set_state" && !self.length_hooks {
+            if spec.category == "sock"
+                && spec.name != "inet_sock_set_state"
+                && self.live_bytes != LiveBytes::LengthTracepoints
+            {
                 continue;
             }
             let name = match options.programs {
@@ -342,6 +391,26 @@ impl Probe {
         Ok(())
     }
 
+    /// The kprobe fallback for live bytes (kernels without the length tracepoints).
+    fn attach_seq_kprobes(&mut self, set: ProgramSet) -> Result<(), ProbeError> {
+        for (netscope, baseline, function) in SEQ_KPROBES {
+            let name = match set {
+                ProgramSet::NetScope => netscope,
+                ProgramSet::Baseline => baseline,
+            };
+            let err = |source| ProbeError::Program {
+                program: name,
+                source,
+            };
+            let program: &mut KProbe = self.program_mut(name)?;
+            program.load().map_err(err)?;
+            self.loaded.push(name);
+            let program: &mut KProbe = self.program_mut(name)?;
+            program.attach(function, 0).map_err(err)?;
+        }
+        Ok(())
+    }
+
     fn program_mut<'a, T>(&'a mut self, name: &'static str) -> Result<&'a mut T, ProbeError>
     where
         &'a mut T: TryFrom<&'a mut Program, Error = aya::programs::ProgramError>,
@@ -394,10 +463,14 @@ impl Probe {
         std::sync::Arc::clone(&self.counters)
     }
 
-    /// Whether the kernel counts each socket's bytes as they flow (the length tracepoints,
-    /// Linux ≥ 6.4); otherwise only a closed connection's bytes are known.
+    /// Whether the kernel counts each socket's bytes as they flow and delimits its turns (the
+    /// length tracepoints, or the kprobes); otherwise only a closed connection's bytes are known.
     pub fn counts_live_bytes(&self) -> bool {
-        self.length_hooks
+        self.live_bytes != LiveBytes::None
+    }
+
+    pub fn live_bytes(&self) -> LiveBytes {
+        self.live_bytes
     }
 
     /// The programs attached now.
@@ -434,6 +507,7 @@ impl Probe {
             let result = match self.ebpf.program_mut(name) {
                 Some(Program::TracePoint(p)) => p.unload(),
                 Some(Program::SchedClassifier(p)) => p.unload(),
+                Some(Program::KProbe(p)) => p.unload(),
                 _ => Ok(()),
             };
             if let Err(e) = result {
@@ -484,7 +558,9 @@ fn probe_config(
         tcp_bytes_sent: offsets.tcp_sock_bytes_sent.unwrap_or(OFFSET_NONE),
         tcp_bytes_retrans: offsets.tcp_sock_bytes_retrans.unwrap_or(OFFSET_NONE),
         tcp_bytes_received: offsets.tcp_sock_bytes_received.unwrap_or(OFFSET_NONE),
-        _pad: 0,
+        tcp_write_seq: offsets.tcp_sock_write_seq.unwrap_or(OFFSET_NONE),
         wakeup_bytes: options.wakeup_bytes,
+        tcp_copied_seq: offsets.tcp_sock_copied_seq.unwrap_or(OFFSET_NONE),
+        _pad: 0,
     })
 }

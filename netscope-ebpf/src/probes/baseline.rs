@@ -3,8 +3,8 @@
 
 use aya_ebpf::{
     bindings::TC_ACT_UNSPEC,
-    macros::{classifier, tracepoint},
-    programs::{TcContext, TracePointContext},
+    macros::{classifier, kprobe, tracepoint},
+    programs::{ProbeContext, TcContext, TracePointContext},
 };
 
 #[tracepoint(category = "sock", name = "inet_sock_set_state")]
@@ -19,6 +19,16 @@ pub fn nop_send_length(_ctx: TracePointContext) -> u32 {
 
 #[tracepoint(category = "sock", name = "sock_recv_length")]
 pub fn nop_recv_length(_ctx: TracePointContext) -> u32 {
+    0
+}
+
+#[kprobe]
+pub fn nop_tcp_sendmsg(_ctx: ProbeContext) -> u32 {
+    0
+}
+
+#[kprobe]
+pub fn nop_tcp_cleanup_rbuf(_ctx: ProbeContext) -> u32 {
     0
 }
 

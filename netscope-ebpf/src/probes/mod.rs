@@ -2,12 +2,14 @@
 //! checked reads of tracepoint fields at offsets the agent read from tracefs.
 
 pub mod baseline;
+pub mod kprobes;
 pub mod sock_length;
 pub mod state;
 pub mod tc;
 pub mod tcp;
+pub mod turns;
 
-use aya_ebpf::{EbpfContext as _, programs::TracePointContext};
+use aya_ebpf::{EbpfContext as _, helpers::bpf_probe_read_kernel, programs::TracePointContext};
 use netscope_common::{OFFSET_NONE, counter};
 
 use crate::maps::{bump, config};
@@ -128,4 +130,15 @@ pub fn field<T: CtxField>(ctx: &TracePointContext, offset: u32) -> Result<T, Err
     }
     // SAFETY: bpf_probe_read of the tracepoint record; a bad offset yields an error, not a fault.
     unsafe { ctx.read_at::<T>(offset as usize) }.map_err(|_| Error::Read)
+}
+
+/// Reads a kernel struct field at an offset the agent found in BTF; `None` when the offset is
+/// unknown or the read faults.
+#[inline(always)]
+pub fn read_kernel<T: Default>(base: u64, offset: u32) -> Option<T> {
+    if offset == OFFSET_NONE {
+        return None;
+    }
+    // SAFETY: bpf_probe_read_kernel faults safely; `base` is a live kernel object of the hook.
+    unsafe { bpf_probe_read_kernel((base + offset as u64) as *const T) }.ok()
 }

@@ -4,7 +4,7 @@
 use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
 use netscope_common::{SockLengthRecord, SockState};
 
-use super::{Error, field};
+use super::{Error, field, turns};
 use crate::maps::{SOCKS, add_u64, config};
 
 /// `MSG_PEEK` reads leave the data in the socket: they are not received bytes.
@@ -80,10 +80,14 @@ fn try_account(
 }
 
 /// A call that returned an error is not counted; a zero-length read (EOF) is a call of 0 bytes.
+/// A send that wrote something may start a turn (before its bytes are counted).
 #[inline(always)]
 fn account(state: *mut SockState, ret: i32, send: bool) {
     if ret < 0 {
         return;
+    }
+    if send && ret > 0 {
+        turns::on_send(state);
     }
     // SAFETY: `state` points into a live SOCKS value; fields are updated atomically.
     unsafe {

@@ -14,8 +14,7 @@
 use aya_ebpf::{
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::{
-        bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
-        bpf_ktime_get_ns, bpf_probe_read_kernel,
+        bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns,
     },
     macros::tracepoint,
     maps::lpm_trie::Key,
@@ -23,14 +22,14 @@ use aya_ebpf::{
 };
 use netscope_common::{
     AF_INET, AF_INET6, ConnEvent, EventHeader, EventKind, FILTER_CGROUP, FILTER_DPORT, FILTER_DST,
-    FILTER_TGID, FlowTuple, OFFSET_NONE, SK_ERR_UNKNOWN, SRTT_UNKNOWN, SetStateRecord, SockState,
+    FILTER_TGID, FlowTuple, SK_ERR_UNKNOWN, SRTT_UNKNOWN, SetStateRecord, SockState, Turn,
     WireCounters, counter, tcp_state,
 };
 
-use super::{Error, field};
+use super::{Error, field, read_kernel};
 use crate::maps::{
     EVENTS, FILTER_CGROUP as CGROUPS, FILTER_DPORT as DPORTS, FILTER_DST_V4 as DST_V4,
-    FILTER_DST_V6 as DST_V6, FILTER_TGID as TGIDS, SOCKS, WIRE, bump, config,
+    FILTER_DST_V6 as DST_V6, FILTER_TGID as TGIDS, SOCK_SCRATCH, SOCKS, WIRE, bump, config,
 };
 
 const IPPROTO_TCP: u16 = 6;
@@ -113,29 +112,38 @@ fn on_connect(rec: &SetStateRecord) -> Result<(), Error> {
         bump(counter::CONNECTS_FILTERED);
         return Ok(());
     }
-    let state = SockState {
-        // SAFETY: helper without arguments.
-        start_ns: unsafe { bpf_ktime_get_ns() },
-        established_ns: 0,
-        closed_ns: 0,
-        tuple: FlowTuple::default(),
-        pid_tgid,
-        cgroup_id,
-        comm: bpf_get_current_comm().unwrap_or_default(),
-        bytes_sent: 0,
-        bytes_received: 0,
-        send_calls: 0,
-        recv_calls: 0,
-        retransmits: 0,
-        resets_sent: 0,
-        resets_received: 0,
-        close_from_state: 0,
-        wire_out: WireCounters::default(),
-    };
+    // Built in per-CPU scratch space, field by field: a `SockState` on the stack would take
+    // the program past what older verifiers (5.10, 6.1) allow for its combined stack.
+    let state = SOCK_SCRATCH.get_ptr_mut(0).ok_or(Error::Read)?;
+    // SAFETY: the scratch entry is this CPU's and is only used here, in process context
+    // (CLOSE → SYN_SENT happens inside `connect()`); every field is written.
+    unsafe {
+        (*state).start_ns = bpf_ktime_get_ns();
+        (*state).established_ns = 0;
+        (*state).closed_ns = 0;
+        (*state).tuple = FlowTuple::default();
+        (*state).pid_tgid = pid_tgid;
+        (*state).cgroup_id = cgroup_id;
+        (*state).comm = bpf_get_current_comm().unwrap_or_default();
+        (*state).bytes_sent = 0;
+        (*state).bytes_received = 0;
+        (*state).send_calls = 0;
+        (*state).recv_calls = 0;
+        (*state).retransmits = 0;
+        (*state).resets_sent = 0;
+        (*state).resets_received = 0;
+        (*state).close_from_state = 0;
+        (*state).wire_out = WireCounters::default();
+        (*state).turn = Turn::default();
+        (*state).prev_turn = Turn::default();
+        (*state).write_seq_base = 0;
+        (*state).copied_seq_base = 0;
+    }
     // BPF_ANY: a socket address reused after a close, or a second connect() on the same socket,
     // starts a new connection.
+    // SAFETY: `state` points into the live scratch entry, fully written above.
     SOCKS
-        .insert(&sk, &state, 0)
+        .insert(&sk, unsafe { &*state }, 0)
         .map_err(|_| Error::SockTableFull)?;
     bump(counter::CONNECTS_TRACKED);
     Ok(())
@@ -181,10 +189,22 @@ fn on_established(rec: &SetStateRecord) -> Result<(), Error> {
     let tuple = tuple_of(rec);
     // SAFETY: helper without arguments.
     let now = unsafe { bpf_ktime_get_ns() };
+    // Without the length tracepoints the kprobes count bytes from the sequence numbers; the
+    // kernel sets `copied_seq` before it moves the socket to ESTABLISHED.
+    let (write_seq, copied_seq) = if config!(length_hooks) == 0 {
+        (
+            read_kernel::<u32>(sk, config!(tcp_write_seq)).unwrap_or(0),
+            read_kernel::<u32>(sk, config!(tcp_copied_seq)).unwrap_or(0),
+        )
+    } else {
+        (0, 0)
+    };
     // SAFETY: `state` points into a live SOCKS value.
     unsafe {
         (*state).established_ns = now;
         (*state).tuple = tuple;
+        (*state).write_seq_base = write_seq;
+        (*state).copied_seq_base = copied_seq;
     }
     emit(
         EventKind::Established,
@@ -272,16 +292,6 @@ fn take_wire(state: *const SockState, tuple: &FlowTuple) -> WireCounters {
     wire
 }
 
-/// Reads a kernel struct field at an offset found in BTF by the agent.
-#[inline(always)]
-fn read_kernel<T: Default>(sk: u64, offset: u32) -> Option<T> {
-    if offset == OFFSET_NONE {
-        return None;
-    }
-    // SAFETY: bpf_probe_read_kernel faults safely; `sk` is the live socket of this tracepoint.
-    unsafe { bpf_probe_read_kernel((sk + offset as u64) as *const T) }.ok()
-}
-
 /// Without the length hooks (Linux < 6.4): a closed connection's bytes from TCP's own counters
 /// (tcplife's way). Sent: payload transmitted minus retransmitted. Received: `bytes_received`
 /// counts the peer's FIN as one byte, and the FIN came in when the socket closed from a state
@@ -332,8 +342,13 @@ fn emit(
             read_kernel::<i32>(sk, config!(sock_sk_err)).unwrap_or(SK_ERR_UNKNOWN)
         }
     };
-    entry.write(ConnEvent {
-        header: EventHeader {
+    // Field by field into the reservation: a whole `ConnEvent` built on the stack first would
+    // not fit the 512-byte BPF stack next to the rest of `ns_set_state`.
+    let ev: *mut ConnEvent = entry.as_mut_ptr();
+    // SAFETY: `ev` points to the reservation, sized for one `ConnEvent`, written once below
+    // before it is submitted; every field is plain data.
+    unsafe {
+        (*ev).header = EventHeader {
             kind: kind as u32,
             len: size_of::<ConnEvent>() as u32,
             ts_ns: now,
@@ -341,24 +356,26 @@ fn emit(
             pid: st.pid_tgid as u32,
             cgroup_id: st.cgroup_id,
             sock_id: sk,
-        },
-        tuple: st.tuple,
-        comm: st.comm,
-        start_ns: st.start_ns,
-        established_ns: st.established_ns,
-        closed_ns: st.closed_ns,
-        bytes_sent,
-        bytes_received,
-        send_calls: st.send_calls,
-        recv_calls: st.recv_calls,
-        wire: *wire,
-        retransmits: st.retransmits,
-        resets_sent: st.resets_sent,
-        resets_received: st.resets_received,
-        srtt_us: srtt,
-        sk_err,
-        old_state: old,
-    });
+        };
+        (*ev).tuple = st.tuple;
+        (*ev).comm = st.comm;
+        (*ev).start_ns = st.start_ns;
+        (*ev).established_ns = st.established_ns;
+        (*ev).closed_ns = st.closed_ns;
+        (*ev).bytes_sent = bytes_sent;
+        (*ev).bytes_received = bytes_received;
+        (*ev).send_calls = st.send_calls;
+        (*ev).recv_calls = st.recv_calls;
+        (*ev).wire = *wire;
+        (*ev).retransmits = st.retransmits;
+        (*ev).resets_sent = st.resets_sent;
+        (*ev).resets_received = st.resets_received;
+        (*ev).srtt_us = srtt;
+        (*ev).sk_err = sk_err;
+        (*ev).old_state = old;
+        (*ev).turn = st.turn;
+        (*ev).prev_turn = st.prev_turn;
+    }
     // Wake user space only when enough is waiting; otherwise it polls on a timer.
     let waiting = EVENTS.query(BPF_RB_AVAIL_DATA as u64);
     let flags = if waiting >= config!(wakeup_bytes) {
