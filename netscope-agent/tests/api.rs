@@ -18,7 +18,9 @@ use netscope_agent::{
     config::ApiSettings,
     domain::{
         BusEvent, Check, CounterSource, DestGroups, Flow, FlowId, FlowOutcome, FlowState,
-        FlowUpdateKind, HealthCheck, TargetName, outcome::OutboundResult,
+        FlowUpdateKind, HealthCheck, TargetName,
+        kernel::{CheckReport, fact},
+        outcome::OutboundResult,
     },
     flows::FlowTable,
     metrics::{MetricsBuilder, calls::CallMetrics},
@@ -145,6 +147,19 @@ impl Server {
                 kernel: "test".into(),
                 programs: vec!["ns_set_state"],
                 started_unix_ms: 1,
+                kernel_support: Some(CheckReport {
+                    kernel: "test".into(),
+                    btf: true,
+                    ring_buffer: true,
+                    tc_mode: "TCX",
+                    missing_capabilities: vec![],
+                    facts: vec![fact(
+                        "bytes per call",
+                        false,
+                        Some("kprobes tcp_sendmsg/tcp_cleanup_rbuf".into()),
+                        None,
+                    )],
+                }),
             },
             live,
         });
@@ -262,6 +277,15 @@ async fn every_route_answers_good_input() {
     assert_eq!(status, 200);
     assert_eq!(st["mode"], "run");
     assert!(st["counters"]["flow_table"].is_array(), "{st}");
+    let per_call = &st["kernel_support"]["facts"][0];
+    assert_eq!(
+        (&per_call["fact"], &per_call["hook"]),
+        (
+            &Value::from("bytes per call"),
+            &Value::from("kprobes tcp_sendmsg/tcp_cleanup_rbuf")
+        ),
+        "{st}"
+    );
     let (status, headers, html) = s.get("/").await;
     assert_eq!(status, 200);
     assert!(

@@ -4,7 +4,9 @@ use std::{collections::BTreeMap, sync::Arc};
 
 use serde::Serialize;
 
-use crate::domain::{Check, Sample, outcome::OutboundResult, outcome::ResilienceSnapshot};
+use crate::domain::{
+    Check, Sample, kernel::CheckReport, outcome::OutboundResult, outcome::ResilienceSnapshot,
+};
 
 #[derive(Serialize)]
 pub struct Health {
@@ -36,5 +38,6 @@ pub struct Status<'a> {
     pub kernel: &'a str,
     pub started_unix_ms: u64,
     pub programs: &'a [&'static str],
+    pub kernel_support: Option<&'a CheckReport>,
     pub counters: BTreeMap<&'static str, Vec<Sample>>,
 }

@@ -31,7 +31,7 @@ use tower_http::{limit::RequestBodyLimitLayer, timeout::TimeoutLayer};
 use self::{live::LiveHub, middleware::ClientLimiter};
 use crate::{
     config::ApiSettings,
-    domain::{CallQuery, FlowQuery, HealthCheck, OutboundGateway},
+    domain::{CallQuery, FlowQuery, HealthCheck, OutboundGateway, kernel::CheckReport},
     metrics::Metrics,
 };
 
@@ -47,6 +47,8 @@ pub struct StatusInfo {
     pub kernel: String,
     pub programs: Vec<&'static str>,
     pub started_unix_ms: u64,
+    /// What the kernel offers and which hook serves each fact (with a probe attached).
+    pub kernel_support: Option<CheckReport>,
 }
 
 /// Everything the handlers read: one per server, shared.

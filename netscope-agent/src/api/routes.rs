@@ -176,6 +176,7 @@ pub async fn status(
         kernel: &s.kernel,
         started_unix_ms: s.started_unix_ms,
         programs: &s.programs,
+        kernel_support: s.kernel_support.as_ref(),
         counters,
     };
     Ok(Json(body).into_response())

@@ -163,6 +163,7 @@ impl ViewParts<'_> {
             health: vec![Arc::new(health) as Arc<dyn HealthCheck>],
             live,
             programs: self.probe.attached(),
+            kernel_support: Some(self.probe.report()),
         }
     }
 }

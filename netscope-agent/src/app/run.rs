@@ -24,7 +24,7 @@ use crate::{
     demo::upstream::Upstream,
     domain::{
         BusEvent, ConnectionObserver, CounterSource, FlowQuery, HealthCheck, Job, MetricsRecorder,
-        OutboundGateway, OutcomeSink,
+        OutboundGateway, OutcomeSink, kernel::CheckReport,
     },
     flows::FlowPipeline,
     ingest::{
@@ -229,15 +229,15 @@ impl Observed {
         self.metrics
             .registry()
             .register_collector(Box::new(ResilienceCollector(Arc::clone(&gateway))));
-        let (task, flows, programs) = match probe {
+        let (task, flows, programs, kernel_support) = match probe {
             Some(p) => {
                 for source in p.sources {
                     self.metrics.source(source);
                 }
                 self.health.push(p.health);
-                (Some(p.task), Some(p.table), p.programs)
+                (Some(p.task), Some(p.table), p.programs, Some(p.support))
             }
-            None => (None, None, Vec::new()),
+            None => (None, None, Vec::new(), None),
         };
         let view = serve::View {
             metrics: self.metrics.finish(),
@@ -247,6 +247,7 @@ impl Observed {
             health: self.health,
             live,
             programs,
+            kernel_support,
         };
         (task, view)
     }
@@ -323,6 +324,7 @@ struct Attached {
     sources: Vec<Arc<dyn CounterSource>>,
     health: Arc<dyn HealthCheck>,
     programs: Vec<&'static str>,
+    support: CheckReport,
 }
 
 /// The kernel's side: programs attached, their flows into the table (and onto the bus, and
@@ -350,6 +352,7 @@ fn attach_probe(
         Duration::from_millis(500),
     ));
     let programs = probe.attached();
+    let support = probe.report();
     let health = Arc::new(ProbeHealth::new(&probe, &reader, ps.poll));
     let sources: Vec<Arc<dyn CounterSource>> = vec![
         probe.counter_reader(),
@@ -370,6 +373,7 @@ fn attach_probe(
         sources,
         health,
         programs,
+        support,
     })
 }
 

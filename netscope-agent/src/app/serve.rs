@@ -10,7 +10,7 @@ use super::AppError;
 use crate::{
     api::{self, ApiState, StatusInfo, live::LiveHub, middleware::ClientLimiter},
     config::ApiSettings,
-    domain::{CallQuery, FlowQuery, HealthCheck, OutboundGateway},
+    domain::{CallQuery, FlowQuery, HealthCheck, OutboundGateway, kernel::CheckReport},
     metrics::Metrics,
 };
 
@@ -26,6 +26,7 @@ pub struct View {
     pub health: Vec<Arc<dyn HealthCheck>>,
     pub live: Arc<LiveHub>,
     pub programs: Vec<&'static str>,
+    pub kernel_support: Option<CheckReport>,
 }
 
 /// The live hub of a command (`mode`: `probe` or `run`), stopping with it.
@@ -60,6 +61,7 @@ pub async fn start(
         status: StatusInfo {
             kernel: crate::probe::check::kernel_release(),
             programs: view.programs,
+            kernel_support: view.kernel_support,
             started_unix_ms: crate::clock::now_unix_ms(),
         },
         live: view.live,

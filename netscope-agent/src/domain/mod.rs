@@ -5,6 +5,7 @@ pub mod audit;
 pub mod call;
 pub mod flow;
 pub mod job;
+pub mod kernel;
 pub mod net;
 pub mod outcome;
 pub mod ports;

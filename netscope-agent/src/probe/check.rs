@@ -2,73 +2,14 @@
 //! from tracefs (the tracepoints), kernel BTF (struct offsets), the kernel version (ring buffer,
 //! TCX) and this process's capabilities. Nothing is loaded.
 
-use serde::Serialize;
+use crate::domain::kernel::fact;
+pub use crate::domain::kernel::{CheckReport, Fact};
 
 use super::{KernelOffsets, Tracefs, privileges};
 use aya::util::KernelVersion;
 
-/// One fact NetScope reports, and what serves it here.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct Fact {
-    pub fact: &'static str,
-    /// The hook that serves it, or `None`.
-    pub hook: Option<String>,
-    /// Why no hook can serve it (when `hook` is `None`), or what is limited.
-    pub note: Option<String>,
-    /// The probe refuses to run without it.
-    pub required: bool,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct CheckReport {
-    pub kernel: String,
-    pub btf: bool,
-    pub ring_buffer: bool,
-    pub tc_mode: &'static str,
-    pub missing_capabilities: Vec<&'static str>,
-    pub facts: Vec<Fact>,
-}
-
-impl CheckReport {
-    /// Every required fact has a hook (and the ring buffer exists).
-    pub fn ok(&self) -> bool {
-        self.ring_buffer && self.facts.iter().all(|f| f.hook.is_some() || !f.required)
-    }
-
-    pub fn render(&self) -> String {
-        let yes = |b: bool| if b { "yes" } else { "no" };
-        let mut s = format!(
-            "kernel       {}\nBTF          {}\nring buffer  {}\nTC           {}\ncapabilities {}\n\n",
-            self.kernel,
-            yes(self.btf),
-            yes(self.ring_buffer),
-            self.tc_mode,
-            if self.missing_capabilities.is_empty() {
-                "ok".to_owned()
-            } else {
-                format!("missing {}", self.missing_capabilities.join(", "))
-            }
-        );
-        for f in &self.facts {
-            let served = f.hook.as_deref().unwrap_or("NONE");
-            s.push_str(&format!("{:<22} {served}", f.fact));
-            if let Some(note) = &f.note {
-                s.push_str(&format!("  ({note})"));
-            }
-            s.push('\n');
-        }
-        s
-    }
-}
-
-fn fact(fact: &'static str, required: bool, hook: Option<String>, note: Option<&str>) -> Fact {
-    Fact {
-        fact,
-        hook,
-        note: note.map(str::to_owned),
-        required,
-    }
-}
+/// The fact whose hook a loaded probe knows better than a check (kprobes can fail to attach).
+pub const BYTES_PER_CALL: &str = "bytes per call";
 
 /// The running kernel's release (`uname -r`), or "unknown".
 pub fn kernel_release() -> String {
@@ -130,7 +71,7 @@ pub fn check() -> CheckReport {
             None,
         ),
         fact(
-            "bytes per call",
+            BYTES_PER_CALL,
             false,
             bytes_per_call.clone(),
             bytes_per_call.is_none().then_some(

@@ -266,8 +266,24 @@ impl Probe {
             tracing::warn!(error = %e, "kprobes unavailable: live per-call bytes are unknown");
             probe.live_bytes = LiveBytes::None;
         }
-        tracing::info!(live_bytes = probe.live_bytes.describe(), "byte counting");
+        let report = serde_json::to_string(&probe.report()).unwrap_or_default();
+        tracing::info!(kernel_support = %report, "probe attached");
         Ok(probe)
+    }
+
+    /// What this kernel offers, as `probe --check` reports it, with the per-call bytes path
+    /// this probe actually took.
+    pub fn report(&self) -> check::CheckReport {
+        let mut report = check::check();
+        if let Some(f) = report
+            .facts
+            .iter_mut()
+            .find(|f| f.fact == check::BYTES_PER_CALL)
+        {
+            f.hook =
+                (self.live_bytes != LiveBytes::None).then(|| self.live_bytes.describe().to_owned());
+        }
+        report
     }
 
     pub fn kernel_offsets(&self) -> KernelOffsets {
