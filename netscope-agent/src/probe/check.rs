@@ -20,6 +20,11 @@ pub fn kernel_release() -> String {
 
 /// Inspects this machine.
 pub fn check() -> CheckReport {
+    check_with(KernelOffsets::load().ok())
+}
+
+/// The report for this machine with kernel BTF offsets already read (`None`: no BTF).
+pub fn check_with(offsets: Option<KernelOffsets>) -> CheckReport {
     let version = KernelVersion::current().ok();
     let at_least = |a, b| version.is_some_and(|v| v >= KernelVersion::new(a, b, 0));
     let tracefs = Tracefs::locate().ok();
@@ -29,7 +34,6 @@ pub fn check() -> CheckReport {
             .is_some_and(|t| t.format(category, name).is_ok())
             .then(|| format!("tracepoint {category}:{name}"))
     };
-    let offsets = KernelOffsets::load().ok();
     let btf = offsets.is_some();
     let o = offsets.unwrap_or_default();
     let length = tp("sock", "sock_send_length").zip(tp("sock", "sock_recv_length"));

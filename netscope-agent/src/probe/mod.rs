@@ -186,6 +186,8 @@ pub struct Probe {
     counters: std::sync::Arc<KernelCounterReader>,
     /// How live bytes per socket (and turns) are counted, if at all.
     live_bytes: LiveBytes,
+    /// What this kernel offers (read once, at load).
+    report: check::CheckReport,
 }
 
 /// Which hooks count a live connection's bytes and delimit its turns.
@@ -219,13 +221,12 @@ impl Probe {
             });
         }
         let tracefs = Tracefs::locate()?;
-        let kernel_offsets = match KernelOffsets::load() {
-            Ok(o) => o,
-            Err(e) => {
-                tracing::warn!(error = %e, "srtt and sk_err will be reported as unknown");
-                KernelOffsets::default()
-            }
-        };
+        let btf = KernelOffsets::load()
+            .inspect_err(
+                |e| tracing::warn!(error = %e, "srtt and sk_err will be reported as unknown"),
+            )
+            .ok();
+        let kernel_offsets = btf.unwrap_or_default();
         let config = probe_config(&tracefs, &kernel_offsets, options)?;
 
         let owned;
@@ -257,6 +258,7 @@ impl Probe {
             kernel_offsets,
             counters,
             live_bytes,
+            report: check::check_with(btf),
         };
         probe.fill_filters(&options.filters)?;
         probe.attach(options)?;
@@ -266,7 +268,8 @@ impl Probe {
             tracing::warn!(error = %e, "kprobes unavailable: live per-call bytes are unknown");
             probe.live_bytes = LiveBytes::None;
         }
-        let report = serde_json::to_string(&probe.report()).unwrap_or_default();
+        probe.settle_report();
+        let report = serde_json::to_string(&probe.report).unwrap_or_default();
         tracing::info!(kernel_support = %report, "probe attached");
         Ok(probe)
     }
@@ -274,16 +277,20 @@ impl Probe {
     /// What this kernel offers, as `probe --check` reports it, with the per-call bytes path
     /// this probe actually took.
     pub fn report(&self) -> check::CheckReport {
-        let mut report = check::check();
-        if let Some(f) = report
+        self.report.clone()
+    }
+
+    /// Once attached: the per-call bytes path is the one taken (kprobes can fail to attach).
+    fn settle_report(&mut self) {
+        let taken = (self.live_bytes != LiveBytes::None).then(|| self.live_bytes.describe());
+        if let Some(f) = self
+            .report
             .facts
             .iter_mut()
             .find(|f| f.fact == check::BYTES_PER_CALL)
         {
-            f.hook =
-                (self.live_bytes != LiveBytes::None).then(|| self.live_bytes.describe().to_owned());
+            f.hook = taken.map(str::to_owned);
         }
-        report
     }
 
     pub fn kernel_offsets(&self) -> KernelOffsets {

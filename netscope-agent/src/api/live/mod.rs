@@ -118,7 +118,7 @@ impl LiveHub {
         let mut window = Window::default();
         loop {
             tokio::select! {
-                event = bus.recv() => match event {
+                event = bus.recv_paced(crate::bus::SUBSCRIBER_PACE) => match event {
                     Some(e) => self.on_event(&e, &mut window),
                     None => break,
                 },
@@ -138,11 +138,20 @@ impl LiveHub {
         }
     }
 
+    /// Whether any client reads the ring now: with none, events are counted into the window
+    /// but not serialised (the pipeline's capacity should not pay for an empty page).
+    fn listened(&self) -> bool {
+        self.tx.receiver_count() > 0
+    }
+
     fn on_event(&self, event: &BusEvent, window: &mut Window) {
         match event {
             BusEvent::Call(r) => {
                 window.calls += 1;
                 window.call_ms.push(r.duration_ms);
+                if !self.listened() {
+                    return;
+                }
                 if let Some(text) = json(Kind::Call, r.as_ref()) {
                     self.publish(LiveMsg {
                         kind: Kind::Call,
@@ -161,6 +170,9 @@ impl LiveHub {
                     return;
                 }
                 window.flows += 1;
+                if !self.listened() {
+                    return;
+                }
                 let body = FlowBody {
                     event: u.kind,
                     flow: &u.flow,
