@@ -118,7 +118,7 @@ impl LiveHub {
         let mut window = Window::default();
         loop {
             tokio::select! {
-                event = bus.recv_paced(crate::bus::SUBSCRIBER_PACE) => match event {
+                event = bus.recv() => match event {
                     Some(e) => self.on_event(&e, &mut window),
                     None => break,
                 },
@@ -139,7 +139,9 @@ impl LiveHub {
     }
 
     /// Whether any client reads the ring now: with none, events are counted into the window
-    /// but not serialised (the pipeline's capacity should not pay for an empty page).
+    /// but not serialised (the pipeline's capacity should not pay for an empty page). The feed
+    /// takes the bus event by event (`recv`): in this `select!` loop `recv_paced` starved the
+    /// clients (the live API test hung), so only the recent-calls log is paced.
     fn listened(&self) -> bool {
         self.tx.receiver_count() > 0
     }
