@@ -7,10 +7,7 @@ use std::sync::{
     atomic::{AtomicU64, Ordering},
 };
 
-use tokio::sync::broadcast::{
-    self,
-    error::{RecvError, TryRecvError},
-};
+use tokio::sync::broadcast::{self, error::RecvError};
 
 use crate::domain::{BusEvent, CounterSource, EventBus, Sample};
 
@@ -111,33 +108,7 @@ impl BusSubscriber {
             }
         }
     }
-
-    /// Like [`Self::recv`], but when nothing is waiting it first sleeps `pace`: under load a
-    /// subscriber wakes about once per `pace` and takes a batch, instead of being woken for
-    /// every event (each wake-up is a context switch the pipeline pays for). For subscribers
-    /// that may lag by `pace`: the live view, the recent-calls log.
-    pub async fn recv_paced(&mut self, pace: std::time::Duration) -> Option<BusEvent> {
-        let mut slept = false;
-        loop {
-            match self.rx.try_recv() {
-                Ok(update) => return Some(update),
-                Err(TryRecvError::Lagged(n)) => {
-                    self.counters.lagged.fetch_add(n, Ordering::Relaxed);
-                    tracing::warn!(missed = n, "bus subscriber fell behind");
-                }
-                Err(TryRecvError::Closed) => return None,
-                Err(TryRecvError::Empty) if slept => return self.recv().await,
-                Err(TryRecvError::Empty) => {
-                    tokio::time::sleep(pace).await;
-                    slept = true;
-                }
-            }
-        }
-    }
 }
-
-/// How long a paced subscriber lets events gather before it takes them.
-pub const SUBSCRIBER_PACE: std::time::Duration = std::time::Duration::from_millis(10);
 
 #[cfg(test)]
 mod tests {
@@ -156,27 +127,6 @@ mod tests {
             Some(BusEvent::Flow(u)) => u.flow.id.sock_id,
             other => panic!("{other:?}"),
         }
-    }
-
-    #[tokio::test]
-    async fn a_paced_subscriber_gets_every_event_in_order_then_waits_for_more() {
-        let bus = BroadcastBus::new(16);
-        let mut sub = bus.subscribe();
-        for n in 0..3 {
-            bus.publish(update(n));
-        }
-        let pace = std::time::Duration::from_millis(5);
-        for n in 0..3 {
-            assert_eq!(sock(sub.recv_paced(pace).await), n);
-        }
-        let later = bus.clone();
-        tokio::spawn(async move {
-            tokio::time::sleep(std::time::Duration::from_millis(30)).await;
-            later.publish(update(7));
-        });
-        assert_eq!(sock(sub.recv_paced(pace).await), 7);
-        drop(bus);
-        assert!(sub.recv_paced(pace).await.is_none(), "closed");
     }
 
     #[tokio::test]

@@ -33,7 +33,7 @@ impl RecentCalls {
 
     /// Keeps every call result the bus carries until it closes.
     pub async fn feed(self: Arc<Self>, mut bus: BusSubscriber) {
-        while let Some(event) = bus.recv_paced(crate::bus::SUBSCRIBER_PACE).await {
+        while let Some(event) = bus.recv().await {
             if let BusEvent::Call(r) = event {
                 self.push(r);
             }

@@ -139,9 +139,7 @@ impl LiveHub {
     }
 
     /// Whether any client reads the ring now: with none, events are counted into the window
-    /// but not serialised (the pipeline's capacity should not pay for an empty page). The feed
-    /// takes the bus event by event (`recv`): in this `select!` loop `recv_paced` starved the
-    /// clients (the live API test hung), so only the recent-calls log is paced.
+    /// but not serialised (the pipeline's capacity should not pay for an empty page).
     fn listened(&self) -> bool {
         self.tx.receiver_count() > 0
     }
