@@ -460,9 +460,11 @@ async fn a_slow_live_client_is_dropped_while_a_fast_one_gets_every_message() {
     let reader = tokio::spawn(async move {
         let mut fast = fast;
         let (mut calls, mut lagged) = (0usize, 0usize);
+        // One deadline for the whole read: pings alone would keep a per-message timeout
+        // from ever firing if calls stopped coming, and the test would hang, not fail.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
         while calls < N {
-            let Ok(Some(Ok(m))) = tokio::time::timeout(Duration::from_secs(20), fast.next()).await
-            else {
+            let Ok(Some(Ok(m))) = tokio::time::timeout_at(deadline, fast.next()).await else {
                 break;
             };
             if let tokio_tungstenite::tungstenite::Message::Text(t) = m {
