@@ -19,7 +19,7 @@ CARGO_DENY_VERSION="0.20.2"
 # prometheus (with promtool) and chromium: the real scraper and browser of the API tests.
 # qemu-system-x86 and busybox-static: the kernel matrix (cargo xtask test-kernels).
 APT_PACKAGES=(nftables iproute2 bpftool curl prometheus chromium chromium-driver qemu-system-x86
-  busybox-static xz-utils)
+  busybox-static xz-utils libbpf-tools)
 
 say() { printf 'setup: %s\n' "$*"; }
 

@@ -28,7 +28,8 @@ tasks:
                         fetched once) under qemu, and on this VM's kernel: a test × kernel matrix
   kafka start|stop|status  the local Kafka broker (scripts/kafka.sh)
   ceph start|stop|status|rgw-stop|rgw-start  the local Ceph RGW (scripts/ceph.sh)
-  bench probe [ARGS…]   kernel cost and connection rate: none vs NetScope vs empty programs
+  bench probe [ARGS…]   the probe's CPU cost (churn, keep-alive; cgroup cpu.stat) and its
+                        kernel ns vs empty programs and vs tcplife (root)
   bench pipeline [ARGS…]  pipeline throughput and latency vs a bare reqwest loop (starts Kafka)
   bench api [ARGS…]     the live view and /metrics under the pipeline's load: 50 WebSocket
                         clients (one never reading), scrape time at the label budget (starts Kafka)

@@ -10,6 +10,7 @@ pub mod kernel_btf;
 mod options;
 pub mod privileges;
 pub mod ring;
+pub mod stats;
 pub mod tracefs;
 
 use std::{

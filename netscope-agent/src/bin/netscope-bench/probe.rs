@@ -1,0 +1,664 @@
+//! `netscope-bench probe` (run through `cargo xtask bench probe`): what the kernel probe costs,
+//! in the figure an SRE trusts — CPU time.
+//!
+//! Two lean loopback workloads run in a child process of their own, placed in a cgroup v2 of its
+//! own before it starts, each in a fresh network namespace:
+//! - **churn**: connect, send `payload` bytes, get them back, close;
+//! - **keep-alive**: one connection, `requests` request/response exchanges (256 B up,
+//!   `payload` down), the pipeline's pattern on a pooled connection.
+//!
+//! The tracepoints NetScope attaches run in the workload's context, so they are charged to its
+//! cgroup (`cpu.stat` `usage_usec`). A raw with/without difference of that figure is too noisy
+//! on a shared VM to resolve a few per cent, so the overhead is estimated from exact counters:
+//! (NetScope's programs' run time per unit from `bpf_stats` + the agent's ring reader's CPU
+//! per unit) ÷ the workload's CPU per unit without the probe (median of interleaved rounds).
+//! The raw difference is printed beside it as the check.
+//!
+//! Per workload, rounds interleave the phases: without programs and with NetScope's (bpf_stats
+//! off: CPU), then NetScope's, the empty programs on the same hooks (the dispatch floor) and —
+//! for churn — libbpf-tools' `tcplife` as a peer (bpf_stats on: kernel ns). Ends with
+//! `bench probe: ns_ratio=<x> cpu_overhead_churn=<fraction> cpu_overhead_keepalive=<fraction>
+//! tcplife_ratio=<x>`.
+
+use std::{
+    collections::HashSet,
+    fs::File,
+    io::{BufRead, BufReader, Read, Write},
+    net::{TcpListener, TcpStream},
+    os::fd::AsRawFd,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+    thread,
+    time::{Duration, Instant},
+};
+
+use netscope_agent::{
+    bus::BroadcastBus,
+    flows::{FlowPipeline, FlowTable},
+    probe::{
+        Probe, ProbeOptions, ProgramSet, ProgramStats,
+        stats::{LoadedProgram, RunTimeStats, loaded_programs},
+    },
+};
+
+use crate::stats::Sample;
+
+pub struct ProbeBench {
+    pub connections: usize,
+    pub requests: usize,
+    pub payload: usize,
+    pub rounds: usize,
+    /// Also measure NetScope's kernel cost with the classifier on lo.
+    pub tc: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Workload {
+    Churn,
+    Keepalive,
+}
+
+impl Workload {
+    fn unit(self) -> &'static str {
+        match self {
+            Self::Churn => "connection",
+            Self::Keepalive => "request",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    None,
+    NetScope,
+    Empty,
+    Tcplife,
+}
+
+/// What one phase of one round measured.
+#[derive(Default)]
+struct PhaseResult {
+    /// The workload's CPU time (its cgroup's), µs per unit.
+    workload_us: f64,
+    /// Programs' run time, ns per unit (bpf_stats on only).
+    kernel_ns: f64,
+    /// The ring reader's CPU time, ns per unit (NetScope only).
+    agent_ns: f64,
+    programs: Vec<ProgramStats>,
+}
+
+const PORT: u16 = 7301;
+/// The CPU on which the workload's client and server run; the ring reader uses the other one.
+const WORKLOAD_CPU: usize = 0;
+const READER_CPU: usize = 1;
+/// Bytes of a keep-alive request (its response is `payload` bytes).
+const REQUEST: usize = 256;
+
+pub fn bench(b: &ProbeBench) -> Result<(), String> {
+    let tcplife = tcplife_path()?;
+    let churn = measure(b, Workload::Churn, b.connections, Some(&tcplife), false)?;
+    let keepalive = measure(b, Workload::Keepalive, b.requests, None, false)?;
+    if b.tc {
+        let with_tc = measure(b, Workload::Churn, b.connections, None, true)?;
+        println!("with TC on lo: ns_ratio={:.2}", with_tc.ns_ratio);
+    }
+    println!(
+        "bench probe: ns_ratio={:.2} cpu_overhead_churn={:.4} cpu_overhead_keepalive={:.4} \
+         tcplife_ratio={:.3}",
+        churn.ns_ratio,
+        churn.overhead,
+        keepalive.overhead,
+        churn.tcplife_ratio.unwrap_or(f64::NAN)
+    );
+    Ok(())
+}
+
+struct Summary {
+    ns_ratio: f64,
+    overhead: f64,
+    tcplife_ratio: Option<f64>,
+}
+
+fn measure(
+    b: &ProbeBench,
+    workload: Workload,
+    units: usize,
+    tcplife: Option<&Path>,
+    tc: bool,
+) -> Result<Summary, String> {
+    let unit = workload.unit();
+    let setting = if tc { " (TC on lo)" } else { "" };
+    println!(
+        "== {workload:?}{setting}: {units} {unit}s, {} B; {} rounds",
+        b.payload, b.rounds
+    );
+    let run = |phase, units| run_phase(phase, workload, units, b.payload, tc, tcplife);
+    // Warm-up: caches, the verifier's first load, the page cache of the binaries.
+    for phase in [Phase::None, Phase::NetScope] {
+        run(phase, units / 5)?;
+    }
+    let mut cpu: [Vec<f64>; 2] = Default::default();
+    if !tc {
+        for round in 0..b.rounds {
+            for (i, phase) in [Phase::None, Phase::NetScope].into_iter().enumerate() {
+                let r = run(phase, units)?;
+                eprintln!(
+                    "  cpu round {round} {phase:?}: {:.2} µs/{unit}",
+                    r.workload_us
+                );
+                cpu[i].push(r.workload_us);
+            }
+        }
+    }
+    let stats = RunTimeStats::enable().map_err(|e| e.to_string())?;
+    let mut cost: [Vec<PhaseResult>; 3] = Default::default();
+    for _ in 0..b.rounds {
+        cost[0].push(run(Phase::NetScope, units)?);
+        cost[1].push(run(Phase::Empty, units)?);
+        if tcplife.is_some() {
+            cost[2].push(run(Phase::Tcplife, units)?);
+        }
+    }
+    drop(stats);
+
+    println!(
+        "{:<20} {:<9} {:>12} {:>14} {:>8}",
+        "program", "set", "runs", "total_ns", "ns/run"
+    );
+    print_programs("netscope", &sum_stats(&cost[0]));
+    print_programs("empty", &sum_stats(&cost[1]));
+    print_programs("tcplife", &sum_stats(&cost[2]));
+    let median = |v: &[PhaseResult], f: fn(&PhaseResult) -> f64| {
+        Sample::new(v.iter().map(f).collect()).median()
+    };
+    let kernel = median(&cost[0], |r| r.kernel_ns);
+    let agent = median(&cost[0], |r| r.agent_ns);
+    let empty = median(&cost[1], |r| r.kernel_ns);
+    let ns_ratio = kernel / empty.max(f64::MIN_POSITIVE);
+    println!(
+        "per {unit} (medians): NetScope kernel {kernel:.0} ns + agent {agent:.0} ns; empty \
+         programs {empty:.0} ns (ns_ratio {ns_ratio:.2})"
+    );
+    let tcplife_ratio = (!cost[2].is_empty()).then(|| {
+        let peer = median(&cost[2], |r| r.kernel_ns);
+        let ratio = kernel / peer.max(f64::MIN_POSITIVE);
+        println!("tcplife kernel {peer:.0} ns per {unit}: tcplife_ratio {ratio:.3}");
+        ratio
+    });
+    let mut overhead = f64::NAN;
+    if !tc {
+        let [without, with] = cpu.each_ref().map(|v| Sample::new(v.clone()));
+        let raw: Vec<f64> = cpu[1]
+            .iter()
+            .zip(&cpu[0])
+            .map(|(w, wo)| w / wo - 1.0)
+            .collect();
+        let raw = Sample::new(raw);
+        overhead = (kernel + agent) / 1_000.0 / without.median();
+        println!(
+            "workload CPU per {unit} (cgroup cpu.stat, medians): without {:.2} µs, with {:.2} µs; \
+             raw difference {:+.1} % (rounds {:+.1} % to {:+.1} %); estimate from counters: \
+             {:.2} %",
+            without.median(),
+            with.median(),
+            100.0 * (with.median() / without.median() - 1.0),
+            100.0 * raw.quantile(0.0),
+            100.0 * raw.max(),
+            100.0 * overhead
+        );
+    }
+    println!();
+    Ok(Summary {
+        ns_ratio,
+        overhead,
+        tcplife_ratio,
+    })
+}
+
+fn run_phase(
+    phase: Phase,
+    workload: Workload,
+    units: usize,
+    payload: usize,
+    tc: bool,
+    tcplife: Option<&Path>,
+) -> Result<PhaseResult, String> {
+    let _netns = BenchNetns::enter()?;
+    let per_unit = |ns: u64| ns as f64 / units.max(1) as f64;
+    match phase {
+        Phase::None => Ok(PhaseResult {
+            workload_us: run_workload(workload, units, payload)?,
+            ..PhaseResult::default()
+        }),
+        Phase::NetScope | Phase::Empty => {
+            let set = if phase == Phase::NetScope {
+                ProgramSet::NetScope
+            } else {
+                ProgramSet::Baseline
+            };
+            let attached = Attached::load(set, tc)?;
+            let workload_us = run_workload(workload, units, payload);
+            let (programs, agent_cpu) = attached.finish(phase == Phase::NetScope)?;
+            Ok(PhaseResult {
+                workload_us: workload_us?,
+                kernel_ns: per_unit(programs.iter().map(|p| p.run_time_ns).sum()),
+                agent_ns: per_unit(agent_cpu),
+                programs,
+            })
+        }
+        Phase::Tcplife => {
+            let path = tcplife.ok_or("tcplife phase without tcplife")?;
+            let peer = Tcplife::start(path)?;
+            let before = peer.programs()?;
+            let workload_us = run_workload(workload, units, payload);
+            let after = peer.programs()?;
+            let seen = peer.stop()?;
+            if seen < units {
+                return Err(format!("tcplife printed {seen} connections of {units}"));
+            }
+            let programs = delta(&before, &after);
+            Ok(PhaseResult {
+                workload_us: workload_us?,
+                kernel_ns: per_unit(programs.iter().map(|p| p.run_time_ns).sum()),
+                agent_ns: 0.0,
+                programs,
+            })
+        }
+    }
+}
+
+/// NetScope's (or the empty) programs, attached, with a ring reader that does what the agent
+/// does with each record (decode, flow table, bus) on the other CPU.
+struct Attached {
+    probe: Probe,
+    stop: Arc<AtomicBool>,
+    reader: thread::JoinHandle<(u64, u64)>,
+}
+
+impl Attached {
+    fn load(set: ProgramSet, tc: bool) -> Result<Self, String> {
+        let options = ProbeOptions {
+            programs: set,
+            tc_interfaces: if tc {
+                vec!["lo".to_owned()]
+            } else {
+                Vec::new()
+            },
+            ..ProbeOptions::default()
+        };
+        let mut probe = Probe::load(&options).map_err(|e| e.to_string())?;
+        let mut ring = probe.take_events().map_err(|e| e.to_string())?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopped = Arc::clone(&stop);
+        let reader = thread::spawn(move || {
+            pin(Some(READER_CPU));
+            let table = Arc::new(Mutex::new(FlowTable::new(100_000, 60_000_000_000)));
+            let flows = FlowPipeline::new(table, Arc::new(BroadcastBus::new(4_096)));
+            let started = thread_cpu_ns();
+            let mut events = 0u64;
+            let mut on_event = |kind, event| {
+                events += 1;
+                flows.on_event(kind, event);
+            };
+            while !stopped.load(Ordering::Relaxed) {
+                ring.drain(&mut on_event);
+                thread::sleep(Duration::from_millis(50));
+            }
+            ring.drain(&mut on_event);
+            (events, thread_cpu_ns().saturating_sub(started))
+        });
+        Ok(Self {
+            probe,
+            stop,
+            reader,
+        })
+    }
+
+    /// Detaches; returns the programs' stats and the reader's CPU time (ns). NetScope's phase
+    /// also checks that every record emitted was read and none dropped.
+    fn finish(mut self, reconcile: bool) -> Result<(Vec<ProgramStats>, u64), String> {
+        let stats = self.probe.program_stats().map_err(|e| e.to_string());
+        self.probe.detach();
+        self.stop.store(true, Ordering::Relaxed);
+        let (delivered, cpu) = self
+            .reader
+            .join()
+            .map_err(|_| "ring reader panicked".to_owned())?;
+        let counters = self.probe.kernel_counters().map_err(|e| e.to_string())?;
+        if reconcile && (counters.emitted() != delivered || counters.dropped() != 0) {
+            return Err(format!(
+                "events: emitted {} delivered {delivered} dropped {}",
+                counters.emitted(),
+                counters.dropped()
+            ));
+        }
+        Ok((stats?, cpu))
+    }
+}
+
+/// libbpf-tools' tcplife (setup installs it; the bench installs nothing).
+fn tcplife_path() -> Result<PathBuf, String> {
+    std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .chain([PathBuf::from("/usr/sbin")])
+        .map(|dir| dir.join("tcplife"))
+        .find(|p| p.is_file())
+        .ok_or_else(|| {
+            "tcplife not found: install libbpf-tools (bash scripts/setup.sh does)".to_owned()
+        })
+}
+
+/// A running tcplife, its output counted line by line.
+struct Tcplife {
+    child: Child,
+    ids: HashSet<u32>,
+    lines: thread::JoinHandle<usize>,
+}
+
+impl Tcplife {
+    /// Starts it and waits for its header, which it prints once attached.
+    fn start(path: &Path) -> Result<Self, String> {
+        let existing: HashSet<u32> = loaded_programs()
+            .map_err(|e| e.to_string())?
+            .into_iter()
+            .map(|p| p.id)
+            .collect();
+        // Line-buffered, or the header would wait in stdio's buffer.
+        let mut child = Command::new("stdbuf")
+            .arg("-oL")
+            .arg(path)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("tcplife: {e}"))?;
+        let mut out = BufReader::new(child.stdout.take().ok_or("tcplife: no stdout")?);
+        let mut header = String::new();
+        out.read_line(&mut header)
+            .map_err(|e| format!("tcplife: {e}"))?;
+        if !header.contains("PID") {
+            let _ = child.kill();
+            return Err(format!("tcplife did not start: {header:?}"));
+        }
+        let lines = thread::spawn(move || out.lines().map_while(Result::ok).count());
+        let ids = loaded_programs()
+            .map_err(|e| e.to_string())?
+            .into_iter()
+            .map(|p| p.id)
+            .filter(|id| !existing.contains(id))
+            .collect();
+        Ok(Self { child, ids, lines })
+    }
+
+    /// tcplife's own programs (loaded after it started) with their stats now.
+    fn programs(&self) -> Result<Vec<LoadedProgram>, String> {
+        Ok(loaded_programs()
+            .map_err(|e| e.to_string())?
+            .into_iter()
+            .filter(|p| self.ids.contains(&p.id))
+            .collect())
+    }
+
+    /// Stops it (SIGINT, as a user would) and returns how many connections it printed.
+    fn stop(mut self) -> Result<usize, String> {
+        // Its perf buffer is polled every 100 ms: let it print the last connections.
+        thread::sleep(Duration::from_millis(300));
+        let pid = libc::pid_t::try_from(self.child.id()).map_err(|e| e.to_string())?;
+        // SAFETY: signalling our own child, which has not been waited for yet.
+        unsafe { libc::kill(pid, libc::SIGINT) };
+        self.child.wait().map_err(|e| format!("tcplife: {e}"))?;
+        self.lines
+            .join()
+            .map_err(|_| "tcplife reader panicked".to_owned())
+    }
+}
+
+/// Per-program differences between two snapshots of the same programs.
+fn delta(before: &[LoadedProgram], after: &[LoadedProgram]) -> Vec<ProgramStats> {
+    after
+        .iter()
+        .map(|a| {
+            let b = before.iter().find(|b| b.id == a.id);
+            ProgramStats {
+                // All of tcplife's programs under one name (they are summed over rounds).
+                program: "tcplife (all)",
+                run_count: a.run_count - b.map_or(0, |b| b.run_count),
+                run_time_ns: a.run_time_ns - b.map_or(0, |b| b.run_time_ns),
+            }
+        })
+        .collect()
+}
+
+/// Sums per-program stats over rounds, in program order.
+fn sum_stats(rounds: &[PhaseResult]) -> Vec<ProgramStats> {
+    let mut total: Vec<ProgramStats> = Vec::new();
+    for s in rounds.iter().flat_map(|r| &r.programs) {
+        match total.iter_mut().find(|t| t.program == s.program) {
+            Some(t) => {
+                t.run_count += s.run_count;
+                t.run_time_ns += s.run_time_ns;
+            }
+            None => total.push(s.clone()),
+        }
+    }
+    total
+}
+
+fn print_programs(set: &str, stats: &[ProgramStats]) {
+    for s in stats {
+        let per_run = s.run_time_ns.checked_div(s.run_count).unwrap_or(0);
+        println!(
+            "{:<20} {:<9} {:>12} {:>14} {:>8}",
+            s.program, set, s.run_count, s.run_time_ns, per_run
+        );
+    }
+}
+
+/// Runs the workload in a child process inside a cgroup of its own; returns its CPU time in µs
+/// per unit.
+fn run_workload(workload: Workload, units: usize, payload: usize) -> Result<f64, String> {
+    let cgroup = Cgroup::create()?;
+    let exe = std::env::current_exe().map_err(|e| format!("current exe: {e}"))?;
+    let kind = match workload {
+        Workload::Churn => "churn",
+        Workload::Keepalive => "keepalive",
+    };
+    let out = Command::new(exe)
+        .args(["workload", kind, "--units", &units.to_string()])
+        .args(["--payload", &payload.to_string(), "--cgroup"])
+        .arg(&cgroup.path)
+        .stderr(Stdio::inherit())
+        .output()
+        .map_err(|e| format!("workload: {e}"))?;
+    if !out.status.success() {
+        return Err(format!("workload {kind} exited with {}", out.status));
+    }
+    Ok(cgroup.usage_usec()? as f64 / units.max(1) as f64)
+}
+
+/// A cgroup v2 of its own, removed on drop (once its one process has exited).
+struct Cgroup {
+    path: PathBuf,
+}
+
+impl Cgroup {
+    fn create() -> Result<Self, String> {
+        let mounts = std::fs::read_to_string("/proc/self/mounts").map_err(|e| e.to_string())?;
+        let root = mounts
+            .lines()
+            .map(|l| l.split_whitespace().collect::<Vec<_>>())
+            .find(|f| f.get(2) == Some(&"cgroup2"))
+            .and_then(|f| f.get(1).map(PathBuf::from))
+            .ok_or("no cgroup v2 hierarchy is mounted")?;
+        let path = root.join(format!("netscope-bench-{}", std::process::id()));
+        std::fs::create_dir(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        Ok(Self { path })
+    }
+
+    fn usage_usec(&self) -> Result<u64, String> {
+        let stat = std::fs::read_to_string(self.path.join("cpu.stat"))
+            .map_err(|e| format!("cpu.stat: {e}"))?;
+        stat.lines()
+            .find_map(|l| l.strip_prefix("usage_usec "))
+            .and_then(|v| v.trim().parse().ok())
+            .ok_or_else(|| format!("cpu.stat has no usage_usec: {stat:?}"))
+    }
+}
+
+impl Drop for Cgroup {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir(&self.path);
+    }
+}
+
+/// The child's side: joins `cgroup`, then runs the workload with client and server pinned to
+/// one CPU (the rate then measures the CPU cost, not whether the two threads met on one CPU).
+pub fn workload_main(
+    workload: Workload,
+    units: usize,
+    payload: usize,
+    cgroup: &Path,
+) -> Result<(), String> {
+    std::fs::write(cgroup.join("cgroup.procs"), std::process::id().to_string())
+        .map_err(|e| format!("joining {}: {e}", cgroup.display()))?;
+    let listener = TcpListener::bind(("127.0.0.1", PORT)).map_err(|e| format!("bind: {e}"))?;
+    pin(Some(WORKLOAD_CPU));
+    let started = Instant::now();
+    match workload {
+        Workload::Churn => churn(listener, units, payload),
+        Workload::Keepalive => keepalive(listener, units, payload),
+    }?;
+    println!("{:.0}", units as f64 / started.elapsed().as_secs_f64());
+    Ok(())
+}
+
+fn churn(listener: TcpListener, connections: usize, payload: usize) -> Result<(), String> {
+    let server = thread::spawn(move || -> std::io::Result<()> {
+        pin(Some(WORKLOAD_CPU));
+        let mut buf = vec![0u8; payload];
+        for _ in 0..connections {
+            let (mut s, _) = listener.accept()?;
+            s.read_exact(&mut buf)?;
+            s.write_all(&buf)?;
+        }
+        Ok(())
+    });
+    let data = vec![0x5au8; payload];
+    let mut back = vec![0u8; payload];
+    for _ in 0..connections {
+        let mut c = TcpStream::connect(("127.0.0.1", PORT)).map_err(|e| format!("connect: {e}"))?;
+        c.write_all(&data).map_err(|e| e.to_string())?;
+        c.read_exact(&mut back).map_err(|e| e.to_string())?;
+        let mut eof = [0u8; 1];
+        let _ = c.read(&mut eof);
+    }
+    join(server)
+}
+
+fn keepalive(listener: TcpListener, requests: usize, payload: usize) -> Result<(), String> {
+    let server = thread::spawn(move || -> std::io::Result<()> {
+        pin(Some(WORKLOAD_CPU));
+        let (mut s, _) = listener.accept()?;
+        s.set_nodelay(true)?;
+        let mut request = [0u8; REQUEST];
+        let response = vec![0xa5u8; payload];
+        for _ in 0..requests {
+            s.read_exact(&mut request)?;
+            s.write_all(&response)?;
+        }
+        Ok(())
+    });
+    let mut c = TcpStream::connect(("127.0.0.1", PORT)).map_err(|e| format!("connect: {e}"))?;
+    c.set_nodelay(true).map_err(|e| e.to_string())?;
+    let request = [0x5au8; REQUEST];
+    let mut response = vec![0u8; payload];
+    for _ in 0..requests {
+        c.write_all(&request).map_err(|e| e.to_string())?;
+        c.read_exact(&mut response).map_err(|e| e.to_string())?;
+    }
+    drop(c);
+    join(server)
+}
+
+fn join(server: thread::JoinHandle<std::io::Result<()>>) -> Result<(), String> {
+    server
+        .join()
+        .map_err(|_| "server thread panicked".to_owned())?
+        .map_err(|e| format!("server: {e}"))
+}
+
+/// CPU time of the calling thread, in ns.
+fn thread_cpu_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a valid timespec to write to.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// A fresh network namespace entered by the calling thread (processes and threads started
+/// later inherit it); each phase gets its own, so no phase inherits another's TIME_WAIT sockets.
+struct BenchNetns {
+    name: String,
+    original: File,
+}
+
+impl BenchNetns {
+    fn enter() -> Result<Self, String> {
+        let name = format!("nsbench-{}", std::process::id());
+        let ok = |args: &[&str]| {
+            Command::new("ip")
+                .args(args)
+                .status()
+                .map_err(|e| format!("ip: {e}"))?
+                .success()
+                .then_some(())
+                .ok_or_else(|| format!("`ip {}` failed", args.join(" ")))
+        };
+        let original = File::open("/proc/thread-self/ns/net").map_err(|e| format!("netns: {e}"))?;
+        ok(&["netns", "add", &name])?;
+        let ns = Self {
+            name: name.clone(),
+            original,
+        };
+        ok(&["-n", &name, "link", "set", "lo", "up"])?;
+        let file =
+            File::open(format!("/var/run/netns/{name}")).map_err(|e| format!("netns: {e}"))?;
+        // SAFETY: a valid namespace fd; affects the calling thread only.
+        if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+            return Err(format!("setns: {}", std::io::Error::last_os_error()));
+        }
+        Ok(ns)
+    }
+}
+
+impl Drop for BenchNetns {
+    fn drop(&mut self) {
+        // SAFETY: a valid namespace fd: back to where this thread was.
+        unsafe { libc::setns(self.original.as_raw_fd(), libc::CLONE_NEWNET) };
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}
+
+/// Pins the calling thread to one CPU (or lets it run anywhere with `None`).
+fn pin(cpu: Option<usize>) {
+    // SAFETY: a zeroed cpu_set_t is valid; CPU_SET/sched_setaffinity act on the calling thread.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        let cpus = usize::try_from(libc::sysconf(libc::_SC_NPROCESSORS_ONLN)).unwrap_or(1);
+        for c in 0..cpus {
+            if cpu.is_none_or(|only| only == c) {
+                libc::CPU_SET(c, &mut set);
+            }
+        }
+        libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set);
+    }
+}
