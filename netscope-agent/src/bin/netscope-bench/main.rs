@@ -11,6 +11,7 @@ mod audit;
 mod pipeline;
 mod probe;
 mod stats;
+mod workload;
 
 #[derive(Parser)]
 #[command(name = "netscope-bench")]
@@ -108,7 +109,7 @@ enum Bench {
     /// The probe bench's workload, run in a child process in its cgroup (not for direct use).
     #[command(hide = true)]
     Workload {
-        kind: probe::Workload,
+        kind: workload::Workload,
         #[arg(long)]
         units: usize,
         #[arg(long)]
@@ -155,7 +156,7 @@ fn main() -> ExitCode {
             units,
             payload,
             cgroup,
-        } => probe::workload_main(kind, units, payload, &cgroup),
+        } => workload::workload_main(kind, units, payload, &cgroup),
         Bench::Audit {
             events,
             concurrency,

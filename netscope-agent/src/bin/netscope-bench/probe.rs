@@ -2,7 +2,7 @@
 //! in the figure an SRE trusts — CPU time.
 //!
 //! Two lean loopback workloads run in a child process of their own, placed in a cgroup v2 of its
-//! own before it starts, each in a fresh network namespace:
+//! own before it starts, each in a fresh network namespace (`workload.rs`):
 //! - **churn**: connect, send `payload` bytes, get them back, close;
 //! - **keep-alive**: one connection, `requests` request/response exchanges (256 B up,
 //!   `payload` down), the pipeline's pattern on a pooled connection.
@@ -22,10 +22,7 @@
 
 use std::{
     collections::HashSet,
-    fs::File,
-    io::{BufRead, BufReader, Read, Write},
-    net::{TcpListener, TcpStream},
-    os::fd::AsRawFd,
+    io::{BufRead, BufReader},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     sync::{
@@ -33,7 +30,7 @@ use std::{
         atomic::{AtomicBool, Ordering},
     },
     thread,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use netscope_agent::{
@@ -45,7 +42,10 @@ use netscope_agent::{
     },
 };
 
-use crate::stats::Sample;
+use crate::{
+    stats::Sample,
+    workload::{BenchNetns, Workload, pin, run_workload},
+};
 
 pub struct ProbeBench {
     pub connections: usize,
@@ -54,21 +54,6 @@ pub struct ProbeBench {
     pub rounds: usize,
     /// Also measure NetScope's kernel cost with the classifier on lo.
     pub tc: bool,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum Workload {
-    Churn,
-    Keepalive,
-}
-
-impl Workload {
-    fn unit(self) -> &'static str {
-        match self {
-            Self::Churn => "connection",
-            Self::Keepalive => "request",
-        }
-    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -91,12 +76,8 @@ struct PhaseResult {
     programs: Vec<ProgramStats>,
 }
 
-const PORT: u16 = 7301;
-/// The CPU on which the workload's client and server run; the ring reader uses the other one.
-const WORKLOAD_CPU: usize = 0;
+/// The ring reader's CPU; the workload runs on the other one (`workload::WORKLOAD_CPU`).
 const READER_CPU: usize = 1;
-/// Bytes of a keep-alive request (its response is `payload` bytes).
-const REQUEST: usize = 256;
 
 pub fn bench(b: &ProbeBench) -> Result<(), String> {
     let tcplife = tcplife_path()?;
@@ -189,34 +170,43 @@ fn measure(
         println!("tcplife kernel {peer:.0} ns per {unit}: tcplife_ratio {ratio:.3}");
         ratio
     });
-    let mut overhead = f64::NAN;
-    if !tc {
-        let [without, with] = cpu.each_ref().map(|v| Sample::new(v.clone()));
-        let raw: Vec<f64> = cpu[1]
-            .iter()
-            .zip(&cpu[0])
-            .map(|(w, wo)| w / wo - 1.0)
-            .collect();
-        let raw = Sample::new(raw);
-        overhead = (kernel + agent) / 1_000.0 / without.median();
-        println!(
-            "workload CPU per {unit} (cgroup cpu.stat, medians): without {:.2} µs, with {:.2} µs; \
-             raw difference {:+.1} % (rounds {:+.1} % to {:+.1} %); estimate from counters: \
-             {:.2} %",
-            without.median(),
-            with.median(),
-            100.0 * (with.median() / without.median() - 1.0),
-            100.0 * raw.quantile(0.0),
-            100.0 * raw.max(),
-            100.0 * overhead
-        );
-    }
+    let overhead = if tc {
+        f64::NAN
+    } else {
+        cpu_overhead(&cpu, kernel + agent, unit)
+    };
     println!();
     Ok(Summary {
         ns_ratio,
         overhead,
         tcplife_ratio,
     })
+}
+
+/// The overhead estimated from counters — `probe_ns` (NetScope's kernel + agent ns per unit) ÷
+/// the workload's CPU per unit without the probe — printed beside the raw difference of the
+/// `cpu` rounds (`[without, with]`, µs per unit) and its range.
+fn cpu_overhead(cpu: &[Vec<f64>; 2], probe_ns: f64, unit: &str) -> f64 {
+    let [without, with] = cpu.each_ref().map(|v| Sample::new(v.clone()));
+    let raw = Sample::new(
+        cpu[1]
+            .iter()
+            .zip(&cpu[0])
+            .map(|(w, wo)| w / wo - 1.0)
+            .collect(),
+    );
+    let overhead = probe_ns / 1_000.0 / without.median();
+    println!(
+        "workload CPU per {unit} (cgroup cpu.stat, medians): without {:.2} µs, with {:.2} µs; \
+         raw difference {:+.1} % (rounds {:+.1} % to {:+.1} %); estimate from counters: {:.2} %",
+        without.median(),
+        with.median(),
+        100.0 * (with.median() / without.median() - 1.0),
+        100.0 * raw.quantile(0.0),
+        100.0 * raw.max(),
+        100.0 * overhead
+    );
+    overhead
 }
 
 fn run_phase(
@@ -458,139 +448,6 @@ fn print_programs(set: &str, stats: &[ProgramStats]) {
     }
 }
 
-/// Runs the workload in a child process inside a cgroup of its own; returns its CPU time in µs
-/// per unit.
-fn run_workload(workload: Workload, units: usize, payload: usize) -> Result<f64, String> {
-    let cgroup = Cgroup::create()?;
-    let exe = std::env::current_exe().map_err(|e| format!("current exe: {e}"))?;
-    let kind = match workload {
-        Workload::Churn => "churn",
-        Workload::Keepalive => "keepalive",
-    };
-    let out = Command::new(exe)
-        .args(["workload", kind, "--units", &units.to_string()])
-        .args(["--payload", &payload.to_string(), "--cgroup"])
-        .arg(&cgroup.path)
-        .stderr(Stdio::inherit())
-        .output()
-        .map_err(|e| format!("workload: {e}"))?;
-    if !out.status.success() {
-        return Err(format!("workload {kind} exited with {}", out.status));
-    }
-    Ok(cgroup.usage_usec()? as f64 / units.max(1) as f64)
-}
-
-/// A cgroup v2 of its own, removed on drop (once its one process has exited).
-struct Cgroup {
-    path: PathBuf,
-}
-
-impl Cgroup {
-    fn create() -> Result<Self, String> {
-        let mounts = std::fs::read_to_string("/proc/self/mounts").map_err(|e| e.to_string())?;
-        let root = mounts
-            .lines()
-            .map(|l| l.split_whitespace().collect::<Vec<_>>())
-            .find(|f| f.get(2) == Some(&"cgroup2"))
-            .and_then(|f| f.get(1).map(PathBuf::from))
-            .ok_or("no cgroup v2 hierarchy is mounted")?;
-        let path = root.join(format!("netscope-bench-{}", std::process::id()));
-        std::fs::create_dir(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-        Ok(Self { path })
-    }
-
-    fn usage_usec(&self) -> Result<u64, String> {
-        let stat = std::fs::read_to_string(self.path.join("cpu.stat"))
-            .map_err(|e| format!("cpu.stat: {e}"))?;
-        stat.lines()
-            .find_map(|l| l.strip_prefix("usage_usec "))
-            .and_then(|v| v.trim().parse().ok())
-            .ok_or_else(|| format!("cpu.stat has no usage_usec: {stat:?}"))
-    }
-}
-
-impl Drop for Cgroup {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir(&self.path);
-    }
-}
-
-/// The child's side: joins `cgroup`, then runs the workload with client and server pinned to
-/// one CPU (the rate then measures the CPU cost, not whether the two threads met on one CPU).
-pub fn workload_main(
-    workload: Workload,
-    units: usize,
-    payload: usize,
-    cgroup: &Path,
-) -> Result<(), String> {
-    std::fs::write(cgroup.join("cgroup.procs"), std::process::id().to_string())
-        .map_err(|e| format!("joining {}: {e}", cgroup.display()))?;
-    let listener = TcpListener::bind(("127.0.0.1", PORT)).map_err(|e| format!("bind: {e}"))?;
-    pin(Some(WORKLOAD_CPU));
-    let started = Instant::now();
-    match workload {
-        Workload::Churn => churn(listener, units, payload),
-        Workload::Keepalive => keepalive(listener, units, payload),
-    }?;
-    println!("{:.0}", units as f64 / started.elapsed().as_secs_f64());
-    Ok(())
-}
-
-fn churn(listener: TcpListener, connections: usize, payload: usize) -> Result<(), String> {
-    let server = thread::spawn(move || -> std::io::Result<()> {
-        pin(Some(WORKLOAD_CPU));
-        let mut buf = vec![0u8; payload];
-        for _ in 0..connections {
-            let (mut s, _) = listener.accept()?;
-            s.read_exact(&mut buf)?;
-            s.write_all(&buf)?;
-        }
-        Ok(())
-    });
-    let data = vec![0x5au8; payload];
-    let mut back = vec![0u8; payload];
-    for _ in 0..connections {
-        let mut c = TcpStream::connect(("127.0.0.1", PORT)).map_err(|e| format!("connect: {e}"))?;
-        c.write_all(&data).map_err(|e| e.to_string())?;
-        c.read_exact(&mut back).map_err(|e| e.to_string())?;
-        let mut eof = [0u8; 1];
-        let _ = c.read(&mut eof);
-    }
-    join(server)
-}
-
-fn keepalive(listener: TcpListener, requests: usize, payload: usize) -> Result<(), String> {
-    let server = thread::spawn(move || -> std::io::Result<()> {
-        pin(Some(WORKLOAD_CPU));
-        let (mut s, _) = listener.accept()?;
-        s.set_nodelay(true)?;
-        let mut request = [0u8; REQUEST];
-        let response = vec![0xa5u8; payload];
-        for _ in 0..requests {
-            s.read_exact(&mut request)?;
-            s.write_all(&response)?;
-        }
-        Ok(())
-    });
-    let mut c = TcpStream::connect(("127.0.0.1", PORT)).map_err(|e| format!("connect: {e}"))?;
-    c.set_nodelay(true).map_err(|e| e.to_string())?;
-    let request = [0x5au8; REQUEST];
-    let mut response = vec![0u8; payload];
-    for _ in 0..requests {
-        c.write_all(&request).map_err(|e| e.to_string())?;
-        c.read_exact(&mut response).map_err(|e| e.to_string())?;
-    }
-    drop(c);
-    join(server)
-}
-
-fn join(server: thread::JoinHandle<std::io::Result<()>>) -> Result<(), String> {
-    server
-        .join()
-        .map_err(|_| "server thread panicked".to_owned())?
-        .map_err(|e| format!("server: {e}"))
-}
-
 /// CPU time of the calling thread, in ns.
 fn thread_cpu_ns() -> u64 {
     let mut ts = libc::timespec {
@@ -600,65 +457,4 @@ fn thread_cpu_ns() -> u64 {
     // SAFETY: a valid timespec to write to.
     unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
-
-/// A fresh network namespace entered by the calling thread (processes and threads started
-/// later inherit it); each phase gets its own, so no phase inherits another's TIME_WAIT sockets.
-struct BenchNetns {
-    name: String,
-    original: File,
-}
-
-impl BenchNetns {
-    fn enter() -> Result<Self, String> {
-        let name = format!("nsbench-{}", std::process::id());
-        let ok = |args: &[&str]| {
-            Command::new("ip")
-                .args(args)
-                .status()
-                .map_err(|e| format!("ip: {e}"))?
-                .success()
-                .then_some(())
-                .ok_or_else(|| format!("`ip {}` failed", args.join(" ")))
-        };
-        let original = File::open("/proc/thread-self/ns/net").map_err(|e| format!("netns: {e}"))?;
-        ok(&["netns", "add", &name])?;
-        let ns = Self {
-            name: name.clone(),
-            original,
-        };
-        ok(&["-n", &name, "link", "set", "lo", "up"])?;
-        let file =
-            File::open(format!("/var/run/netns/{name}")).map_err(|e| format!("netns: {e}"))?;
-        // SAFETY: a valid namespace fd; affects the calling thread only.
-        if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-            return Err(format!("setns: {}", std::io::Error::last_os_error()));
-        }
-        Ok(ns)
-    }
-}
-
-impl Drop for BenchNetns {
-    fn drop(&mut self) {
-        // SAFETY: a valid namespace fd: back to where this thread was.
-        unsafe { libc::setns(self.original.as_raw_fd(), libc::CLONE_NEWNET) };
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .status();
-    }
-}
-
-/// Pins the calling thread to one CPU (or lets it run anywhere with `None`).
-fn pin(cpu: Option<usize>) {
-    // SAFETY: a zeroed cpu_set_t is valid; CPU_SET/sched_setaffinity act on the calling thread.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        let cpus = usize::try_from(libc::sysconf(libc::_SC_NPROCESSORS_ONLN)).unwrap_or(1);
-        for c in 0..cpus {
-            if cpu.is_none_or(|only| only == c) {
-                libc::CPU_SET(c, &mut set);
-            }
-        }
-        libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set);
-    }
 }
