@@ -90,10 +90,59 @@ struct Sample {
     slow: bool,
 }
 
+/// The last calls while closed, with running counts: judging the rates is O(1) whatever the
+/// window's size.
+#[derive(Debug)]
+struct Window {
+    samples: VecDeque<Sample>,
+    capacity: usize,
+    failed: usize,
+    slow: usize,
+}
+
+impl Window {
+    fn new(capacity: usize) -> Self {
+        Self {
+            samples: VecDeque::with_capacity(capacity),
+            capacity,
+            failed: 0,
+            slow: 0,
+        }
+    }
+
+    fn push(&mut self, sample: Sample) {
+        if self.samples.len() == self.capacity
+            && let Some(old) = self.samples.pop_front()
+        {
+            self.failed -= usize::from(old.failed);
+            self.slow -= usize::from(old.slow);
+        }
+        self.failed += usize::from(sample.failed);
+        self.slow += usize::from(sample.slow);
+        self.samples.push_back(sample);
+    }
+
+    fn len(&self) -> usize {
+        self.samples.len()
+    }
+
+    /// The failure and slow-call rates.
+    fn rates(&self) -> (f64, f64) {
+        let n = self.samples.len().max(1) as f64;
+        (self.failed as f64 / n, self.slow as f64 / n)
+    }
+
+    fn clear(&mut self) {
+        self.samples.clear();
+        self.failed = 0;
+        self.slow = 0;
+    }
+}
+
 #[derive(Debug)]
 struct Inner {
     state: State,
-    window: VecDeque<Sample>,
+    window: Window,
     reason: Option<TripReason>,
     transitions: CircuitTransitions,
 }
@@ -116,7 +165,7 @@ impl CircuitBreaker {
         Self {
             inner: Mutex::new(Inner {
                 state: State::Closed,
-                window: VecDeque::with_capacity(config.window as usize),
+                window: Window::new(config.window as usize),
                 reason: None,
                 transitions: CircuitTransitions::default(),
             }),
@@ -182,18 +231,12 @@ impl CircuitBreaker {
                 }
             }
             (State::Closed, _) => {
-                if inner.window.len() == self.config.window as usize {
-                    inner.window.pop_front();
-                }
-                inner.window.push_back(Sample { failed, slow });
+                inner.window.push(Sample { failed, slow });
                 let n = inner.window.len();
                 if n < self.config.min_calls as usize {
                     return;
                 }
-                let rate = |f: fn(&Sample) -> bool| {
-                    inner.window.iter().filter(|s| f(s)).count() as f64 / n as f64
-                };
-                let (failure, slowness) = (rate(|s| s.failed), rate(|s| s.slow));
+                let (failure, slowness) = inner.window.rates();
                 let window = n as u32;
                 if failure >= self.config.failure_rate {
                     let threshold = self.config.failure_rate;

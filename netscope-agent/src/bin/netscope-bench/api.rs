@@ -177,7 +177,7 @@ async fn with_clients(
 }
 
 pub fn bench(b: &ApiBench) -> Result<(), String> {
-    let (_upstream_rt, up, rt) = runtimes()?;
+    let (up, rt) = runtimes()?;
     let clients = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .thread_name("clients")

@@ -1,5 +1,6 @@
 //! `netscope-bench`: the benchmarks `cargo xtask bench …` runs — `probe`, `pipeline`, `api`,
-//! `audit` (each in its module) — and `workload`, the probe bench's child process.
+//! `audit` (each in its module) — and the child processes they start: `workload` (the probe
+//! bench's) and `upstream` (the pipeline and API benches').
 
 use std::{path::PathBuf, process::ExitCode};
 
@@ -11,6 +12,7 @@ mod audit;
 mod pipeline;
 mod probe;
 mod stats;
+mod upstream;
 mod workload;
 
 #[derive(Parser)]
@@ -117,6 +119,9 @@ enum Bench {
         #[arg(long)]
         cgroup: PathBuf,
     },
+    /// The pipeline and API benches' upstream, in a child process (not for direct use).
+    #[command(hide = true)]
+    Upstream,
 }
 
 fn main() -> ExitCode {
@@ -157,6 +162,7 @@ fn main() -> ExitCode {
             payload,
             cgroup,
         } => workload::workload_main(kind, units, payload, &cgroup),
+        Bench::Upstream => upstream::upstream_main(),
         Bench::Audit {
             events,
             concurrency,

@@ -5,8 +5,9 @@
 //! 2. a delayed upstream (20 ms, a typical external service) at a concurrency at which the bare
 //!    loop makes thousands of calls per second, where the pipeline should keep up.
 //!
-//! The upstream runs on a thread of its own ("upstream"), so that the agent's CPU time is the
-//! process's minus that thread's. Ends with
+//! The upstream runs in a child process ([`UpstreamProcess`]), so that this process's CPU time
+//! is the agent's. Rate and CPU are taken between the pipeline's first result and its last: the
+//! consumer-group join before and the shutdown after are not its work. Ends with
 //! `bench pipeline: capacity_calls_per_s=<x> throughput_ratio=<y> cpu_us_per_call=<z>`.
 
 use std::{
@@ -17,12 +18,14 @@ use std::{
 
 use clap::Parser;
 
-use crate::stats::{Sample, cpu_breakdown, cpu_by_thread, process_cpu, threads_cpu};
+use crate::{
+    stats::{Sample, cpu_breakdown, cpu_by_thread, process_cpu},
+    upstream::UpstreamProcess,
+};
 use netscope_agent::{
     app::Pipeline,
     bus::BusSubscriber,
     config::{RunArgs, RunSettings},
-    demo::upstream::Upstream,
     domain::BusEvent,
     outbound::client,
 };
@@ -50,19 +53,29 @@ pub struct Stats {
     pub cpu_us_per_call: f64,
 }
 
-/// CPU time of everything in this process but the upstream.
-pub fn agent_cpu() -> Duration {
-    process_cpu().saturating_sub(threads_cpu(UPSTREAM_THREAD))
+/// A point of a run: when, and the agent's CPU time then.
+#[derive(Clone, Copy)]
+pub struct Mark {
+    at: Instant,
+    cpu: Duration,
 }
 
-pub const UPSTREAM_THREAD: &str = "upstream";
+impl Mark {
+    pub fn now() -> Self {
+        Self {
+            at: Instant::now(),
+            cpu: process_cpu(),
+        }
+    }
+}
 
-/// Figures of a run measured from `cpu_at_start` and `started` until now.
-fn stats(latencies_ms: Vec<f64>, started: Instant, cpu_at_start: Duration, calls: usize) -> Stats {
-    let cpu = agent_cpu().saturating_sub(cpu_at_start);
+/// Figures of `calls` calls made between `from` and `to` (nothing after the last result —
+/// shutting the pipeline down, deleting topics — is counted).
+fn stats(latencies_ms: Vec<f64>, from: Mark, to: Mark, calls: usize) -> Stats {
+    let cpu = to.cpu.saturating_sub(from.cpu);
     let latency = Sample::new(latencies_ms);
     Stats {
-        per_sec: calls as f64 / started.elapsed().as_secs_f64(),
+        per_sec: calls as f64 / to.at.duration_since(from.at).as_secs_f64(),
         p50: latency.median(),
         p95: latency.quantile(0.95),
         p99: latency.quantile(0.99),
@@ -73,7 +86,7 @@ fn stats(latencies_ms: Vec<f64>, started: Instant, cpu_at_start: Duration, calls
 /// `calls` GETs with `concurrency` tasks on one reqwest client built like the gateway's.
 async fn bare(base: &str, path: &str, calls: usize, concurrency: usize) -> Result<Stats, String> {
     let http = client::build(Duration::from_secs(2)).map_err(|e| e.to_string())?;
-    let (started, cpu) = (Instant::now(), agent_cpu());
+    let started = Mark::now();
     let mut tasks = tokio::task::JoinSet::new();
     for t in 0..concurrency {
         let (http, base, path) = (http.clone(), base.to_owned(), path.to_owned());
@@ -96,7 +109,7 @@ async fn bare(base: &str, path: &str, calls: usize, concurrency: usize) -> Resul
     while let Some(r) = tasks.join_next().await {
         all.extend(r.map_err(|e| e.to_string())??);
     }
-    Ok(stats(all, started, cpu, calls))
+    Ok(stats(all, started, Mark::now(), calls))
 }
 
 /// One pipeline run's shape.
@@ -252,13 +265,17 @@ impl Prepared {
     }
 }
 
+type ThreadsCpu = std::collections::BTreeMap<(String, u32), Duration>;
+
 /// The results of a run as the bus carried them.
 pub struct Collected {
     pub latencies_ms: Vec<f64>,
-    /// When the first result came, and the agent's CPU time then: throughput is measured from
-    /// the first result to the last (the group join is not the pipeline's).
-    pub first: Option<(Instant, Duration)>,
-    pub threads_at_first: Option<std::collections::BTreeMap<String, Duration>>,
+    /// The first result and the last: throughput and CPU are measured between them (the group
+    /// join before and the shutdown after are not the pipeline's work).
+    pub first: Option<Mark>,
+    pub last: Option<Mark>,
+    pub threads_at_first: Option<ThreadsCpu>,
+    pub threads_at_last: Option<ThreadsCpu>,
     pub matched: usize,
 }
 
@@ -267,7 +284,9 @@ pub async fn collect(mut bus: BusSubscriber, calls: usize) -> Collected {
     let mut c = Collected {
         latencies_ms: Vec::with_capacity(calls),
         first: None,
+        last: None,
         threads_at_first: None,
+        threads_at_last: None,
         matched: 0,
     };
     let deadline = Instant::now() + Duration::from_secs(600);
@@ -275,11 +294,15 @@ pub async fn collect(mut bus: BusSubscriber, calls: usize) -> Collected {
         match tokio::time::timeout(Duration::from_secs(5), bus.recv()).await {
             Ok(Some(BusEvent::Call(r))) => {
                 if c.first.is_none() {
-                    c.first = Some((Instant::now(), agent_cpu()));
+                    c.first = Some(Mark::now());
                     c.threads_at_first = Some(cpu_by_thread());
                 }
                 c.latencies_ms.push(r.duration_ms);
                 c.matched += usize::from(r.network.matched);
+                if c.latencies_ms.len() == calls {
+                    c.last = Some(Mark::now());
+                    c.threads_at_last = Some(cpu_by_thread());
+                }
             }
             Ok(Some(BusEvent::Flow(_))) | Err(_) => {}
             Ok(None) => break,
@@ -297,10 +320,10 @@ impl Collected {
         with_probe: bool,
         label: &str,
     ) -> Result<Stats, String> {
-        if let Some(before) = &self.threads_at_first {
+        if let (Some(before), Some(after)) = (&self.threads_at_first, &self.threads_at_last) {
             eprintln!(
                 "bench {label}: CPU µs per call by thread: {}",
-                cpu_breakdown(before, &cpu_by_thread(), calls - 1)
+                cpu_breakdown(before, after, calls - 1)
             );
         }
         if self.latencies_ms.len() < calls || finished < calls {
@@ -315,8 +338,10 @@ impl Collected {
                 self.matched
             );
         }
-        let (at, cpu) = self.first.ok_or("no result")?;
-        Ok(stats(self.latencies_ms, at, cpu, calls - 1))
+        let (Some(first), Some(last)) = (self.first, self.last) else {
+            return Err("no result".into());
+        };
+        Ok(stats(self.latencies_ms, first, last, calls - 1))
     }
 }
 
@@ -330,8 +355,13 @@ pub async fn through_pipeline(spec: &RunSpec<'_>) -> Result<(Stats, bool), Strin
     let counters = pipeline.counters();
     let running = tokio::spawn(pipeline.run(stop_rx));
     let collected = collect(bus, spec.calls).await;
+    let stopping = Instant::now();
     let _ = stop_tx.send(true);
     let _ = running.await;
+    eprintln!(
+        "bench pipeline: stopped {} ms after its last result (not counted)",
+        stopping.elapsed().as_millis()
+    );
     let with_probe = prepared.with_probe;
     prepared.cleanup().await;
     let finished = counters.finished.load(Ordering::Relaxed) as usize;
@@ -360,28 +390,20 @@ fn row(upstream: &str, run: &str, workers: usize, s: &Stats) {
     );
 }
 
-/// The programmable upstream on a runtime of its own (thread "upstream"), whose CPU time is
-/// not the agent's; and the agent's runtime (two workers, as `netscope-agent` has).
-pub fn runtimes() -> Result<(tokio::runtime::Runtime, Upstream, tokio::runtime::Runtime), String> {
-    let upstream_rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .thread_name(UPSTREAM_THREAD)
-        .enable_all()
-        .build()
-        .map_err(|e| e.to_string())?;
-    let up = upstream_rt
-        .block_on(Upstream::start("127.0.0.1:0".parse().map_err(|_| "addr")?))
-        .map_err(|e| e.to_string())?;
+/// The programmable upstream in its child process, and the agent's runtime (two workers, as
+/// `netscope-agent` has).
+pub fn runtimes() -> Result<(UpstreamProcess, tokio::runtime::Runtime), String> {
+    let up = UpstreamProcess::start()?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .map_err(|e| e.to_string())?;
-    Ok((upstream_rt, up, rt))
+    Ok((up, rt))
 }
 
 pub fn bench(b: &PipelineBench) -> Result<(), String> {
-    let (_upstream_rt, up, rt) = runtimes()?;
+    let (up, rt) = runtimes()?;
     let base = format!("http://{}", up.addr);
     let port = up.addr.port();
     let result = rt.block_on(async {

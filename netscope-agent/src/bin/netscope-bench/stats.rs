@@ -53,23 +53,20 @@ pub fn process_cpu() -> Duration {
     tv(usage.ru_utime) + tv(usage.ru_stime)
 }
 
-/// CPU time used so far by this process's live threads whose name starts with `prefix`
-/// (`/proc/self/task/*/schedstat`, in ns).
-pub fn threads_cpu(prefix: &str) -> Duration {
-    cpu_by_thread()
-        .into_iter()
-        .filter(|(name, _)| name.starts_with(prefix))
-        .map(|(_, cpu)| cpu)
-        .sum()
-}
-
-/// CPU time used so far by this process's live threads, summed by thread name.
-pub fn cpu_by_thread() -> BTreeMap<String, Duration> {
+/// CPU time used so far by each of this process's live threads, keyed by (name, thread id).
+pub fn cpu_by_thread() -> BTreeMap<(String, u32), Duration> {
     let mut by_name = BTreeMap::new();
     let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
         return by_name;
     };
     for task in tasks.flatten() {
+        let Some(tid) = task
+            .file_name()
+            .to_str()
+            .and_then(|t| t.parse::<u32>().ok())
+        else {
+            continue;
+        };
         let dir = task.path();
         let Ok(comm) = std::fs::read_to_string(dir.join("comm")) else {
             continue;
@@ -78,25 +75,27 @@ pub fn cpu_by_thread() -> BTreeMap<String, Duration> {
             .ok()
             .and_then(|s| s.split_whitespace().next()?.parse::<u64>().ok())
             .unwrap_or(0);
-        *by_name
-            .entry(comm.trim_end().to_owned())
-            .or_insert(Duration::ZERO) += Duration::from_nanos(ns);
+        by_name.insert((comm.trim_end().to_owned(), tid), Duration::from_nanos(ns));
     }
     by_name
 }
 
-/// Per thread name, the CPU time used between `before` and `after`, in µs per `calls`.
+/// Per thread name, the CPU time its threads used between `before` and `after`, in µs per
+/// `calls` (a thread that ended in between is not counted: the sum may fall short of the
+/// process's total).
 pub fn cpu_breakdown(
-    before: &BTreeMap<String, Duration>,
-    after: &BTreeMap<String, Duration>,
+    before: &BTreeMap<(String, u32), Duration>,
+    after: &BTreeMap<(String, u32), Duration>,
     calls: usize,
 ) -> String {
-    after
-        .iter()
-        .map(|(name, cpu)| {
-            let used = cpu.saturating_sub(before.get(name).copied().unwrap_or_default());
-            (name, used.as_secs_f64() * 1e6 / calls.max(1) as f64)
-        })
+    let mut by_name: BTreeMap<&str, Duration> = BTreeMap::new();
+    for (key, cpu) in after {
+        let used = cpu.saturating_sub(before.get(key).copied().unwrap_or_default());
+        *by_name.entry(key.0.as_str()).or_default() += used;
+    }
+    by_name
+        .into_iter()
+        .map(|(name, used)| (name, used.as_secs_f64() * 1e6 / calls.max(1) as f64))
         .filter(|(_, us)| *us >= 0.5)
         .map(|(name, us)| format!("{name}={us:.1}"))
         .collect::<Vec<_>>()
