@@ -10,9 +10,9 @@ use aya_ebpf::{
 use netscope_common::{ConnEvent, FlowTuple, ProbeConfig, SockState, WireCounters};
 
 /// The one ring buffer: `ConnEvent`s, submitted without wake-up below `CONFIG.wakeup_bytes`.
-/// 16 MiB holds a burst of ~75k events.
+/// Sized by the agent at load (`--ring-bytes`, 4 MiB by default: ~15k events).
 #[map]
-pub static EVENTS: RingBuf = RingBuf::with_byte_size(16 << 20, 0);
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(4 << 20, 0);
 
 /// Tracked outbound connections, keyed by kernel socket address.
 #[map]

@@ -36,7 +36,9 @@ tasks:
   bench audit [ARGS…]   events/s into RGW, PUTs per 10,000 events, request-path latency with
                         RGW healthy vs stopped (starts Ceph)
   bench flows [ARGS…]   criterion micro-benchmarks: ring record → flow table (events/s per
-                        core), per-call deltas of pooled connections";
+                        core), per-call deltas of pooled connections; then, as root, the
+                        agent's RSS idle and holding 10,000 live connections (ARGS go to
+                        criterion; `bench memory [ARGS…]` runs the RSS part alone)";
 
 fn workspace() -> PathBuf {
     let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
@@ -358,6 +360,23 @@ fn agent(command: &[&str], args: &[String]) -> Result<(), String> {
         .ok_or_else(|| format!("netscope-agent {} exited with {status}", command.join(" ")))
 }
 
+/// `netscope-bench flows`: the real agent's RSS, so `netscope-agent` is built first.
+fn memory(rest: &[String]) -> Result<(), String> {
+    run(
+        "cargo",
+        &[
+            "build",
+            "--release",
+            "-p",
+            "netscope-agent",
+            "--bin",
+            "netscope-agent",
+        ],
+        &[],
+    )?;
+    bench_bin("flows", rest)
+}
+
 /// `netscope-bench <which> <rest…>`, built in release.
 fn bench_bin(which: &str, rest: &[String]) -> Result<(), String> {
     let mut full = vec![
@@ -395,8 +414,17 @@ fn bench(args: &[String]) -> Result<(), String> {
         "flows" => {
             let mut args = vec!["bench", "-p", "netscope-agent", "--bench", "flows", "--"];
             args.extend(rest.iter().map(String::as_str));
-            run("cargo", &args, &[])
+            run("cargo", &args, &[])?;
+            // This process's owner is its effective uid.
+            let root = std::fs::metadata("/proc/self")
+                .is_ok_and(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0);
+            if !root {
+                eprintln!("bench flows: the agent's RSS needs root (the probe): skipped");
+                return Ok(());
+            }
+            memory(&[])
         }
+        "memory" => memory(rest),
         other => Err(format!("bench: unknown benchmark `{other}`\n{USAGE}")),
     }
 }

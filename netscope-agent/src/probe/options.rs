@@ -69,7 +69,7 @@ impl Default for ProbeOptions {
         Self {
             programs: ProgramSet::NetScope,
             filters: Filters::default(),
-            ring_bytes: 16 << 20,
+            ring_bytes: 4 << 20,
             wakeup_bytes: 1 << 20,
             max_connections: 65_536,
             max_wire_flows: 65_536,

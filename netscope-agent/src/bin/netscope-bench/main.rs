@@ -9,6 +9,7 @@ use netscope_agent::config::DEFAULT_BROKERS;
 
 mod api;
 mod audit;
+mod memory;
 mod pipeline;
 mod probe;
 mod stats;
@@ -119,6 +120,21 @@ enum Bench {
         #[arg(long)]
         cgroup: PathBuf,
     },
+    /// The agent's memory (RSS of `netscope-agent probe`) idle and with many live outbound
+    /// connections in its flow table (root).
+    Flows {
+        #[arg(long, default_value_t = 10_000)]
+        connections: usize,
+        /// Arguments passed on to `netscope-agent probe` (after `--`), e.g. `--ring-bytes`.
+        #[arg(last = true)]
+        agent_args: Vec<String>,
+    },
+    /// `bench flows`' server side, in a child process (not for direct use).
+    #[command(hide = true)]
+    Sink {
+        #[arg(long)]
+        connections: usize,
+    },
     /// The pipeline and API benches' upstream, in a child process (not for direct use).
     #[command(hide = true)]
     Upstream,
@@ -163,6 +179,14 @@ fn main() -> ExitCode {
             cgroup,
         } => workload::workload_main(kind, units, payload, &cgroup),
         Bench::Upstream => upstream::upstream_main(),
+        Bench::Sink { connections } => memory::sink_main(connections),
+        Bench::Flows {
+            connections,
+            agent_args,
+        } => memory::bench(&memory::MemoryBench {
+            connections: connections.max(1),
+            agent_args,
+        }),
         Bench::Audit {
             events,
             concurrency,
