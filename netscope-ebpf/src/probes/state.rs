@@ -60,23 +60,30 @@ fn read_record(ctx: &TracePointContext) -> Result<SetStateRecord, Error> {
     })
 }
 
+/// The state fields first: most of the ~10 transitions of a connection's two sockets matter
+/// to nobody, and they leave after two reads; the whole record is read only for the three
+/// transitions of an outbound connect.
 fn try_set_state(ctx: &TracePointContext) -> Result<(), Error> {
-    let rec = read_record(ctx)?;
-    let (old, new) = (rec.oldstate as u32, rec.newstate as u32);
-    // Most transitions matter to nobody.
+    let new = field::<i32>(ctx, config!(set_state.newstate))? as u32;
     if !matches!(
         new,
         tcp_state::SYN_SENT | tcp_state::ESTABLISHED | tcp_state::CLOSE
-    ) || rec.protocol != IPPROTO_TCP
+    ) || field::<u16>(ctx, config!(set_state.protocol))? != IPPROTO_TCP
     {
         return Ok(());
     }
+    let old = field::<i32>(ctx, config!(set_state.oldstate))? as u32;
     match (old, new) {
-        (tcp_state::CLOSE, tcp_state::SYN_SENT) => on_connect(&rec),
-        (tcp_state::SYN_SENT, tcp_state::ESTABLISHED) => on_established(&rec),
-        (tcp_state::SYN_SENT, tcp_state::CLOSE) => on_connect_failed(&rec),
-        (_, tcp_state::CLOSE) => on_close(&rec, old),
-        _ => Ok(()),
+        (tcp_state::CLOSE, tcp_state::SYN_SENT)
+        | (tcp_state::SYN_SENT, tcp_state::ESTABLISHED | tcp_state::CLOSE) => {}
+        (_, tcp_state::CLOSE) => return on_close(field(ctx, config!(set_state.skaddr))?, old),
+        _ => return Ok(()),
+    }
+    let rec = read_record(ctx)?;
+    match new {
+        tcp_state::SYN_SENT => on_connect(&rec),
+        tcp_state::ESTABLISHED => on_established(&rec),
+        _ => on_connect_failed(&rec),
     }
 }
 
@@ -244,8 +251,8 @@ fn on_connect_failed(rec: &SetStateRecord) -> Result<(), Error> {
     emitted
 }
 
-fn on_close(rec: &SetStateRecord, old: u32) -> Result<(), Error> {
-    if let Some(state) = SOCKS.get_ptr_mut(&rec.skaddr) {
+fn on_close(sk: u64, old: u32) -> Result<(), Error> {
+    if let Some(state) = SOCKS.get_ptr_mut(&sk) {
         // SAFETY: `state` points into a live SOCKS value; helper without arguments.
         unsafe {
             (*state).closed_ns = bpf_ktime_get_ns();
