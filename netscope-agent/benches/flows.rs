@@ -18,7 +18,7 @@ use netscope_agent::{
     domain::{Flow, FlowState, Turn},
     flows::{
         AttemptSpan, CallDeltas, ConnectionView, Counters, FlowPipeline, FlowTable,
-        convert::flow_from_event,
+        convert::{CountedCalls, flow_from_event},
     },
 };
 use netscope_common::{AF_INET, ConnEvent, EventHeader, EventKind, FlowTuple, SRTT_UNKNOWN};
@@ -97,7 +97,7 @@ fn call_deltas(c: &mut Criterion) {
         .take(1_000)
         .map(|r| {
             let (kind, event) = ConnEvent::from_bytes(r).unwrap();
-            flow_from_event(kind, &event, &clock)
+            flow_from_event(kind, &event, &clock, CountedCalls::BOTH)
         })
         .collect();
     assert!(flows.iter().all(|f| f.state == FlowState::Established));

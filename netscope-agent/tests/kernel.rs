@@ -98,27 +98,39 @@ fn tcp_info(stream: &TcpStream) -> libc::tcp_info {
     }
 }
 
-/// Which calls the kernel counts: sends and reads with the length tracepoints (Linux ≥ 6.4),
-/// sends only with the kprobes (before), none without either.
-fn calls_counted(probe: &Harness) -> (bool, bool) {
-    match probe.probe.live_bytes() {
-        LiveBytes::LengthTracepoints => (true, true),
-        LiveBytes::SeqKprobes => (true, false),
-        LiveBytes::None => (false, false),
-    }
-}
-
 #[test]
 fn bytes_and_calls_equal_what_the_application_wrote_and_read() {
     let Some(_serial) = kernel_test("bytes") else {
         return;
     };
-    const PORT: u16 = 7101;
-    let ns = NetNs::new("bytes");
+    let probe = bytes_and_calls_match("bytes", 7101, true);
+    assert_ne!(probe, LiveBytes::None, "run's configuration hooks messages");
+}
+
+#[test]
+fn without_per_message_hooks_bytes_come_from_tcp_at_close_and_calls_are_unknown() {
+    let Some(_serial) = kernel_test("bytes-at-close") else {
+        return;
+    };
+    let probe = bytes_and_calls_match("closebytes", 7114, false);
+    assert_eq!(
+        probe,
+        LiveBytes::None,
+        "probe's configuration hooks no message"
+    );
+}
+
+/// Connections of several shapes, each flow's bytes (and calls, where counted) checked against
+/// what the application wrote and read; returns the per-message path the probe took.
+fn bytes_and_calls_match(netns: &str, port: u16, per_message_hooks: bool) -> LiveBytes {
+    let ns = NetNs::new(netns);
     let _in = ns.enter();
-    let probe = Harness::start(&Harness::for_dport(PORT));
-    let (live_sends, live_reads) = calls_counted(&probe);
-    let listener = TcpListener::bind(("127.0.0.1", PORT)).unwrap();
+    let mut options = Harness::for_dport(port);
+    options.per_message_hooks = per_message_hooks;
+    let probe = Harness::start(&options);
+    let live = probe.probe.live_bytes();
+    let counted = live.counted_calls();
+    let listener = TcpListener::bind(("127.0.0.1", port)).unwrap();
     let cases: [(usize, usize); 5] = [
         (0, 1),
         (1, 0),
@@ -138,7 +150,7 @@ fn bytes_and_calls_equal_what_the_application_wrote_and_read() {
         }
     });
     for (up, down) in cases {
-        let mut client = TcpStream::connect(("127.0.0.1", PORT)).unwrap();
+        let mut client = TcpStream::connect(("127.0.0.1", port)).unwrap();
         let sport = client.local_addr().unwrap().port();
         let mut payload = (down as u64).to_be_bytes().to_vec();
         payload.resize(8 + up, 1);
@@ -160,9 +172,10 @@ fn bytes_and_calls_equal_what_the_application_wrote_and_read() {
             "sent, case {up}/{down}"
         );
         assert_eq!(flow.bytes_received, read, "received, case {up}/{down}");
-        // Before 6.4 the bytes at close are TCP's own counters.
-        let sends = if live_sends { write_calls } else { 0 };
-        let recvs = if live_reads { read_calls } else { 0 };
+        // Before 6.4 the bytes at close are TCP's own counters, and calls are counted only
+        // where a hook sees each one.
+        let sends = counted.sends.then_some(write_calls);
+        let recvs = counted.receives.then_some(read_calls);
         assert_eq!(flow.send_calls, sends, "send calls, case {up}/{down}");
         assert_eq!(flow.recv_calls, recvs, "recv calls, case {up}/{down}");
         assert_eq!(
@@ -175,6 +188,7 @@ fn bytes_and_calls_equal_what_the_application_wrote_and_read() {
     let (_, counters, delivered) = probe.finish();
     assert_eq!(counters.emitted(), delivered);
     assert_eq!(counters.dropped(), 0);
+    live
 }
 
 #[test]
@@ -202,9 +216,9 @@ fn helper_reads_give_the_same_facts_as_direct_context_loads() {
     let flow = probe.finished_flow(sport);
     assert_eq!(flow.local, format!("127.0.0.1:{sport}").parse().unwrap());
     assert_eq!(flow.remote, format!("127.0.0.1:{PORT}").parse().unwrap());
-    let (live_sends, live_reads) = calls_counted(&probe);
-    let writes = if live_sends { writes } else { 0 };
-    let reads_counted = if live_reads { reads } else { 0 };
+    let counted = probe.probe.live_bytes().counted_calls();
+    let writes = counted.sends.then_some(writes);
+    let reads_counted = counted.receives.then_some(reads);
     assert_eq!((flow.bytes_sent, flow.send_calls), (70_000, writes));
     assert_eq!(
         (flow.bytes_received, flow.recv_calls),

@@ -79,8 +79,9 @@ pub async fn run_probe(
     let table = super::flow_table(&settings);
     let mut metrics = MetricsBuilder::new();
     let recorder = Recorder::register(&mut metrics, Some(api.flow_labels()));
-    let pipeline =
-        FlowPipeline::new(Arc::clone(&table), Arc::new(bus.clone())).with_recorder(recorder);
+    let pipeline = FlowPipeline::new(Arc::clone(&table), Arc::new(bus.clone()))
+        .with_recorder(recorder)
+        .counting_calls(probe.live_bytes().counted_calls());
 
     let printer = tokio::spawn(print_flows(bus.subscribe(), settings.print_established));
 

@@ -336,11 +336,13 @@ fn attach_probe(
     recorder: Arc<dyn MetricsRecorder>,
     stop: watch::Receiver<bool>,
 ) -> Result<Attached, AppError> {
+    let mut probe = Probe::load(&ProbeOptions::from_settings(ps))?;
     let table = super::flow_table(ps);
     let flows = Arc::new(
-        FlowPipeline::new(Arc::clone(&table), Arc::new(bus.clone())).with_recorder(recorder),
+        FlowPipeline::new(Arc::clone(&table), Arc::new(bus.clone()))
+            .with_recorder(recorder)
+            .counting_calls(probe.live_bytes().counted_calls()),
     );
-    let mut probe = Probe::load(&ProbeOptions::from_settings(ps))?;
     let reader = probe.take_events()?;
     let socks = probe.take_socks()?;
     let kick = Arc::new(Notify::new());

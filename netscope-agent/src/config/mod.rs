@@ -100,6 +100,12 @@ pub struct ProbeArgs {
     /// Load this eBPF object (from `cargo xtask build-ebpf`) instead of the embedded one.
     #[arg(long, value_name = "FILE", env = "NETSCOPE_EBPF_OBJECT")]
     pub ebpf_object: Option<PathBuf>,
+    /// `probe`: also hook every send and receive (the length tracepoints, or kprobes) to count
+    /// a live connection's bytes and calls as they happen. Without it a connection's bytes come
+    /// from TCP's own counters when it closes and nothing runs per message; its calls are then
+    /// unknown (null). `run` always hooks them: a call's bytes on a pooled connection need them.
+    #[arg(long, env = "NETSCOPE_PER_MESSAGE_HOOKS")]
+    pub per_message_hooks: bool,
     /// Also print a line when a connection is established (default: closed and failed only).
     #[arg(long)]
     pub established: bool,
@@ -121,6 +127,8 @@ pub struct ProbeSettings {
     pub retention: Duration,
     pub ebpf_object: Option<PathBuf>,
     pub print_established: bool,
+    /// Hook every send and receive (see [`ProbeArgs::per_message_hooks`]).
+    pub per_message_hooks: bool,
 }
 
 const MAX_RING_BYTES: u64 = 1 << 30;
@@ -207,6 +215,7 @@ impl ProbeArgs {
             retention: Duration::from_secs(self.retention_secs),
             ebpf_object: self.ebpf_object.clone(),
             print_established: self.established,
+            per_message_hooks: self.per_message_hooks,
         })
     }
 }

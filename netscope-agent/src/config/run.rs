@@ -257,7 +257,11 @@ impl RunArgs {
             None
         } else {
             match self.probe.validate() {
-                Ok(p) => Some(p),
+                // Each call's bytes on a pooled connection are counted per message.
+                Ok(p) => Some(ProbeSettings {
+                    per_message_hooks: true,
+                    ..p
+                }),
                 Err(ConfigError::Invalid(e)) => {
                     errors.extend(e);
                     None

@@ -130,8 +130,10 @@ pub struct Flow {
     pub errno: Option<i32>,
     pub bytes_sent: u64,
     pub bytes_received: u64,
-    pub send_calls: u64,
-    pub recv_calls: u64,
+    /// Send and receive calls on the socket, when every message is hooked (`run`, or `probe
+    /// --per-message-hooks`); `None` when only the totals at close are read.
+    pub send_calls: Option<u64>,
+    pub recv_calls: Option<u64>,
     pub retransmits: u32,
     pub resets_sent: u32,
     pub resets_received: u32,
@@ -205,8 +207,8 @@ pub(crate) fn sample_flow(sock_id: u64, local_port: u16) -> Flow {
         errno: None,
         bytes_sent: 0,
         bytes_received: 0,
-        send_calls: 0,
-        recv_calls: 0,
+        send_calls: Some(0),
+        recv_calls: Some(0),
         retransmits: 0,
         resets_sent: 0,
         resets_received: 0,

@@ -58,8 +58,33 @@ pub fn update_kind(kind: EventKind) -> FlowUpdateKind {
     }
 }
 
+/// Which of an event's call counts mean something: the kernel counts send calls when it hooks
+/// every send (the length tracepoint or the `tcp_sendmsg` kprobe), receive calls only with the
+/// length tracepoint (`tcp_cleanup_rbuf` does not run once per call).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CountedCalls {
+    pub sends: bool,
+    pub receives: bool,
+}
+
+impl CountedCalls {
+    pub const BOTH: Self = Self {
+        sends: true,
+        receives: true,
+    };
+    pub const NONE: Self = Self {
+        sends: false,
+        receives: false,
+    };
+}
+
 /// The flow as this one event describes it (every event carries the whole identity).
-pub fn flow_from_event(kind: EventKind, ev: &ConnEvent, clock: &MonoClock) -> Flow {
+pub fn flow_from_event(
+    kind: EventKind,
+    ev: &ConnEvent,
+    clock: &MonoClock,
+    counted: CountedCalls,
+) -> Flow {
     let (local, remote) = endpoints(&ev.tuple);
     let errno = (ev.sk_err != SK_ERR_UNKNOWN).then_some(ev.sk_err);
     let (state, outcome, end) = match kind {
@@ -99,8 +124,8 @@ pub fn flow_from_event(kind: EventKind, ev: &ConnEvent, clock: &MonoClock) -> Fl
         errno,
         bytes_sent: ev.bytes_sent,
         bytes_received: ev.bytes_received,
-        send_calls: ev.send_calls,
-        recv_calls: ev.recv_calls,
+        send_calls: counted.sends.then_some(ev.send_calls),
+        recv_calls: counted.receives.then_some(ev.recv_calls),
         retransmits: ev.retransmits,
         resets_sent: ev.resets_sent,
         resets_received: ev.resets_received,
@@ -164,6 +189,7 @@ mod tests {
             EventKind::Established,
             &event(EventKind::Established),
             &MonoClock::with_offset(1_000_000),
+            CountedCalls::BOTH,
         );
         assert_eq!(flow.state, FlowState::Established);
         assert_eq!(flow.connect_latency_ns, Some(250));
@@ -182,7 +208,12 @@ mod tests {
         ev.established_ns = 0;
         ev.closed_ns = 4_000;
         ev.sk_err = 111;
-        let flow = flow_from_event(EventKind::ConnectFailed, &ev, &MonoClock::with_offset(0));
+        let flow = flow_from_event(
+            EventKind::ConnectFailed,
+            &ev,
+            &MonoClock::with_offset(0),
+            CountedCalls::BOTH,
+        );
         assert_eq!(flow.state, FlowState::Failed);
         assert_eq!(flow.outcome, Some(FlowOutcome::Refused));
         assert_eq!(flow.connect_latency_ns, None);
@@ -199,7 +230,34 @@ mod tests {
         let mut ev = event(EventKind::Closed);
         ev.tuple.family = AF_INET6;
         ev.tuple.daddr = Ipv4Addr::new(10, 1, 2, 3).to_ipv6_mapped().octets();
-        let flow = flow_from_event(EventKind::Closed, &ev, &MonoClock::with_offset(0));
+        let flow = flow_from_event(
+            EventKind::Closed,
+            &ev,
+            &MonoClock::with_offset(0),
+            CountedCalls::BOTH,
+        );
         assert_eq!(flow.remote.ip(), IpAddr::V4(Ipv4Addr::new(10, 1, 2, 3)));
+    }
+
+    #[test]
+    fn call_counts_are_unknown_not_zero_when_messages_are_not_hooked() {
+        let mut ev = event(EventKind::Closed);
+        (ev.send_calls, ev.recv_calls, ev.bytes_sent) = (3, 2, 900);
+        let clock = MonoClock::with_offset(0);
+        let hooked = flow_from_event(EventKind::Closed, &ev, &clock, CountedCalls::BOTH);
+        assert_eq!((hooked.send_calls, hooked.recv_calls), (Some(3), Some(2)));
+        let sends_only = CountedCalls {
+            sends: true,
+            receives: false,
+        };
+        let kprobes = flow_from_event(EventKind::Closed, &ev, &clock, sends_only);
+        assert_eq!((kprobes.send_calls, kprobes.recv_calls), (Some(3), None));
+        (ev.send_calls, ev.recv_calls) = (0, 0);
+        let totals_only = flow_from_event(EventKind::Closed, &ev, &clock, CountedCalls::NONE);
+        assert_eq!(
+            (totals_only.send_calls, totals_only.recv_calls),
+            (None, None)
+        );
+        assert_eq!(totals_only.bytes_sent, 900, "bytes are known either way");
     }
 }

@@ -7,7 +7,10 @@ use std::sync::{Arc, Mutex, PoisonError};
 use netscope_common::{ConnEvent, EventKind};
 use tokio::sync::Notify;
 
-use super::{FlowTable, convert};
+use super::{
+    FlowTable,
+    convert::{self, CountedCalls},
+};
 use crate::{
     clock::MonoClock,
     domain::{BusEvent, EventBus, MetricsRecorder},
@@ -21,6 +24,8 @@ pub struct FlowPipeline {
     bus: Arc<dyn EventBus>,
     updated: Arc<Notify>,
     recorder: Option<Arc<dyn MetricsRecorder>>,
+    /// Which call counts the kernel keeps (see [`Self::counting_calls`]).
+    counted: CountedCalls,
 }
 
 impl FlowPipeline {
@@ -31,7 +36,15 @@ impl FlowPipeline {
             bus,
             updated: Arc::new(Notify::new()),
             recorder: None,
+            counted: CountedCalls::BOTH,
         }
+    }
+
+    /// Which calls the kernel counts (the probe's per-message hooks); flows carry no count
+    /// rather than a zero for the others.
+    pub fn counting_calls(mut self, counted: CountedCalls) -> Self {
+        self.counted = counted;
+        self
     }
 
     /// Every flow update is also recorded here (metrics), losslessly.
@@ -46,7 +59,7 @@ impl FlowPipeline {
     }
 
     pub fn on_event(&self, kind: EventKind, event: ConnEvent) {
-        let flow = convert::flow_from_event(kind, &event, &self.clock);
+        let flow = convert::flow_from_event(kind, &event, &self.clock, self.counted);
         let now = self.clock.to_unix_ns(event.header.ts_ns);
         let update = {
             let mut table = self.table.lock().unwrap_or_else(PoisonError::into_inner);

@@ -8,8 +8,12 @@ pub use crate::domain::kernel::{CheckReport, Fact};
 use super::{KernelOffsets, Tracefs, privileges};
 use aya::util::KernelVersion;
 
-/// The fact whose hook a loaded probe knows better than a check (kprobes can fail to attach).
+/// The facts whose hook a loaded probe knows better than a check: kprobes can fail to attach,
+/// and `probe` leaves the per-message hooks out unless asked.
 pub const BYTES_PER_CALL: &str = "bytes per call";
+pub const BYTES_PER_CONNECTION: &str = "bytes per connection";
+/// How a connection's bytes are known without the length tracepoints.
+pub const TCP_TOTALS: &str = "tcp_sock counters at close (BTF)";
 
 /// The running kernel's release (`uname -r`), or "unknown".
 pub fn kernel_release() -> String {
@@ -42,7 +46,7 @@ pub fn check_with(offsets: Option<KernelOffsets>) -> CheckReport {
         && o.tcp_sock_bytes_received.is_some();
     let bytes_per_connection = match (&length, tcp_totals) {
         (Some(_), _) => Some("tracepoints sock:sock_send_length/sock_recv_length".to_owned()),
-        (None, true) => Some("tcp_sock counters at close (BTF)".to_owned()),
+        (None, true) => Some(TCP_TOTALS.to_owned()),
         (None, false) => None,
     };
     let seq_kprobes = (super::kprobes_available()
@@ -69,7 +73,7 @@ pub fn check_with(offsets: Option<KernelOffsets>) -> CheckReport {
             None,
         ),
         fact(
-            "bytes per connection",
+            BYTES_PER_CONNECTION,
             true,
             bytes_per_connection,
             None,

@@ -27,6 +27,8 @@ use aya::{
 };
 use netscope_common::{OFFSET_NONE, ProbeConfig, SockState, names};
 
+use crate::flows::convert::CountedCalls;
+
 pub use self::{
     health::{KernelCounterReader, ProbeHealth, ReaderCounters},
     kernel_btf::KernelOffsets,
@@ -203,6 +205,14 @@ pub enum LiveBytes {
 }
 
 impl LiveBytes {
+    /// The call counts this path keeps.
+    pub fn counted_calls(self) -> CountedCalls {
+        CountedCalls {
+            sends: self != Self::None,
+            receives: self == Self::LengthTracepoints,
+        }
+    }
+
     pub fn describe(self) -> &'static str {
         match self {
             Self::LengthTracepoints => "tracepoints sock:sock_send_length/sock_recv_length",
@@ -248,7 +258,10 @@ impl Probe {
         let counters = std::sync::Arc::new(take_counters(&mut ebpf)?);
         let live_bytes = if config.length_hooks == 1 {
             LiveBytes::LengthTracepoints
-        } else if config.tcp_write_seq != OFFSET_NONE && config.tcp_copied_seq != OFFSET_NONE {
+        } else if options.per_message_hooks
+            && config.tcp_write_seq != OFFSET_NONE
+            && config.tcp_copied_seq != OFFSET_NONE
+        {
             LiveBytes::SeqKprobes
         } else {
             LiveBytes::None
@@ -269,7 +282,7 @@ impl Probe {
             tracing::warn!(error = %e, "kprobes unavailable: live per-call bytes are unknown");
             probe.live_bytes = LiveBytes::None;
         }
-        probe.settle_report();
+        probe.settle_report(options.per_message_hooks);
         let report = serde_json::to_string(&probe.report).unwrap_or_default();
         tracing::info!(kernel_support = %report, "probe attached");
         Ok(probe)
@@ -281,16 +294,27 @@ impl Probe {
         self.report.clone()
     }
 
-    /// Once attached: the per-call bytes path is the one taken (kprobes can fail to attach).
-    fn settle_report(&mut self) {
+    /// Once attached: the per-call bytes path is the one taken (kprobes can fail to attach, and
+    /// the per-message hooks may be left out), and so is the per-connection one.
+    fn settle_report(&mut self, per_message_hooks: bool) {
         let taken = (self.live_bytes != LiveBytes::None).then(|| self.live_bytes.describe());
-        if let Some(f) = self
-            .report
-            .facts
-            .iter_mut()
-            .find(|f| f.fact == check::BYTES_PER_CALL)
-        {
-            f.hook = taken.map(str::to_owned);
+        let totals = self.kernel_offsets.tcp_sock_bytes_sent.is_some()
+            && self.kernel_offsets.tcp_sock_bytes_retrans.is_some()
+            && self.kernel_offsets.tcp_sock_bytes_received.is_some();
+        for f in &mut self.report.facts {
+            if f.fact == check::BYTES_PER_CALL {
+                f.hook = taken.map(str::to_owned);
+                if !per_message_hooks {
+                    f.note = Some(
+                        "per-message hooks off (`probe --per-message-hooks`; `run` has them)"
+                            .to_owned(),
+                    );
+                }
+            } else if f.fact == check::BYTES_PER_CONNECTION
+                && self.live_bytes != LiveBytes::LengthTracepoints
+            {
+                f.hook = totals.then(|| check::TCP_TOTALS.to_owned());
+            }
         }
     }
 
@@ -562,7 +586,7 @@ fn probe_config(
         Err(e) => Err(e),
     };
     let (send_length, recv_length) = (length("sock_send_length")?, length("sock_recv_length")?);
-    let length_hooks = send_length.is_some() && recv_length.is_some();
+    let length_hooks = options.per_message_hooks && send_length.is_some() && recv_length.is_some();
     Ok(ProbeConfig {
         set_state: tracefs
             .format("sock", "inet_sock_set_state")?

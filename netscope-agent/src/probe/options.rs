@@ -62,6 +62,11 @@ pub struct ProbeOptions {
     /// Read tracepoint fields with `bpf_probe_read` only, never by direct context loads (the
     /// path taken for offsets outside the usual range; exercised by the kernel tests).
     pub helper_reads_only: bool,
+    /// Hook every send and receive (the length tracepoints, or the `tcp_sendmsg`/
+    /// `tcp_cleanup_rbuf` kprobes): a live connection's bytes, calls and turns as they happen,
+    /// which per-call deltas need. Without them only a closed connection's bytes are known
+    /// (from `tcp_sock`), its calls are not, and nothing runs per message.
+    pub per_message_hooks: bool,
 }
 
 impl Default for ProbeOptions {
@@ -76,6 +81,7 @@ impl Default for ProbeOptions {
             tc_interfaces: Vec::new(),
             object: None,
             helper_reads_only: false,
+            per_message_hooks: true,
         }
     }
 }
@@ -98,6 +104,7 @@ impl ProbeOptions {
             tc_interfaces: s.tc_interfaces.clone(),
             object: s.ebpf_object.clone(),
             helper_reads_only: false,
+            per_message_hooks: s.per_message_hooks,
         }
     }
 }

@@ -20,7 +20,7 @@ use std::{
 use netscope_agent::{
     clock::MonoClock,
     domain::Flow,
-    flows::convert,
+    flows::convert::{self, CountedCalls},
     probe::{EventReader, KernelCounters, Probe, ProbeOptions},
 };
 use netscope_common::{ConnEvent, EventKind};
@@ -242,13 +242,14 @@ impl Harness {
     pub fn start(options: &ProbeOptions) -> Self {
         let mut probe = Probe::load(options).unwrap_or_else(|e| panic!("probe load: {e}"));
         let mut reader = probe.take_events().unwrap();
+        let counted = probe.live_bytes().counted_calls();
         let events = Arc::new(Mutex::new(Vec::new()));
         let stop = Arc::new(AtomicBool::new(false));
         let (ev, st) = (Arc::clone(&events), Arc::clone(&stop));
         let drainer = std::thread::spawn(move || {
             let clock = MonoClock::new();
             while !st.load(Ordering::Relaxed) {
-                drain_into(&mut reader, &clock, &ev);
+                drain_into(&mut reader, &clock, counted, &ev);
                 std::thread::sleep(Duration::from_millis(5));
             }
             reader
@@ -303,7 +304,8 @@ impl Harness {
         self.probe.detach();
         self.stop.store(true, Ordering::Relaxed);
         let mut reader = self.drainer.take().unwrap().join().unwrap();
-        drain_into(&mut reader, &MonoClock::new(), &self.events);
+        let counted = self.probe.live_bytes().counted_calls();
+        drain_into(&mut reader, &MonoClock::new(), counted, &self.events);
         let counters = self.probe.kernel_counters().unwrap();
         let stats = reader.stats();
         assert_eq!(stats.malformed, 0, "malformed records");
@@ -311,12 +313,17 @@ impl Harness {
     }
 }
 
-fn drain_into(reader: &mut EventReader, clock: &MonoClock, out: &Mutex<Vec<Seen>>) {
+fn drain_into(
+    reader: &mut EventReader,
+    clock: &MonoClock,
+    counted: CountedCalls,
+    out: &Mutex<Vec<Seen>>,
+) {
     let mut batch = Vec::new();
     reader.drain(|kind, raw| {
         batch.push(Seen {
             kind,
-            flow: convert::flow_from_event(kind, &raw, clock),
+            flow: convert::flow_from_event(kind, &raw, clock, counted),
             raw,
         })
     });

@@ -14,11 +14,16 @@
 //! per unit) ÷ the workload's CPU per unit without the probe (median of interleaved rounds).
 //! The raw difference is printed beside it as the check.
 //!
-//! Per workload, rounds interleave the phases: without programs and with NetScope's (bpf_stats
-//! off: CPU), then NetScope's, the empty programs on the same hooks (the dispatch floor) and —
-//! for churn — libbpf-tools' `tcplife` as a peer (bpf_stats on: kernel ns). Ends with
-//! `bench probe: ns_ratio=<x> cpu_overhead_churn=<fraction> cpu_overhead_keepalive=<fraction>
-//! tcplife_ratio=<x>`.
+//! NetScope is measured in its two configurations ([`Mode`]): as `probe` attaches it (the node's
+//! view: connection events only, a connection's bytes read from `tcp_sock` at close) and as
+//! `run` does (also every send and receive hooked, for each call's bytes on a pooled
+//! connection). Per workload, rounds interleave the phases: without programs and with each
+//! configuration (bpf_stats off: CPU), then each configuration and the empty programs on the
+//! same hooks (the dispatch floor) and — for churn — libbpf-tools' `tcplife` as a peer
+//! (bpf_stats on: kernel ns). Ends with `bench probe: ns_ratio=<x> cpu_overhead_churn=<fraction>
+//! cpu_overhead_keepalive=<fraction> tcplife_ratio=<x>` for `probe`'s configuration, then the
+//! same figures for `run`'s (`run_ns_ratio`, `run_cpu_overhead_churn`,
+//! `run_cpu_overhead_keepalive`).
 
 use std::{
     collections::HashSet,
@@ -56,11 +61,28 @@ pub struct ProbeBench {
     pub tc: bool,
 }
 
+/// NetScope's two configurations.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Mode {
+    /// As `probe` attaches it: no per-message hooks.
+    Probe,
+    /// As `run` attaches it: every send and receive hooked too.
+    Run,
+}
+
+impl Mode {
+    const BOTH: [Self; 2] = [Self::Probe, Self::Run];
+
+    fn per_message_hooks(self) -> bool {
+        self == Self::Run
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Phase {
     None,
-    NetScope,
-    Empty,
+    NetScope(Mode),
+    Empty(Mode),
     Tcplife,
 }
 
@@ -85,22 +107,36 @@ pub fn bench(b: &ProbeBench) -> Result<(), String> {
     let keepalive = measure(b, Workload::Keepalive, b.requests, None, false)?;
     if b.tc {
         let with_tc = measure(b, Workload::Churn, b.connections, None, true)?;
-        println!("with TC on lo: ns_ratio={:.2}", with_tc.ns_ratio);
+        println!(
+            "with TC on lo: ns_ratio={:.2} run_ns_ratio={:.2}",
+            with_tc.modes[0].ns_ratio, with_tc.modes[1].ns_ratio
+        );
     }
+    let [probe, run] = [0, 1].map(|m| (&churn.modes[m], &keepalive.modes[m]));
     println!(
         "bench probe: ns_ratio={:.2} cpu_overhead_churn={:.4} cpu_overhead_keepalive={:.4} \
-         tcplife_ratio={:.3}",
-        churn.ns_ratio,
-        churn.overhead,
-        keepalive.overhead,
-        churn.tcplife_ratio.unwrap_or(f64::NAN)
+         tcplife_ratio={:.3} run_ns_ratio={:.2} run_cpu_overhead_churn={:.4} \
+         run_cpu_overhead_keepalive={:.4}",
+        probe.0.ns_ratio,
+        probe.0.overhead,
+        probe.1.overhead,
+        churn.tcplife_ratio.unwrap_or(f64::NAN),
+        run.0.ns_ratio,
+        run.0.overhead,
+        run.1.overhead,
     );
     Ok(())
 }
 
-struct Summary {
+/// One configuration's figures for one workload.
+struct ModeSummary {
     ns_ratio: f64,
     overhead: f64,
+}
+
+struct Summary {
+    /// In [`Mode::BOTH`]'s order.
+    modes: [ModeSummary; 2],
     tcplife_ratio: Option<f64>,
 }
 
@@ -119,13 +155,19 @@ fn measure(
     );
     let run = |phase, units| run_phase(phase, workload, units, b.payload, tc, tcplife);
     // Warm-up: caches, the verifier's first load, the page cache of the binaries.
-    for phase in [Phase::None, Phase::NetScope] {
+    for phase in [Phase::None, Phase::NetScope(Mode::Run)] {
         run(phase, units / 5)?;
     }
-    let mut cpu: [Vec<f64>; 2] = Default::default();
+    // CPU rounds: without programs, then with each configuration.
+    let cpu_phases = [
+        Phase::None,
+        Phase::NetScope(Mode::Probe),
+        Phase::NetScope(Mode::Run),
+    ];
+    let mut cpu: [Vec<f64>; 3] = Default::default();
     if !tc {
         for round in 0..b.rounds {
-            for (i, phase) in [Phase::None, Phase::NetScope].into_iter().enumerate() {
+            for (i, phase) in cpu_phases.into_iter().enumerate() {
                 let r = run(phase, units)?;
                 eprintln!(
                     "  cpu round {round} {phase:?}: {:.2} µs/{unit}",
@@ -136,65 +178,78 @@ fn measure(
         }
     }
     let stats = RunTimeStats::enable().map_err(|e| e.to_string())?;
-    let mut cost: [Vec<PhaseResult>; 3] = Default::default();
+    // Per configuration: NetScope's programs, then the empty ones on the same hooks.
+    let mut cost: [[Vec<PhaseResult>; 2]; 2] = Default::default();
+    let mut peer = Vec::new();
     for _ in 0..b.rounds {
-        cost[0].push(run(Phase::NetScope, units)?);
-        cost[1].push(run(Phase::Empty, units)?);
+        for (m, mode) in Mode::BOTH.into_iter().enumerate() {
+            cost[m][0].push(run(Phase::NetScope(mode), units)?);
+            cost[m][1].push(run(Phase::Empty(mode), units)?);
+        }
         if tcplife.is_some() {
-            cost[2].push(run(Phase::Tcplife, units)?);
+            peer.push(run(Phase::Tcplife, units)?);
         }
     }
     drop(stats);
 
     println!(
-        "{:<20} {:<9} {:>12} {:>14} {:>8}",
+        "{:<20} {:<13} {:>12} {:>14} {:>8}",
         "program", "set", "runs", "total_ns", "ns/run"
     );
-    print_programs("netscope", &sum_stats(&cost[0]));
-    print_programs("empty", &sum_stats(&cost[1]));
-    print_programs("tcplife", &sum_stats(&cost[2]));
+    for (m, mode) in Mode::BOTH.into_iter().enumerate() {
+        let name = format!("{mode:?}").to_lowercase();
+        print_programs(&format!("netscope/{name}"), &sum_stats(&cost[m][0]));
+        print_programs(&format!("empty/{name}"), &sum_stats(&cost[m][1]));
+    }
+    print_programs("tcplife", &sum_stats(&peer));
     let median = |v: &[PhaseResult], f: fn(&PhaseResult) -> f64| {
         Sample::new(v.iter().map(f).collect()).median()
     };
-    let kernel = median(&cost[0], |r| r.kernel_ns);
-    let agent = median(&cost[0], |r| r.agent_ns);
-    let empty = median(&cost[1], |r| r.kernel_ns);
-    let ns_ratio = kernel / empty.max(f64::MIN_POSITIVE);
-    println!(
-        "per {unit} (medians): NetScope kernel {kernel:.0} ns + agent {agent:.0} ns; empty \
-         programs {empty:.0} ns (ns_ratio {ns_ratio:.2})"
-    );
-    let tcplife_ratio = (!cost[2].is_empty()).then(|| {
-        let peer = median(&cost[2], |r| r.kernel_ns);
-        let ratio = kernel / peer.max(f64::MIN_POSITIVE);
-        println!("tcplife kernel {peer:.0} ns per {unit}: tcplife_ratio {ratio:.3}");
+    let mut kernel_probe = f64::NAN;
+    let modes = [0, 1].map(|m| {
+        let mode = Mode::BOTH[m];
+        let kernel = median(&cost[m][0], |r| r.kernel_ns);
+        let agent = median(&cost[m][0], |r| r.agent_ns);
+        let empty = median(&cost[m][1], |r| r.kernel_ns);
+        let ns_ratio = kernel / empty.max(f64::MIN_POSITIVE);
+        println!(
+            "{mode:?}: per {unit} (medians): NetScope kernel {kernel:.0} ns + agent {agent:.0} ns; \
+             empty programs {empty:.0} ns (ns_ratio {ns_ratio:.2})"
+        );
+        if mode == Mode::Probe {
+            kernel_probe = kernel;
+        }
+        let overhead = if tc {
+            f64::NAN
+        } else {
+            cpu_overhead(&cpu[0], &cpu[m + 1], kernel + agent, unit)
+        };
+        ModeSummary { ns_ratio, overhead }
+    });
+    let tcplife_ratio = (!peer.is_empty()).then(|| {
+        let tcplife = median(&peer, |r| r.kernel_ns);
+        let ratio = kernel_probe / tcplife.max(f64::MIN_POSITIVE);
+        println!("tcplife kernel {tcplife:.0} ns per {unit}: tcplife_ratio {ratio:.3} (probe's configuration)");
         ratio
     });
-    let overhead = if tc {
-        f64::NAN
-    } else {
-        cpu_overhead(&cpu, kernel + agent, unit)
-    };
     println!();
     Ok(Summary {
-        ns_ratio,
-        overhead,
+        modes,
         tcplife_ratio,
     })
 }
 
 /// The overhead estimated from counters — `probe_ns` (NetScope's kernel + agent ns per unit) ÷
 /// the workload's CPU per unit without the probe — printed beside the raw difference of the
-/// `cpu` rounds (`[without, with]`, µs per unit) and its range.
-fn cpu_overhead(cpu: &[Vec<f64>; 2], probe_ns: f64, unit: &str) -> f64 {
-    let [without, with] = cpu.each_ref().map(|v| Sample::new(v.clone()));
+/// CPU rounds (µs per unit, `without` and `with` the probe) and its range.
+fn cpu_overhead(without: &[f64], with: &[f64], probe_ns: f64, unit: &str) -> f64 {
     let raw = Sample::new(
-        cpu[1]
-            .iter()
-            .zip(&cpu[0])
+        with.iter()
+            .zip(without)
             .map(|(w, wo)| w / wo - 1.0)
             .collect(),
     );
+    let [without, with] = [without, with].map(|v| Sample::new(v.to_vec()));
     let overhead = probe_ns / 1_000.0 / without.median();
     println!(
         "workload CPU per {unit} (cgroup cpu.stat, medians): without {:.2} µs, with {:.2} µs; \
@@ -224,15 +279,16 @@ fn run_phase(
             workload_us: run_workload(workload, units, payload)?,
             ..PhaseResult::default()
         }),
-        Phase::NetScope | Phase::Empty => {
-            let set = if phase == Phase::NetScope {
+        Phase::NetScope(mode) | Phase::Empty(mode) => {
+            let netscope = matches!(phase, Phase::NetScope(_));
+            let set = if netscope {
                 ProgramSet::NetScope
             } else {
                 ProgramSet::Baseline
             };
-            let attached = Attached::load(set, tc)?;
+            let attached = Attached::load(set, tc, mode)?;
             let workload_us = run_workload(workload, units, payload);
-            let (programs, agent_cpu) = attached.finish(phase == Phase::NetScope)?;
+            let (programs, agent_cpu) = attached.finish(netscope)?;
             Ok(PhaseResult {
                 workload_us: workload_us?,
                 kernel_ns: per_unit(programs.iter().map(|p| p.run_time_ns).sum()),
@@ -270,9 +326,10 @@ struct Attached {
 }
 
 impl Attached {
-    fn load(set: ProgramSet, tc: bool) -> Result<Self, String> {
+    fn load(set: ProgramSet, tc: bool, mode: Mode) -> Result<Self, String> {
         let options = ProbeOptions {
             programs: set,
+            per_message_hooks: mode.per_message_hooks(),
             tc_interfaces: if tc {
                 vec!["lo".to_owned()]
             } else {
@@ -282,12 +339,14 @@ impl Attached {
         };
         let mut probe = Probe::load(&options).map_err(|e| e.to_string())?;
         let mut ring = probe.take_events().map_err(|e| e.to_string())?;
+        let counted = probe.live_bytes().counted_calls();
         let stop = Arc::new(AtomicBool::new(false));
         let stopped = Arc::clone(&stop);
         let reader = thread::spawn(move || {
             pin(Some(READER_CPU));
             let table = Arc::new(Mutex::new(FlowTable::new(100_000, 60_000_000_000)));
-            let flows = FlowPipeline::new(table, Arc::new(BroadcastBus::new(4_096)));
+            let flows = FlowPipeline::new(table, Arc::new(BroadcastBus::new(4_096)))
+                .counting_calls(counted);
             let started = thread_cpu_ns();
             let mut events = 0u64;
             let mut on_event = |kind, event| {
@@ -442,7 +501,7 @@ fn print_programs(set: &str, stats: &[ProgramStats]) {
     for s in stats {
         let per_run = s.run_time_ns.checked_div(s.run_count).unwrap_or(0);
         println!(
-            "{:<20} {:<9} {:>12} {:>14} {:>8}",
+            "{:<20} {:<13} {:>12} {:>14} {:>8}",
             s.program, set, s.run_count, s.run_time_ns, per_run
         );
     }
