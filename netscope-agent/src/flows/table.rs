@@ -93,17 +93,25 @@ impl FlowTable {
     pub fn apply(&mut self, kind: FlowUpdateKind, flow: Flow, now_unix_ns: u64) -> FlowUpdate {
         let id = flow.id;
         let finished = flow.is_finished();
-        if let Some(slot) = self.flows.get_mut(&id) {
+        let endpoints = (flow.local, flow.remote);
+        // A flow's endpoints are indexed when they first appear or change (the source port is
+        // 0 until the connect picks one): a close does not index them again.
+        let indexed = if let Some(slot) = self.flows.get_mut(&id) {
+            let same = (slot.local, slot.remote) == endpoints;
             *slot = flow.clone();
             self.stats.updated += 1;
+            same
         } else if self.make_room(now_unix_ns) {
             self.flows.insert(id, flow.clone());
             self.stats.inserted += 1;
+            false
         } else {
             self.stats.rejected_full += 1;
             return FlowUpdate { kind, flow };
+        };
+        if !indexed {
+            self.by_endpoints.insert(endpoints, id);
         }
-        self.by_endpoints.insert((flow.local, flow.remote), id);
         if finished {
             self.finished.push_back(id);
         }
