@@ -44,13 +44,17 @@ static EMBEDDED_OBJECT: &[u8] = aya::include_bytes_aligned!(env!("NETSCOPE_EBPF_
 #[derive(Debug, thiserror::Error)]
 pub enum ProbeError {
     #[error(
-        "missing privileges: {missing} (run as root, or grant them: setcap cap_bpf,cap_perfmon,cap_net_admin+ep <netscope-agent>)"
+        "missing privileges: {missing} (run as root, or as uid 0 holding CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN, as the DaemonSet does: tracefs is root's alone)"
     )]
     Privileges { missing: String },
     #[error(
         "tracefs is not mounted (looked in /sys/kernel/tracing and /sys/kernel/debug/tracing): mount it with `mount -t tracefs tracefs /sys/kernel/tracing`"
     )]
     TracefsMissing,
+    #[error(
+        "tracefs is mounted at {path} but uid {uid} may not read it (permission denied: it is root's alone, mode 0700); run as uid 0 — with CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN as the DaemonSet grants, root's other capabilities are not needed"
+    )]
+    TracefsDenied { path: PathBuf, uid: u32 },
     #[error("tracepoint {tracepoint} is not available ({path}: {source}); this kernel lacks it")]
     TracepointMissing {
         tracepoint: String,

@@ -7,13 +7,23 @@ use std::fs;
 const NEEDED: [(u32, &str); 3] = [(39, "CAP_BPF"), (38, "CAP_PERFMON"), (12, "CAP_NET_ADMIN")];
 const CAP_SYS_ADMIN: u32 = 21;
 
+/// Above 2 — Debian's and Ubuntu's kernels ship 3 and 4, a distribution patch — only
+/// CAP_SYS_ADMIN may open a perf event, which attaching a tracepoint does; CAP_PERFMON is not
+/// enough (`cargo xtask test-kernels` shows it on every Debian kernel).
+const PARANOID_SYS_ADMIN: &str = "CAP_SYS_ADMIN (kernel.perf_event_paranoid is above 2 here, so only it may attach tracepoints; `sysctl -w kernel.perf_event_paranoid=2` on the node lifts that)";
+
 /// Names of the missing capabilities; empty when the probe may load.
 pub fn missing_capabilities() -> Vec<&'static str> {
     let effective = fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| parse_cap_eff(&s))
         .unwrap_or(0);
-    missing_from(effective)
+    let paranoid = fs::read_to_string("/proc/sys/kernel/perf_event_paranoid")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        // Unreadable: the kernel's own default, which CAP_PERFMON satisfies.
+        .unwrap_or(2);
+    missing_from(effective, paranoid)
 }
 
 fn parse_cap_eff(status: &str) -> Option<u64> {
@@ -23,15 +33,19 @@ fn parse_cap_eff(status: &str) -> Option<u64> {
         .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
 }
 
-fn missing_from(effective: u64) -> Vec<&'static str> {
+fn missing_from(effective: u64, perf_event_paranoid: i32) -> Vec<&'static str> {
     if effective & (1 << CAP_SYS_ADMIN) != 0 {
         return Vec::new();
     }
-    NEEDED
+    let mut missing: Vec<&'static str> = NEEDED
         .iter()
         .filter(|(bit, _)| effective & (1 << bit) == 0)
         .map(|(_, name)| *name)
-        .collect()
+        .collect();
+    if perf_event_paranoid > 2 {
+        missing.push(PARANOID_SYS_ADMIN);
+    }
+    missing
 }
 
 #[cfg(test)]
@@ -47,12 +61,25 @@ mod tests {
 
     #[test]
     fn names_what_is_missing() {
-        assert!(missing_from(u64::MAX).is_empty());
-        assert!(missing_from(1 << CAP_SYS_ADMIN).is_empty());
+        assert!(missing_from(u64::MAX, 2).is_empty());
+        assert!(missing_from(1 << CAP_SYS_ADMIN, 2).is_empty());
         assert_eq!(
-            missing_from(0),
+            missing_from(0, 2),
             vec!["CAP_BPF", "CAP_PERFMON", "CAP_NET_ADMIN"]
         );
-        assert_eq!(missing_from((1 << 39) | (1 << 38)), vec!["CAP_NET_ADMIN"]);
+        assert_eq!(
+            missing_from((1 << 39) | (1 << 38), 2),
+            vec!["CAP_NET_ADMIN"]
+        );
+    }
+
+    #[test]
+    fn a_distribution_paranoid_level_asks_for_cap_sys_admin_by_name() {
+        let three = (1 << 39) | (1 << 38) | (1 << 12);
+        assert!(missing_from(three, 2).is_empty());
+        let missing = missing_from(three, 3);
+        assert_eq!(missing.len(), 1);
+        assert!(missing[0].starts_with("CAP_SYS_ADMIN (kernel.perf_event_paranoid"));
+        assert!(missing_from(three | (1 << CAP_SYS_ADMIN), 4).is_empty());
     }
 }

@@ -124,16 +124,31 @@ pub struct Tracefs {
 }
 
 impl Tracefs {
-    /// Finds a mounted tracefs, or says how to mount one.
+    /// Finds a mounted tracefs, or says what is wrong: not mounted (and how to mount it), or
+    /// mounted but closed to this process (tracefs is root's alone, mode 0700).
     pub fn locate() -> Result<Self, ProbeError> {
-        TRACEFS_ROOTS
-            .iter()
-            .map(Path::new)
-            .find(|root| root.join("events").is_dir())
-            .map(|root| Self {
-                root: root.to_path_buf(),
-            })
-            .ok_or(ProbeError::TracefsMissing)
+        let mut denied = None;
+        for root in TRACEFS_ROOTS.iter().map(Path::new) {
+            match fs::metadata(root.join("events")) {
+                Ok(m) if m.is_dir() => {
+                    return Ok(Self {
+                        root: root.to_path_buf(),
+                    });
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+                    denied.get_or_insert(root);
+                }
+                _ => {}
+            }
+        }
+        match denied {
+            Some(root) => Err(ProbeError::TracefsDenied {
+                path: root.to_path_buf(),
+                // SAFETY: geteuid has no preconditions.
+                uid: unsafe { libc::geteuid() },
+            }),
+            None => Err(ProbeError::TracefsMissing),
+        }
     }
 
     pub fn at(root: impl Into<PathBuf>) -> Self {
