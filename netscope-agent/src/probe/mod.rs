@@ -546,7 +546,7 @@ impl Probe {
                 Ok(ProgramStats {
                     program: name,
                     run_count: info.run_count(),
-                    run_time_ns: u64::try_from(info.run_time().as_nanos()).unwrap_or(u64::MAX),
+                    run_time_ns: stats::run_time_ns(&info),
                 })
             })
             .collect()

@@ -37,6 +37,11 @@ pub struct LoadedProgram {
     pub run_time_ns: u64,
 }
 
+/// A program's run time as `bpf_stats` counted it, in ns (saturating).
+pub(super) fn run_time_ns(info: &aya::programs::ProgramInfo) -> u64 {
+    u64::try_from(info.run_time().as_nanos()).unwrap_or(u64::MAX)
+}
+
 /// Every BPF program loaded on the machine now.
 pub fn loaded_programs() -> Result<Vec<LoadedProgram>, StatsError> {
     aya::programs::loaded_programs()
@@ -46,7 +51,7 @@ pub fn loaded_programs() -> Result<Vec<LoadedProgram>, StatsError> {
                 id: p.id(),
                 name: p.name_as_str().unwrap_or("?").to_owned(),
                 run_count: p.run_count(),
-                run_time_ns: u64::try_from(p.run_time().as_nanos()).unwrap_or(u64::MAX),
+                run_time_ns: run_time_ns(&p),
             })
         })
         .collect()
