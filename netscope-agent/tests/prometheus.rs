@@ -9,6 +9,7 @@ use std::{
     collections::BTreeSet,
     io::{Read as _, Write as _},
     net::{SocketAddr, TcpListener, TcpStream},
+    os::fd::AsRawFd as _,
     process::{Command, Stdio},
     time::{Duration, Instant},
 };
@@ -182,6 +183,11 @@ async fn flow_series_stay_within_the_label_budget_across_1000_ports_and_300_proc
     let ns = NetNs::new("card");
     let guard = ns.enter();
     let listener = TcpListener::bind(("127.0.0.1", PORT)).unwrap();
+    // Room in the accept queue for every connection: with std's 128, 300 threads connecting
+    // at once on a busy CI machine overflowed it, and a dropped SYN retried until connect()
+    // timed out (~127 s).
+    // SAFETY: a valid listening socket; listening again only changes the backlog.
+    assert_eq!(unsafe { libc::listen(listener.as_raw_fd(), 4096) }, 0);
     let server = std::thread::spawn(move || {
         for _ in 0..1000 {
             let (mut c, _) = listener.accept().unwrap();
