@@ -41,9 +41,7 @@ pub fn check_with(offsets: Option<KernelOffsets>) -> CheckReport {
     let btf = offsets.is_some();
     let o = offsets.unwrap_or_default();
     let length = tp("sock", "sock_send_length").zip(tp("sock", "sock_recv_length"));
-    let tcp_totals = o.tcp_sock_bytes_sent.is_some()
-        && o.tcp_sock_bytes_retrans.is_some()
-        && o.tcp_sock_bytes_received.is_some();
+    let tcp_totals = o.has_tcp_totals();
     let bytes_per_connection = match (&length, tcp_totals) {
         (Some(_), _) => Some("tracepoints sock:sock_send_length/sock_recv_length".to_owned()),
         (None, true) => Some(TCP_TOTALS.to_owned()),

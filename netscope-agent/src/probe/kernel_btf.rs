@@ -27,6 +27,13 @@ pub struct KernelOffsets {
 }
 
 impl KernelOffsets {
+    /// A closed connection's byte totals can be read from `tcp_sock` (tcplife's way).
+    pub fn has_tcp_totals(&self) -> bool {
+        self.tcp_sock_bytes_sent.is_some()
+            && self.tcp_sock_bytes_retrans.is_some()
+            && self.tcp_sock_bytes_received.is_some()
+    }
+
     pub fn from_btf(btf: &Btf) -> Self {
         Self {
             sock_sk_err: member_offset(btf, "sock", "sk_err"),

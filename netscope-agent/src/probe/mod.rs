@@ -302,9 +302,7 @@ impl Probe {
     /// the per-message hooks may be left out), and so is the per-connection one.
     fn settle_report(&mut self, per_message_hooks: bool) {
         let taken = (self.live_bytes != LiveBytes::None).then(|| self.live_bytes.describe());
-        let totals = self.kernel_offsets.tcp_sock_bytes_sent.is_some()
-            && self.kernel_offsets.tcp_sock_bytes_retrans.is_some()
-            && self.kernel_offsets.tcp_sock_bytes_received.is_some();
+        let totals = self.kernel_offsets.has_tcp_totals();
         for f in &mut self.report.facts {
             if f.fact == check::BYTES_PER_CALL {
                 f.hook = taken.map(str::to_owned);

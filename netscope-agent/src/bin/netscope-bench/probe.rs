@@ -130,6 +130,8 @@ pub fn bench(b: &ProbeBench) -> Result<(), String> {
 
 /// One configuration's figures for one workload.
 struct ModeSummary {
+    /// NetScope's programs' run time per unit (median).
+    kernel_ns: f64,
     ns_ratio: f64,
     overhead: f64,
 }
@@ -202,39 +204,10 @@ fn measure(
         print_programs(&format!("empty/{name}"), &sum_stats(&cost[m][1]));
     }
     print_programs("tcplife", &sum_stats(&peer));
-    let median = |v: &[PhaseResult], f: fn(&PhaseResult) -> f64| {
-        Sample::new(v.iter().map(f).collect()).median()
-    };
-    let mut kernel_probe = f64::NAN;
-    let modes = [0, 1].map(|m| {
-        let mode = Mode::BOTH[m];
-        let kernel = median(&cost[m][0], |r| r.kernel_ns);
-        let agent = median(&cost[m][0], |r| r.agent_ns);
-        let empty = median(&cost[m][1], |r| r.kernel_ns);
-        let ns_ratio = kernel / empty.max(f64::MIN_POSITIVE);
-        println!(
-            "{mode:?}: per {unit} (medians): NetScope kernel {kernel:.0} ns + agent {agent:.0} ns; \
-             empty programs {empty:.0} ns (ns_ratio {ns_ratio:.2})"
-        );
-        if mode == Mode::Probe {
-            kernel_probe = kernel;
-        }
-        let overhead = if tc {
-            f64::NAN
-        } else {
-            cpu_overhead(
-                &cpu[0],
-                &cpu[m + 1],
-                kernel + agent,
-                kernel - empty + agent,
-                unit,
-            )
-        };
-        ModeSummary { ns_ratio, overhead }
-    });
+    let modes = [0, 1].map(|m| summarize(Mode::BOTH[m], &cost[m], &cpu[0], &cpu[m + 1], tc, unit));
     let tcplife_ratio = (!peer.is_empty()).then(|| {
         let tcplife = median(&peer, |r| r.kernel_ns);
-        let ratio = kernel_probe / tcplife.max(f64::MIN_POSITIVE);
+        let ratio = modes[0].kernel_ns / tcplife.max(f64::MIN_POSITIVE);
         println!("tcplife kernel {tcplife:.0} ns per {unit}: tcplife_ratio {ratio:.3} (probe's configuration)");
         ratio
     });
@@ -243,6 +216,41 @@ fn measure(
         modes,
         tcplife_ratio,
     })
+}
+
+/// The median of `f` over rounds.
+fn median(rounds: &[PhaseResult], f: fn(&PhaseResult) -> f64) -> f64 {
+    Sample::new(rounds.iter().map(f).collect()).median()
+}
+
+/// One configuration's figures from its rounds (`cost`: NetScope's, then the empty programs')
+/// and, unless `tc`, its CPU rounds against those without programs.
+fn summarize(
+    mode: Mode,
+    cost: &[Vec<PhaseResult>; 2],
+    without: &[f64],
+    with: &[f64],
+    tc: bool,
+    unit: &str,
+) -> ModeSummary {
+    let kernel = median(&cost[0], |r| r.kernel_ns);
+    let agent = median(&cost[0], |r| r.agent_ns);
+    let empty = median(&cost[1], |r| r.kernel_ns);
+    let ns_ratio = kernel / empty.max(f64::MIN_POSITIVE);
+    println!(
+        "{mode:?}: per {unit} (medians): NetScope kernel {kernel:.0} ns + agent {agent:.0} ns; \
+         empty programs {empty:.0} ns (ns_ratio {ns_ratio:.2})"
+    );
+    let overhead = if tc {
+        f64::NAN
+    } else {
+        cpu_overhead(without, with, kernel + agent, kernel - empty + agent, unit)
+    };
+    ModeSummary {
+        kernel_ns: kernel,
+        ns_ratio,
+        overhead,
+    }
 }
 
 /// The overhead estimated from counters — `probe_ns` (NetScope's kernel + agent ns per unit) ÷
