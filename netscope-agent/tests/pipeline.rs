@@ -6,19 +6,14 @@ mod support;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    process::Command,
     time::{Duration, Instant},
 };
 
-use netscope_agent::{
-    audit::{batch::decode_batch, s3::S3Store},
-    demo::upstream::Upstream,
-    domain::audit::AuditEvent,
-};
+use netscope_agent::{demo::upstream::Upstream, domain::audit::AuditEvent};
 use serde_json::{Value, json};
 use support::{
-    agent::{BIN, Setup, request, request_id},
-    ceph::ceph_test,
+    agent::{Setup, audit_verify, request, request_id},
+    ceph::{ceph_test, stored_events},
     kafka::{self, kafka_test},
 };
 
@@ -289,20 +284,7 @@ async fn a_sigkill_mid_batch_loses_no_audit_event_and_stores_none_twice() {
         );
     });
 
-    let out = Command::new(BIN)
-        .args(["audit", "verify", "--node", "akill"])
-        .args(["--from", &from.to_string()])
-        .args([
-            "--to",
-            &(netscope_agent::clock::now_unix_ms() + 60_000).to_string(),
-        ])
-        .args(["--audit-s3-endpoint", &s3.endpoint])
-        .args(["--audit-s3-bucket", &s3.bucket])
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "audit verify: {stderr}");
-    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let report = audit_verify(&s3, "akill", from);
     let node = &report["nodes"]["akill"];
     assert_eq!(node["gaps"], json!([]), "{report}");
     assert_eq!(node["duplicates"], json!([]), "{report}");
@@ -310,13 +292,11 @@ async fn a_sigkill_mid_batch_loses_no_audit_event_and_stores_none_twice() {
     assert!(node["events"].as_u64().unwrap() >= N as u64);
 
     // Every call has its event in RGW, and the spool was drained at the clean stop.
-    let store = S3Store::new(s3);
-    let mut audited = BTreeSet::new();
-    for key in store.list("v1/").await.unwrap() {
-        for e in decode_batch(&key, &store.get(&key).await.unwrap()).unwrap() {
-            audited.insert(e.context.request_id);
-        }
-    }
+    let audited: BTreeSet<String> = stored_events(&s3)
+        .await
+        .into_iter()
+        .map(|e| e.context.request_id)
+        .collect();
     let called: BTreeSet<String> = results.iter().map(request_id).collect();
     assert_eq!(audited, called);
     let left: Vec<String> = std::fs::read_dir(spool.join("akill"))
@@ -417,18 +397,6 @@ async fn bytes_equal(brokers: String) {
     assert!(reused >= 1, "keep-alive reuse was exercised");
 }
 
-/// `/readyz` of a running agent, as (status, body).
-async fn readyz(http: &reqwest::Client, api: std::net::SocketAddr) -> (u16, Value) {
-    match http.get(format!("http://{api}/readyz")).send().await {
-        Ok(r) => {
-            let status = r.status().as_u16();
-            let text = r.text().await.unwrap_or_default();
-            (status, serde_json::from_str(&text).unwrap_or(Value::Null))
-        }
-        Err(e) => (0, json!({ "error": e.to_string() })),
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readiness_turns_503_while_the_broker_is_unreachable_and_200_when_it_is_back() {
     let Some(brokers) = kafka_test("pipeline-ready") else {
@@ -446,34 +414,9 @@ async fn readiness_turns_503_while_the_broker_is_unreachable_and_200_when_it_is_
     let s = Setup::new("ready", brokers.clone(), up.addr.port()).await;
     let agent = s.start_as(&["--no-probe"], Some(NOBODY));
     let http = netscope_agent::outbound::client::build(Duration::from_secs(2)).unwrap();
-    let wait_for = |want: u16, what: &'static str| {
-        let (http, s) = (&http, &s);
-        async move {
-            let deadline = Instant::now() + Duration::from_secs(60);
-            loop {
-                let log = std::fs::read_to_string(s.dir.join("agent.log")).unwrap_or_default();
-                if let Some(api) = support::api_addr_in_log(&log) {
-                    let (status, body) = readyz(http, api).await;
-                    if status == want {
-                        return body;
-                    }
-                    assert!(
-                        Instant::now() < deadline,
-                        "{what}: still {status} {body}\n{}",
-                        s.log()
-                    );
-                } else {
-                    assert!(
-                        Instant::now() < deadline,
-                        "{what}: no HTTP server\n{}",
-                        s.log()
-                    );
-                }
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-        }
-    };
-    let body = wait_for(200, "ready once partitions are assigned").await;
+    let body = s
+        .wait_ready(&http, 200, "ready once partitions are assigned", |_| true)
+        .await;
     assert!(
         body["checks"][0]["detail"]
             .as_str()
@@ -483,7 +426,14 @@ async fn readiness_turns_503_while_the_broker_is_unreachable_and_200_when_it_is_
     );
     let port: u16 = brokers.rsplit(':').next().unwrap().parse().unwrap();
     let cut = kafka::BrokerCut::new(NOBODY, port);
-    let body = wait_for(503, "not ready while the broker is unreachable").await;
+    let body = s
+        .wait_ready(
+            &http,
+            503,
+            "not ready while the broker is unreachable",
+            |_| true,
+        )
+        .await;
     assert_eq!(body["checks"][0]["name"], "kafka", "{body}");
     assert!(
         body["checks"][0]["detail"]
@@ -493,7 +443,8 @@ async fn readiness_turns_503_while_the_broker_is_unreachable_and_200_when_it_is_
         "{body}"
     );
     drop(cut);
-    wait_for(200, "ready again once the broker is back").await;
+    s.wait_ready(&http, 200, "ready again once the broker is back", |_| true)
+        .await;
     // Still working: one message, one result.
     let base = format!("http://{}", up.addr);
     s.send(&[(

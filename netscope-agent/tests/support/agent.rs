@@ -8,6 +8,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use netscope_agent::audit::s3::S3Settings;
 use rdkafka::Message as _;
 use serde_json::{Value, json};
 
@@ -19,6 +20,7 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_netscope-agent");
 pub const NO_CIRCUIT: &str = "max_attempts = 3\nmin_backoff_ms = 5\nmax_backoff_ms = 20\n\
                               circuit_window = 10000\ncircuit_min_calls = 10000\n";
 
+#[derive(Clone)]
 pub struct Setup {
     pub brokers: String,
     pub requests: String,
@@ -67,6 +69,17 @@ impl Setup {
             group,
             dir,
             config,
+        }
+    }
+
+    /// Another node of the same consumer group, on the same topics and config, with a
+    /// directory (log, audit file, spool) of its own.
+    pub fn peer(&self, tag: &str) -> Self {
+        let dir = std::env::temp_dir().join(unique(tag));
+        std::fs::create_dir_all(&dir).unwrap();
+        Self {
+            dir,
+            ..self.clone()
         }
     }
 
@@ -140,6 +153,46 @@ impl Setup {
         super::wait_api_addr(&self.dir.join("agent.log"), Duration::from_secs(60), || {
             true
         })
+    }
+
+    /// `/readyz` of the agent started last, as (status, body); (0, error) while it does not
+    /// answer yet.
+    pub async fn readyz(&self, http: &reqwest::Client) -> (u16, Value) {
+        let log = std::fs::read_to_string(self.dir.join("agent.log")).unwrap_or_default();
+        let Some(api) = super::api_addr_in_log(&log) else {
+            return (0, json!({ "error": "no HTTP server yet" }));
+        };
+        match http.get(format!("http://{api}/readyz")).send().await {
+            Ok(r) => {
+                let status = r.status().as_u16();
+                let text = r.text().await.unwrap_or_default();
+                (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+            }
+            Err(e) => (0, json!({ "error": e.to_string() })),
+        }
+    }
+
+    /// Waits (60 s at most) until `/readyz` answers `want` and `accept` takes its body.
+    pub async fn wait_ready(
+        &self,
+        http: &reqwest::Client,
+        want: u16,
+        what: &str,
+        accept: impl Fn(&Value) -> bool,
+    ) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let (status, body) = self.readyz(http).await;
+            if status == want && accept(&body) {
+                return body;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{what}: still {status} {body}\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
     }
 
     pub fn log(&self) -> String {
@@ -231,6 +284,30 @@ pub fn request(
         m["body"] = json!(b);
     }
     m.to_string().into_bytes()
+}
+
+/// The Kafka partitions a ready agent holds, from its `/readyz` body.
+pub fn partitions_assigned(readyz: &Value) -> Option<usize> {
+    readyz["checks"].as_array()?.iter().find_map(|c| {
+        let (n, _) = c["detail"].as_str()?.split_once(" partitions assigned")?;
+        n.parse().ok()
+    })
+}
+
+/// `netscope-agent audit verify` of `node` in `s3`, from `from_unix_ms` to a minute from now:
+/// its JSON report, once it exits 0.
+pub fn audit_verify(s3: &S3Settings, node: &str, from_unix_ms: u64) -> Value {
+    let to = netscope_agent::clock::now_unix_ms() + 60_000;
+    let out = Command::new(BIN)
+        .args(["audit", "verify", "--node", node])
+        .args(["--from", &from_unix_ms.to_string(), "--to", &to.to_string()])
+        .args(["--audit-s3-endpoint", &s3.endpoint])
+        .args(["--audit-s3-bucket", &s3.bucket])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "audit verify: {stderr}");
+    serde_json::from_slice(&out.stdout).unwrap()
 }
 
 pub fn request_id(r: &Value) -> String {

@@ -3,7 +3,13 @@
 
 use std::{net::TcpStream, process::Command, time::Duration};
 
-use netscope_agent::audit::s3::S3Settings;
+use netscope_agent::{
+    audit::{
+        batch::decode_batch,
+        s3::{S3Settings, S3Store},
+    },
+    domain::audit::AuditEvent,
+};
 
 use super::{TestLock, kafka::unique};
 
@@ -97,4 +103,14 @@ pub fn foreign_client(settings: &S3Settings) -> aws_sdk_s3::Client {
         ))
         .build();
     aws_sdk_s3::Client::from_conf(conf)
+}
+
+/// Every audit event stored in the bucket, batch by batch, as NetScope's own reader decodes it.
+pub async fn stored_events(settings: &S3Settings) -> Vec<AuditEvent> {
+    let store = S3Store::new(settings.clone());
+    let mut events = Vec::new();
+    for key in store.list("v1/").await.unwrap() {
+        events.extend(decode_batch(&key, &store.get(&key).await.unwrap()).unwrap());
+    }
+    events
 }

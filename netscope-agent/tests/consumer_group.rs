@@ -1,0 +1,183 @@
+//! Several agents in one consumer group (a DaemonSet on several nodes, one broker): the
+//! partitions split between them, a killed agent's partitions move to the others, and nothing
+//! is lost — every message has a result, every result its audit event, each node's audit
+//! numbering gap-free.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    time::{Duration, Instant},
+};
+
+use netscope_agent::demo::upstream::Upstream;
+use serde_json::json;
+use support::{
+    agent::{Setup, audit_verify, partitions_assigned, request, request_id},
+    ceph::{ceph_test, stored_events},
+    kafka::{self, kafka_test},
+};
+
+/// The audit trail of a node: RGW through a spool of its own, batches closed every 200 ms.
+fn node_args<'a>(node: &'a str, bucket: &'a str, spool: &'a str) -> Vec<&'a str> {
+    vec![
+        "--no-probe",
+        "--workers",
+        "4",
+        "--node",
+        node,
+        "--audit-sink",
+        "rgw",
+        "--audit-s3-bucket",
+        bucket,
+        "--audit-create-bucket",
+        "--audit-spool-dir",
+        spool,
+        "--audit-batch-age-ms",
+        "200",
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_agents_split_the_partitions_and_a_killed_ones_move_to_the_other_losing_nothing() {
+    let Some(brokers) = kafka_test("group-two-agents") else {
+        return;
+    };
+    let Some((_rgw, s3)) = ceph_test("group-two-agents") else {
+        return;
+    };
+    const N: usize = 400;
+    let up = Upstream::start("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let base = format!("http://{}", up.addr);
+    let a = Setup::new("group-a", brokers, up.addr.port()).await;
+    let b = a.peer("group-b");
+    let (spool_a, spool_b) = (a.dir.join("spool"), b.dir.join("spool"));
+    let args_a = node_args("node-a", &s3.bucket, spool_a.to_str().unwrap());
+    let args_b = node_args("node-b", &s3.bucket, spool_b.to_str().unwrap());
+    let http = netscope_agent::outbound::client::build(Duration::from_secs(2)).unwrap();
+    let from = netscope_agent::clock::now_unix_ms() - 60_000;
+
+    // Both join; the three partitions split between them before any message is sent.
+    let mut agent_a = a.start(&args_a);
+    a.wait_ready(&http, 200, "a alone holds all 3", |r| {
+        partitions_assigned(r) == Some(3)
+    })
+    .await;
+    let agent_b = b.start(&args_b);
+    let held_b = b
+        .wait_ready(&http, 200, "b holds a share", |r| {
+            partitions_assigned(r).is_some_and(|n| n >= 1)
+        })
+        .await;
+    let held_a = a
+        .wait_ready(&http, 200, "a gave some up", |r| {
+            partitions_assigned(r).is_some_and(|n| (1..3).contains(&n))
+        })
+        .await;
+    assert_eq!(
+        partitions_assigned(&held_a).unwrap() + partitions_assigned(&held_b).unwrap(),
+        3,
+        "a: {held_a}\nb: {held_b}"
+    );
+
+    // Keyed POSTs (a duplicate is then visible, and harmless, upstream), 250 ms each: the
+    // kill lands mid-stream.
+    let messages: Vec<_> = (0..N)
+        .map(|i| {
+            let id = format!("g{i}");
+            (
+                id.clone(),
+                request(&base, "POST", "/delay/250", Some(&id), Some("x")),
+            )
+        })
+        .collect();
+    let placed = a.send(&messages).await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while a.results_within(60, Duration::from_secs(1)).len() < 60 {
+        assert!(Instant::now() < deadline, "no progress: {}", a.log());
+    }
+    agent_a.kill().unwrap(); // SIGKILL: no commit, no revocation, an open audit segment
+    agent_a.wait().unwrap();
+    let committed_at_kill = kafka::committed(&a.brokers, &a.group, &a.requests, 3);
+    let before = a.results_within(N, Duration::from_secs(1)).len();
+    assert!(before < N, "the kill came too late ({before} results)");
+
+    // Once the group's session with a times out, b owns every partition and finishes the job
+    // alone.
+    b.wait_ready(&http, 200, "b took a's partitions", |r| {
+        partitions_assigned(r) == Some(3)
+    })
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let results = loop {
+        let results = a.results_within(N + 400, Duration::from_secs(2));
+        let distinct: BTreeSet<String> = results.iter().map(request_id).collect();
+        if distinct.len() == N {
+            break results;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} of {N} with a dead: {}",
+            distinct.len(),
+            b.log()
+        );
+    };
+
+    // a comes back on its node (same spool), ships what it had spooled, and both stop cleanly.
+    let agent_a = a.start(&args_a);
+    a.wait_ready(&http, 200, "a back in the group", |r| {
+        partitions_assigned(r).is_some_and(|n| n >= 1)
+    })
+    .await;
+    a.stop(agent_a);
+    b.stop(agent_b);
+    let results = {
+        // Whatever the second rebalance ran again is read too.
+        let more = a.results_within(results.len() + 400, Duration::from_secs(3));
+        if more.len() > results.len() {
+            more
+        } else {
+            results
+        }
+    };
+
+    // At-least-once, exactly as designed: a record ran twice only if its offset was not
+    // committed when a died (a rebalance commits what is durable first, so it only repeats
+    // records past that).
+    let mut runs: BTreeMap<String, usize> = BTreeMap::new();
+    for r in &results {
+        *runs.entry(request_id(r)).or_default() += 1;
+    }
+    assert_eq!(runs.len(), N, "every message has a result");
+    for (id, count) in &runs {
+        let (partition, offset) = placed[id];
+        let committed = committed_at_kill[partition as usize].unwrap_or(0);
+        assert!(
+            *count == 1 || offset >= committed,
+            "{id} ran {count} times, but offset {offset} of partition {partition} was committed (up to {committed}) at the kill"
+        );
+    }
+
+    // One audit event per delivered result, each node numbered from 1 without a gap, and both
+    // nodes did part of the work.
+    let events = stored_events(&s3).await;
+    assert_eq!(events.len(), results.len(), "one audit event per result");
+    let audited: BTreeSet<String> = events
+        .iter()
+        .map(|e| e.context.request_id.clone())
+        .collect();
+    assert_eq!(audited, runs.keys().cloned().collect::<BTreeSet<_>>());
+    for node in ["node-a", "node-b"] {
+        let report = audit_verify(&s3, node, from);
+        let n = &report["nodes"][node];
+        assert_eq!(n["gaps"], json!([]), "{report}");
+        assert_eq!(n["duplicates"], json!([]), "{report}");
+        assert_eq!(n["first_sequence"], 1, "{report}");
+        let by_node = events.iter().filter(|e| e.node == node).count();
+        assert!(by_node > 0, "{node} did none of the work");
+        assert_eq!(n["events"], json!(by_node), "{report}");
+    }
+}
