@@ -21,13 +21,18 @@ tasks:
   send [ARGS…]          send demo requests to the local pipeline (`netscope-agent send`)
   probe [ARGS…]         build (release) and run `netscope-agent probe ARGS…` (root)
   test                  fmt check, clippy -D warnings, cargo deny, start the local Kafka broker, Ceph
-                        RGW and Prometheus, then every test, then (root) test-kernels; the Kafka, RGW, Prometheus and
+                        RGW and Prometheus, then every test, the short soak, then (root) test-kernels; the Kafka, RGW, Prometheus and
                         Chromium tests are required, and as root the kernel tests too
                         (NETSCOPE_REQUIRE_{KAFKA,CEPH,PROMETHEUS,BROWSER,KERNEL}_TESTS=1)
   test-kernels [RELEASE…|host]  the kernel tests on real Debian kernels (5.10, 6.1, 6.12, 7.x;
                         fetched once) under qemu, and on this VM's kernel: a test × kernel matrix
   kafka start|stop|status  the local Kafka broker (scripts/kafka.sh)
   ceph start|stop|status|rgw-stop|rgw-start  the local Ceph RGW (scripts/ceph.sh)
+  soak [--messages N] [--minutes M]  two agents in one group under scheduled faults (upstream
+                        5xx/resets/slow/refused, broker restart, RGW outage, SIGKILLs, a node
+                        joining and leaving), then a reconciliation table and
+                        target/soak/report.json; non-zero on any loss (default 100,000 messages,
+                        ~12 min; `test` runs 5,000 in 3 min)
   bench probe [ARGS…]   the probe's CPU cost (churn, keep-alive; cgroup cpu.stat) and its
                         kernel ns vs empty programs and vs tcplife (root)
   bench pipeline [ARGS…]  pipeline throughput and latency vs a bare reqwest loop (starts Kafka)
@@ -117,6 +122,28 @@ fn test() -> Result<(), String> {
     run("bash", &["scripts/ceph.sh", "start"], &[])?;
     run("bash", &["scripts/prometheus.sh", "start"], &[])?;
     run_tests(require)?;
+    // The short soak: faults piled up on two agents, then the reconciliation (it stops and
+    // starts the broker and RGW, so it runs after the tests that use them). The debug
+    // binaries the tests built are enough at its rate.
+    let started = std::time::Instant::now();
+    let soaked = run(
+        "target/debug/netscope-bench",
+        &[
+            "soak",
+            "--messages",
+            "5000",
+            "--minutes",
+            "3",
+            "--report",
+            "target/soak/ci-report.json",
+        ],
+        &[],
+    );
+    eprintln!(
+        "xtask: short soak took {:.0} s",
+        started.elapsed().as_secs_f64()
+    );
+    soaked?;
     if is_root() {
         // The same kernel tests on Linux 5.10, 6.1, 6.12 and 7.x under qemu, and here.
         let started = std::time::Instant::now();
@@ -377,6 +404,26 @@ fn memory(rest: &[String]) -> Result<(), String> {
     bench_bin("flows", rest)
 }
 
+/// The default soak (100,000 messages, ~12 min; `--messages`/`--minutes` shrink it) on release
+/// builds, against the local broker and RGW, which it starts.
+fn soak(rest: &[String]) -> Result<(), String> {
+    run("bash", &["scripts/kafka.sh", "start"], &[])?;
+    run("bash", &["scripts/ceph.sh", "start"], &[])?;
+    run(
+        "cargo",
+        &[
+            "build",
+            "--release",
+            "-p",
+            "netscope-agent",
+            "--bin",
+            "netscope-agent",
+        ],
+        &[],
+    )?;
+    bench_bin("soak", rest)
+}
+
 /// `netscope-bench <which> <rest…>`, built in release.
 fn bench_bin(which: &str, rest: &[String]) -> Result<(), String> {
     let mut full = vec![
@@ -463,6 +510,7 @@ fn main() -> ExitCode {
         "send" => agent(&["send"], rest),
         "test" => test(),
         "bench" => bench(rest),
+        "soak" => soak(rest),
         "kafka" | "ceph" => {
             let script = format!("scripts/{task}.sh");
             let mut args = vec![script.as_str()];

@@ -11,6 +11,11 @@
 //! | `/close` | reads the request, then closes without answering |
 //! | anything else | 200 `ok` |
 //!
+//! A fault set with [`Upstream::set_fault`] overrides the path for every request until it is
+//! cleared (a soak's scheduled 5xx bursts, resets and slow responses); dropping the upstream
+//! closes its listener *and* its open connections, so that a new one on the same address
+//! starts from refused connections.
+//!
 //! Keep-alive is supported; every request is logged with the exact bytes received and sent —
 //! the last [`SERVED_KEPT`] of them, so that a long demo run does not grow without bound (and
 //! `/flaky` counts at most [`PATHS_COUNTED`] distinct paths before starting over).
@@ -53,6 +58,17 @@ impl Served {
     }
 }
 
+/// What every request gets while it is set, whatever its path.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fault {
+    /// This status (a 5xx burst).
+    Status(u16),
+    /// The connection reset after the request is read.
+    Reset,
+    /// 200, after this many milliseconds.
+    Delay(u64),
+}
+
 /// Requests kept in the log at most (the oldest go first).
 pub const SERVED_KEPT: usize = 100_000;
 /// Distinct paths whose requests `/flaky` counts at most (then the counts start over).
@@ -64,6 +80,7 @@ struct State {
     per_path: Mutex<HashMap<String, u64>>,
     in_flight: AtomicUsize,
     max_in_flight: AtomicUsize,
+    fault: Mutex<Option<Fault>>,
 }
 
 /// A running upstream; stops when dropped.
@@ -89,7 +106,8 @@ impl Upstream {
                     _ = stopped.changed() => break,
                     accepted = listener.accept() => {
                         if let Ok((stream, peer)) = accepted {
-                            tokio::spawn(serve(stream, peer, Arc::clone(&st)));
+                            let stopped = stopped.clone();
+                            tokio::spawn(serve(stream, peer, Arc::clone(&st), stopped));
                         }
                     }
                 }
@@ -119,6 +137,15 @@ impl Upstream {
             .iter()
             .filter(|s| s.path.starts_with(prefix))
             .count()
+    }
+
+    /// Every request gets `fault` from now on (`None`: its path chooses again).
+    pub fn set_fault(&self, fault: Option<Fault>) {
+        *self
+            .state
+            .fault
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = fault;
     }
 
     /// The most requests it was handling at once.
@@ -200,8 +227,19 @@ async fn read_request(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Option<Reque
     })
 }
 
-/// What the path asks for: (status, body length, delay in ms, fault).
-fn behaviour(path: &str, seen: u64) -> (u16, usize, u64, Option<&'static str>) {
+/// What the fault set asks for, else what the path does: (status, body length, delay in ms,
+/// connection fault).
+fn behaviour(
+    fault: Option<Fault>,
+    path: &str,
+    seen: u64,
+) -> (u16, usize, u64, Option<&'static str>) {
+    match fault {
+        Some(Fault::Status(code)) => return (code, 16, 0, None),
+        Some(Fault::Reset) => return (0, 0, 0, Some("reset")),
+        Some(Fault::Delay(ms)) => return (200, 2, ms, None),
+        None => {}
+    }
     // The query string does not choose the behaviour (it may make paths unique).
     let route = path.split('?').next().unwrap_or_default();
     let parts: Vec<&str> = route.trim_start_matches('/').split('/').collect();
@@ -239,12 +277,26 @@ impl State {
     }
 }
 
-async fn serve(mut stream: TcpStream, peer: SocketAddr, state: Arc<State>) {
+/// Serves one connection until the peer closes it, a fault ends it, or the upstream is
+/// dropped (`stopped`: between requests, the connection is closed).
+async fn serve(
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    state: Arc<State>,
+    mut stopped: watch::Receiver<bool>,
+) {
     let mut buf = Vec::with_capacity(4096);
-    while let Some(request) = read_request(&mut stream, &mut buf).await {
+    loop {
+        let request = tokio::select! {
+            request = read_request(&mut stream, &mut buf) => request,
+            _ = stopped.changed() => None,
+        };
+        let Some(request) = request else { return };
         let now = state.in_flight.fetch_add(1, Ordering::Relaxed) + 1;
         state.max_in_flight.fetch_max(now, Ordering::Relaxed);
-        let (status, body_len, delay, fault) = behaviour(&request.path, state.seen(&request.path));
+        let set = *state.fault.lock().unwrap_or_else(PoisonError::into_inner);
+        let (status, body_len, delay, fault) =
+            behaviour(set, &request.path, state.seen(&request.path));
         if delay > 0 {
             tokio::time::sleep(Duration::from_millis(delay)).await;
         }
@@ -322,7 +374,35 @@ mod tests {
             state.seen(&format!("/p{i}"));
         }
         assert!(state.per_path.lock().unwrap().len() <= PATHS_COUNTED);
-        assert_eq!(behaviour("/flaky/2/503?x=1", 2).0, 503);
-        assert_eq!(behaviour("/flaky/2/503?x=1", 3).0, 200);
+        assert_eq!(behaviour(None, "/flaky/2/503?x=1", 2).0, 503);
+        assert_eq!(behaviour(None, "/flaky/2/503?x=1", 3).0, 200);
+    }
+
+    #[test]
+    fn a_fault_set_overrides_every_path() {
+        let fault = |f| behaviour(Some(f), "/bytes/100", 1);
+        assert_eq!(fault(Fault::Status(503)), (503, 16, 0, None));
+        assert_eq!(fault(Fault::Reset).3, Some("reset"));
+        assert_eq!(fault(Fault::Delay(900)), (200, 2, 900, None));
+        assert_eq!(behaviour(None, "/bytes/100", 1), (200, 100, 0, None));
+    }
+
+    #[tokio::test]
+    async fn dropping_it_closes_open_connections_and_a_new_one_may_take_its_address() {
+        let up = Upstream::start("127.0.0.1:0".parse().unwrap())
+            .await
+            .unwrap();
+        let addr = up.addr;
+        let mut open = TcpStream::connect(addr).await.unwrap();
+        open.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+        let mut buf = [0u8; 256];
+        assert!(open.read(&mut buf).await.unwrap() > 0, "answered");
+        drop(up);
+        let read = tokio::time::timeout(Duration::from_secs(5), open.read(&mut buf)).await;
+        assert!(matches!(read, Ok(Ok(0))), "closed at the drop: {read:?}");
+        assert!(TcpStream::connect(addr).await.is_err(), "refused meanwhile");
+        let again = Upstream::start(addr).await.unwrap();
+        assert_eq!(again.addr, addr);
+        assert!(TcpStream::connect(addr).await.is_ok());
     }
 }

@@ -12,6 +12,7 @@ mod audit;
 mod memory;
 mod pipeline;
 mod probe;
+mod soak;
 mod stats;
 mod upstream;
 mod workload;
@@ -135,6 +136,30 @@ enum Bench {
         #[arg(long)]
         connections: usize,
     },
+    /// The pipeline under a long run in which faults pile up: two agents in one group, a
+    /// scheduled mix of upstream, broker, RGW and agent faults, then a reconciliation (exits
+    /// non-zero on any loss).
+    Soak {
+        #[arg(long, default_value_t = 100_000)]
+        messages: usize,
+        /// The run's length; messages are produced over its first 80 %.
+        #[arg(long, default_value_t = 12.0)]
+        minutes: f64,
+        /// Each agent's `--workers`.
+        #[arg(long, default_value_t = 32)]
+        workers: usize,
+        /// Where the JSON report goes (default: target/soak/report.json).
+        #[arg(long)]
+        report: Option<PathBuf>,
+        #[arg(long, env = "NETSCOPE_KAFKA_BROKERS", default_value = DEFAULT_BROKERS)]
+        brokers: String,
+        #[arg(
+            long,
+            env = "NETSCOPE_AUDIT_S3_ENDPOINT",
+            default_value = "http://127.0.0.1:7480"
+        )]
+        rgw: String,
+    },
     /// The pipeline and API benches' upstream, in a child process (not for direct use).
     #[command(hide = true)]
     Upstream,
@@ -179,6 +204,21 @@ fn main() -> ExitCode {
             cgroup,
         } => workload::workload_main(kind, units, payload, &cgroup),
         Bench::Upstream => upstream::upstream_main(),
+        Bench::Soak {
+            messages,
+            minutes,
+            workers,
+            report,
+            brokers,
+            rgw,
+        } => soak::bench(&soak::SoakBench {
+            messages: messages.max(100),
+            minutes: minutes.max(1.0),
+            brokers,
+            rgw,
+            report,
+            workers: workers.max(1),
+        }),
         Bench::Sink { connections } => memory::sink_main(connections),
         Bench::Flows {
             connections,

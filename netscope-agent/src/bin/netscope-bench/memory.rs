@@ -205,14 +205,14 @@ impl Drop for Agent {
 }
 
 /// A loopback port free now, for the agent's API.
-fn free_port() -> Result<SocketAddr, String> {
+pub fn free_port() -> Result<SocketAddr, String> {
     TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
         .and_then(|l| l.local_addr())
         .map_err(|e| format!("a free port: {e}"))
 }
 
 /// GET /metrics over HTTP/1.0 (the body up to the server's close).
-fn scrape(api: SocketAddr) -> std::io::Result<String> {
+pub fn scrape(api: SocketAddr) -> std::io::Result<String> {
     let mut s = TcpStream::connect_timeout(&api, Duration::from_secs(2))?;
     s.set_read_timeout(Some(Duration::from_secs(5)))?;
     write!(s, "GET /metrics HTTP/1.0\r\nHost: {api}\r\n\r\n")?;

@@ -1,0 +1,655 @@
+//! `netscope-bench soak` (`cargo xtask soak`): the pipeline under a long run in which faults pile
+//! up. Two real agents (`netscope-agent run`, with the probe as root) in one consumer group
+//! against the local broker and RGW; a paced mix of good and malformed messages over three
+//! targets of a programmable upstream; on a printed schedule, 5xx bursts, resets, slow
+//! responses, refused connections, a broker restart, an RGW outage, two SIGKILLs and a node
+//! joining then leaving. Each agent's RSS and CPU are sampled every second, the group's
+//! committed offsets too. At the end everything is reconciled ([`reconcile`]) into a table and a
+//! JSON report; the exit status is non-zero on any failed check.
+
+mod agents;
+mod kafka;
+mod plan;
+mod reconcile;
+
+use std::{
+    collections::BTreeMap,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    process::Command,
+    sync::{
+        Arc, Mutex, PoisonError,
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+        mpsc,
+    },
+    time::{Duration, Instant},
+};
+
+use netscope_agent::{
+    audit::{
+        batch::decode_batch,
+        s3::{S3Settings, S3Store},
+    },
+    clock::now_unix_ms,
+    demo::upstream::Upstream,
+    ingest::{samples, topics},
+};
+
+use agents::Agent;
+use plan::{ATTEMPT_TIMEOUT_MS, Action, NODE_1, Step, TARGETS};
+use reconcile::{AgentRecord, Budget, Event, Evidence, Progress};
+
+pub struct SoakBench {
+    pub messages: usize,
+    pub minutes: f64,
+    pub brokers: String,
+    /// RGW's S3 endpoint (`http://host:port`).
+    pub rgw: String,
+    pub report: Option<PathBuf>,
+    pub workers: usize,
+}
+
+/// The circuit's open state lasts this long before a probe call (`open_wait_ms`).
+const OPEN_WAIT_MS: u64 = 2_000;
+const BUDGET: Budget = Budget {
+    ttl_s: 10.0,
+    min_per_sec: 5.0,
+    ratio: 0.2,
+};
+
+/// Malformed messages above this are left out of the mix: the broker's default record limit
+/// (1 MiB) refuses them before NetScope could (the broker tests cover those).
+const MAX_CORPUS_BYTES: usize = 512 << 10;
+
+fn repo() -> PathBuf {
+    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+}
+
+fn script(name: &str, what: &str) -> Result<(), String> {
+    let path = repo().join("scripts").join(name);
+    let out = Command::new("bash")
+        .arg(&path)
+        .arg(what)
+        .output()
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    out.status.success().then_some(()).ok_or_else(|| {
+        format!(
+            "scripts/{name} {what}: {}: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        )
+    })
+}
+
+fn targets_toml(ports: &[u16]) -> String {
+    let mut toml = String::new();
+    for (name, port) in TARGETS.iter().zip(ports) {
+        toml.push_str(&format!(
+            "[[targets]]\nname = \"{name}\"\nhosts = [\"127.0.0.1\"]\nports = [{port}]\n\
+             [targets.policy]\nattempt_timeout_ms = {ATTEMPT_TIMEOUT_MS}\nconnect_timeout_ms = 200\nmax_attempts = 3\n\
+             min_backoff_ms = 10\nmax_backoff_ms = 200\nbudget_ttl_s = {}\n\
+             budget_min_per_sec = {}\nbudget_ratio = {}\ncircuit_window = 40\n\
+             circuit_min_calls = 20\nfailure_rate = 0.5\nopen_wait_ms = {OPEN_WAIT_MS}\n\n",
+            BUDGET.ttl_s, BUDGET.min_per_sec, BUDGET.ratio
+        ));
+    }
+    toml
+}
+
+/// What the soak runs on: its topics, group, bucket and files.
+struct Names {
+    requests: String,
+    results: String,
+    dlq: String,
+    group: String,
+    bucket: String,
+    dir: PathBuf,
+}
+
+impl Names {
+    fn new() -> Result<Self, String> {
+        let tag = format!("soak-{}", now_unix_ms());
+        let dir = std::env::temp_dir().join(format!("netscope-{tag}"));
+        std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        Ok(Self {
+            requests: format!("{tag}-req"),
+            results: format!("{tag}-res"),
+            dlq: format!("{tag}-dlq"),
+            group: format!("{tag}-group"),
+            bucket: tag,
+            dir,
+        })
+    }
+
+    fn agent_args(&self, b: &SoakBench, node: &str, config: &Path, probe: bool) -> Vec<String> {
+        let spool = self.dir.join(format!("spool-{node}"));
+        let mut args: Vec<String> = [
+            "--brokers",
+            &b.brokers,
+            "--group",
+            &self.group,
+            "--requests-topic",
+            &self.requests,
+            "--results-topic",
+            &self.results,
+            "--dlq-topic",
+            &self.dlq,
+            "--create-topics",
+            "false",
+            "--config",
+            &config.display().to_string(),
+            "--node",
+            node,
+            "--workers",
+            &b.workers.to_string(),
+            "--audit-sink",
+            "rgw",
+            "--audit-s3-endpoint",
+            &b.rgw,
+            "--audit-s3-bucket",
+            &self.bucket,
+            "--audit-create-bucket",
+            "--audit-spool-dir",
+            &spool.display().to_string(),
+        ]
+        .map(str::to_owned)
+        .to_vec();
+        if !probe {
+            args.push("--no-probe".into());
+        }
+        args
+    }
+}
+
+/// The upstream targets, each on its own port, which a refusal closes and an accept reopens.
+struct Targets {
+    addrs: Vec<SocketAddr>,
+    live: Vec<Option<Upstream>>,
+}
+
+impl Targets {
+    async fn start() -> Result<Self, String> {
+        let mut live = Vec::new();
+        for _ in TARGETS {
+            live.push(Some(
+                Upstream::start("127.0.0.1:0".parse().map_err(|e| format!("{e}"))?)
+                    .await
+                    .map_err(|e| format!("upstream: {e}"))?,
+            ));
+        }
+        let addrs = live.iter().flatten().map(|u| u.addr).collect();
+        Ok(Self { addrs, live })
+    }
+}
+
+/// Runs the scripts that stop and start the broker and RGW one after the other, off the
+/// soak's clock; each outcome comes back as an event.
+fn script_runner(done: mpsc::Sender<(Action, Result<Duration, String>)>) -> mpsc::Sender<Action> {
+    let (tx, rx) = mpsc::channel::<Action>();
+    std::thread::spawn(move || {
+        for action in rx {
+            let started = Instant::now();
+            let result = match action {
+                Action::BrokerStop => script("kafka.sh", "stop"),
+                Action::BrokerStart => script("kafka.sh", "start"),
+                Action::RgwStop => script("ceph.sh", "rgw-stop"),
+                Action::RgwStart => script("ceph.sh", "rgw-start"),
+                _ => Ok(()),
+            };
+            let _ = done.send((action, result.map(|()| started.elapsed())));
+        }
+    });
+    tx
+}
+
+pub fn bench(b: &SoakBench) -> Result<(), String> {
+    let exe = std::env::current_exe()
+        .map_err(|e| format!("this executable: {e}"))?
+        .with_file_name("netscope-agent");
+    if !exe.exists() {
+        return Err(format!(
+            "{} is missing: build it (cargo build --release --bin netscope-agent)",
+            exe.display()
+        ));
+    }
+    // SAFETY: geteuid has no preconditions.
+    let probe = unsafe { libc::geteuid() } == 0;
+    let names = Names::new()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| format!("runtime: {e}"))?;
+    rt.block_on(topics::ensure(
+        &b.brokers,
+        &[
+            (&names.requests, kafka::REQUEST_PARTITIONS),
+            (&names.results, kafka::RESULT_PARTITIONS),
+            (&names.dlq, 1),
+        ],
+    ))
+    .map_err(|e| e.to_string())?;
+    let mut targets = rt.block_on(Targets::start())?;
+    let ports: Vec<u16> = targets.addrs.iter().map(SocketAddr::port).collect();
+    let config = names.dir.join("targets.toml");
+    std::fs::write(&config, targets_toml(&ports)).map_err(|e| e.to_string())?;
+    let corpus: Vec<_> = samples::malformed(&repo().join("samples/requests"))
+        .map_err(|e| format!("the malformed corpus: {e}"))?
+        .into_iter()
+        .filter(|m| {
+            m.payload
+                .as_ref()
+                .is_none_or(|p| p.len() <= MAX_CORPUS_BYTES)
+        })
+        .collect();
+    if corpus.is_empty() {
+        return Err("the malformed corpus is empty".into());
+    }
+
+    let production = Duration::from_secs_f64(b.minutes * 60.0 * 0.8);
+    let rate = b.messages as f64 / production.as_secs_f64();
+    let steps = plan::schedule(production);
+    println!(
+        "soak: {} messages at {rate:.0}/s over {:.0} s, 2 agents ({}), work in {}",
+        b.messages,
+        production.as_secs_f64(),
+        if probe {
+            "with the probe"
+        } else {
+            "no probe: not root"
+        },
+        names.dir.display()
+    );
+    for s in &steps {
+        println!(
+            "soak: plan {:>7.1} s  {}",
+            s.at.as_secs_f64(),
+            s.action.describe()
+        );
+    }
+
+    let mut agents: Vec<Agent> = ["node-1", "node-2"]
+        .iter()
+        .map(|node| {
+            let args = names.agent_args(b, node, &config, probe);
+            Agent::new(node, &exe, args, &names.dir)
+        })
+        .collect();
+    agents[NODE_1].start()?;
+
+    let collected = Arc::new(Mutex::new(kafka::Collected::default()));
+    let stop_reader = Arc::new(AtomicBool::new(false));
+    let reader = kafka::follow(
+        &b.brokers,
+        &names.results,
+        &names.dlq,
+        Arc::clone(&collected),
+        Arc::clone(&stop_reader),
+    )?;
+    let commits = kafka::Commits::new(&b.brokers, &names.group, &names.requests)?;
+    let acked = Arc::new(AtomicUsize::new(0));
+    let producer = rt.spawn(kafka::produce(
+        b.brokers.clone(),
+        names.requests.clone(),
+        b.messages,
+        rate,
+        ports,
+        corpus,
+        Arc::clone(&acked),
+    ));
+
+    let started = Instant::now();
+    let started_unix_ms = now_unix_ms();
+    let mut run = Run {
+        started,
+        progress: Vec::new(),
+        events: Vec::new(),
+        commit_samples: Vec::new(),
+        failures: Vec::new(),
+        burst: None,
+    };
+    let (done_tx, done_rx) = mpsc::channel();
+    let scripts = script_runner(done_tx);
+    let mut pending: &[Step] = &steps;
+    let deadline = started + Duration::from_secs_f64(b.minutes * 60.0) + Duration::from_secs(300);
+    let mut last_progress = Instant::now();
+    loop {
+        std::thread::sleep(Duration::from_millis(1000));
+        let elapsed = started.elapsed();
+        while let Some((step, rest)) = pending.split_first() {
+            if step.at > elapsed {
+                break;
+            }
+            pending = rest;
+            run.apply(
+                step.action,
+                &mut agents,
+                &mut targets,
+                &rt,
+                &commits,
+                &scripts,
+            );
+        }
+        while let Ok((action, result)) = done_rx.try_recv() {
+            match result {
+                Ok(took) => println!(
+                    "soak: {:>7.1} s  done in {:.1} s: {}",
+                    started.elapsed().as_secs_f64(),
+                    took.as_secs_f64(),
+                    action.describe()
+                ),
+                Err(e) => run.failures.push(format!("{}: {e}", action.describe())),
+            }
+        }
+        for a in &mut agents {
+            if let Some(status) = a.exited() {
+                run.failures.push(format!(
+                    "{} exited on its own ({status}): {}",
+                    a.node,
+                    a.tail()
+                ));
+            }
+            a.sample();
+        }
+        if let Some(c) = commits.now() {
+            run.commit_samples.push((now_unix_ms(), c));
+        }
+        let (results, dead) = {
+            let c = collected.lock().unwrap_or_else(PoisonError::into_inner);
+            let ids: std::collections::BTreeSet<&str> = c
+                .results
+                .iter()
+                .chain(&c.dlq)
+                .map(|s| s.request_id.as_str())
+                .collect();
+            (ids.len(), c.dlq.len())
+        };
+        run.progress.push(Progress {
+            at_unix_ms: now_unix_ms(),
+            produced: acked.load(Ordering::Relaxed),
+            answered: results,
+        });
+        if last_progress.elapsed() >= Duration::from_secs(10) {
+            last_progress = Instant::now();
+            let rss: Vec<String> = agents
+                .iter()
+                .filter(|a| a.running())
+                .filter_map(|a| {
+                    a.samples
+                        .last()
+                        .map(|s| format!("{} {:.1} MiB", a.node, s.rss_kib as f64 / 1024.0))
+                })
+                .collect();
+            println!(
+                "soak: {:>7.1} s  produced {} · answered or dead-lettered {results} ({dead} dead) · {}",
+                elapsed.as_secs_f64(),
+                acked.load(Ordering::Relaxed),
+                rss.join(", ")
+            );
+        }
+        if pending.is_empty() && producer.is_finished() && results >= b.messages {
+            break;
+        }
+        if Instant::now() > deadline {
+            run.failures.push(format!(
+                "not done {:.0} s after the planned end: {results} of {} accounted for",
+                deadline.duration_since(started).as_secs_f64(),
+                b.messages
+            ));
+            break;
+        }
+    }
+    let ended_unix_ms = now_unix_ms();
+    for a in &mut agents {
+        if a.running()
+            && let Err(e) = a.stop()
+        {
+            run.failures.push(e);
+        }
+    }
+    let placed = rt
+        .block_on(producer)
+        .map_err(|e| format!("producer: {e}"))??;
+
+    // Read what is left on the output topics (the stopped agents flushed theirs).
+    let ends = kafka::ends(&b.brokers, &names.results, &names.dlq)?;
+    let until = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < until {
+        let caught_up = {
+            let c = collected.lock().unwrap_or_else(PoisonError::into_inner);
+            ends.iter()
+                .all(|(k, high)| c.next.get(k).copied().unwrap_or(0) >= *high)
+        };
+        if caught_up {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    stop_reader.store(true, Ordering::Relaxed);
+    let _ = reader.join();
+    let collected = std::mem::take(&mut *collected.lock().unwrap_or_else(PoisonError::into_inner));
+
+    let s3 = S3Settings {
+        endpoint: b.rgw.clone(),
+        bucket: names.bucket.clone(),
+        access_key: "netscope-local".into(),
+        secret_key: "netscope-local-secret".into(),
+        region: "default".into(),
+    };
+    let audit = rt.block_on(stored_events(&s3))?;
+    let mut verify = BTreeMap::new();
+    for a in &agents {
+        verify.insert(
+            a.node.clone(),
+            audit_verify(
+                &exe,
+                &s3,
+                &a.node,
+                started_unix_ms - 3_600_000,
+                ended_unix_ms + 3_600_000,
+            )?,
+        );
+    }
+    let evidence = Evidence {
+        progress: run.progress.clone(),
+        placed,
+        results: collected.results,
+        dlq: collected.dlq,
+        unreadable: collected.unreadable,
+        audit,
+        verify,
+        commits: run.commit_samples,
+        events: run.events.clone(),
+        burst: run
+            .burst
+            .map(|(on, off)| (on, off.unwrap_or(ended_unix_ms))),
+        open_wait_ms: OPEN_WAIT_MS,
+        budget: BUDGET,
+        agents: agents
+            .iter()
+            .map(|a| AgentRecord {
+                node: a.node.clone(),
+                incarnations: a.incarnations.clone(),
+                samples: a.samples.clone(),
+            })
+            .collect(),
+    };
+    let report = reconcile::reconcile(&evidence);
+    print_report(&report, &run.failures);
+    let path = b
+        .report
+        .clone()
+        .unwrap_or_else(|| repo().join("target/soak/report.json"));
+    let json = serde_json::json!({
+        "ok": report.ok() && run.failures.is_empty(),
+        "messages": b.messages,
+        "minutes": b.minutes,
+        "probe": probe,
+        "checks": report.checks,
+        "figures": report.figures,
+        "failures": run.failures,
+        "plan": steps,
+        "events": run.events,
+        "samples": agents.iter().map(|a| (a.node.clone(), a.samples.clone())).collect::<BTreeMap<_, _>>(),
+    });
+    if let Some(parent) = path.parent() {
+        let _ = std::fs::create_dir_all(parent);
+    }
+    std::fs::write(&path, serde_json::to_vec_pretty(&json).unwrap_or_default())
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    println!("soak: report written to {}", path.display());
+    if report.ok() && run.failures.is_empty() {
+        let _ = std::fs::remove_dir_all(&names.dir);
+        Ok(())
+    } else {
+        Err(format!(
+            "the soak failed (logs and spools kept in {})",
+            names.dir.display()
+        ))
+    }
+}
+
+/// What happened while the soak ran.
+struct Run {
+    started: Instant,
+    progress: Vec<Progress>,
+    events: Vec<Event>,
+    commit_samples: Vec<(u64, Vec<Option<i64>>)>,
+    failures: Vec<String>,
+    /// svc-a's 5xx burst: (began, ended) in Unix ms.
+    burst: Option<(u64, Option<u64>)>,
+}
+
+impl Run {
+    fn apply(
+        &mut self,
+        action: Action,
+        agents: &mut [Agent],
+        targets: &mut Targets,
+        rt: &tokio::runtime::Runtime,
+        commits: &kafka::Commits,
+        scripts: &mpsc::Sender<Action>,
+    ) {
+        // Taken before the change: what a repeat caused by it may not be below.
+        let committed = action.disrupts_group().then(|| commits.now()).flatten();
+        let at_unix_ms = now_unix_ms();
+        println!(
+            "soak: {:>7.1} s  {}",
+            self.started.elapsed().as_secs_f64(),
+            action.describe()
+        );
+        let result = match action {
+            Action::Start(i) => agents[i].start(),
+            Action::Leave(i) => agents[i].stop(),
+            Action::Kill(i) => {
+                agents[i].kill();
+                Ok(())
+            }
+            Action::Upstream(t, fault) => {
+                if let Some(up) = &targets.live[t] {
+                    up.set_fault(fault.map(Into::into));
+                }
+                if t == plan::SVC_A {
+                    match fault {
+                        Some(_) => self.burst = Some((at_unix_ms, None)),
+                        None => {
+                            if let Some((_, end)) = &mut self.burst {
+                                *end = Some(at_unix_ms);
+                            }
+                        }
+                    }
+                }
+                Ok(())
+            }
+            Action::Refuse(t) => {
+                targets.live[t] = None;
+                Ok(())
+            }
+            Action::Accept(t) => rt
+                .block_on(Upstream::start(targets.addrs[t]))
+                .map(|u| targets.live[t] = Some(u))
+                .map_err(|e| format!("upstream {}: {e}", TARGETS[t])),
+            Action::BrokerStop | Action::BrokerStart | Action::RgwStop | Action::RgwStart => {
+                scripts.send(action).map_err(|e| e.to_string())
+            }
+        };
+        if let Err(e) = result {
+            self.failures.push(format!("{}: {e}", action.describe()));
+        }
+        self.events.push(Event {
+            at_unix_ms,
+            action,
+            what: action.describe(),
+            committed,
+        });
+    }
+}
+
+async fn stored_events(
+    s3: &S3Settings,
+) -> Result<Vec<netscope_agent::domain::audit::AuditEvent>, String> {
+    let store = S3Store::new(s3.clone());
+    let mut events = Vec::new();
+    for key in store.list("v1/").await.map_err(|e| e.to_string())? {
+        let bytes = store.get(&key).await.map_err(|e| e.to_string())?;
+        events.extend(decode_batch(&key, &bytes).map_err(|e| e.to_string())?);
+    }
+    Ok(events)
+}
+
+fn audit_verify(
+    exe: &Path,
+    s3: &S3Settings,
+    node: &str,
+    from: u64,
+    to: u64,
+) -> Result<serde_json::Value, String> {
+    let out = Command::new(exe)
+        .args(["audit", "verify", "--node", node])
+        .args(["--from", &from.to_string(), "--to", &to.to_string()])
+        .args(["--audit-s3-endpoint", &s3.endpoint])
+        .args(["--audit-s3-bucket", &s3.bucket])
+        .output()
+        .map_err(|e| format!("audit verify: {e}"))?;
+    serde_json::from_slice(&out.stdout).map_err(|e| {
+        format!(
+            "audit verify {node} ({}): {e}: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        )
+    })
+}
+
+fn print_report(report: &reconcile::Report, failures: &[String]) {
+    println!("\nsoak: reconciliation");
+    for c in &report.checks {
+        println!(
+            "  {:<4} {:<70} {}",
+            if c.ok { "ok" } else { "FAIL" },
+            c.name,
+            c.detail
+        );
+    }
+    for f in failures {
+        println!("  FAIL {f}");
+    }
+    let f = &report.figures;
+    println!("\nsoak: figures");
+    for key in [
+        "messages_produced",
+        "distinct_results",
+        "results",
+        "dead_letters",
+        "audit_events",
+        "messages_per_s",
+        "cpu_ms_per_1000_calls",
+        "longest_pause",
+    ] {
+        println!("  {key:<24} {}", f[key]);
+    }
+    if let Some(agents) = f["agents"].as_array() {
+        for a in agents {
+            println!("  {a}");
+        }
+    }
+}
