@@ -18,9 +18,10 @@ BPF_LINKER_VERSION="0.13.0"
 CARGO_DENY_VERSION="0.20.2"
 # prometheus (with promtool) and chromium: the real scraper and browser of the API tests.
 # qemu-system-x86 and busybox-static: the kernel matrix (cargo xtask test-kernels).
+# podman, runc and debootstrap: the image built and run as the DaemonSet runs it (tests/container.rs).
 # libbpf-tools: tcplife, the peer that `cargo xtask bench probe` compares NetScope with.
 APT_PACKAGES=(nftables iproute2 bpftool curl prometheus chromium chromium-driver qemu-system-x86
-  busybox-static xz-utils libbpf-tools)
+  busybox-static xz-utils libbpf-tools podman runc debootstrap)
 
 say() { printf 'setup: %s\n' "$*"; }
 

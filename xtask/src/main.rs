@@ -23,11 +23,13 @@ tasks:
   test                  fmt check, clippy -D warnings, cargo deny, start the local Kafka broker, Ceph
                         RGW and Prometheus, then every test, the short soak, then (root) test-kernels; the Kafka, RGW, Prometheus and
                         Chromium tests are required, and as root the kernel tests too
-                        (NETSCOPE_REQUIRE_{KAFKA,CEPH,PROMETHEUS,BROWSER,KERNEL}_TESTS=1)
+                        (NETSCOPE_REQUIRE_{KAFKA,CEPH,PROMETHEUS,BROWSER,KERNEL,CONTAINER}_TESTS=1)
   test-kernels [RELEASE…|host]  the kernel tests on real Debian kernels (5.10, 6.1, 6.12, 7.x;
                         fetched once) under qemu, and on this VM's kernel: a test × kernel matrix
   kafka start|stop|status  the local Kafka broker (scripts/kafka.sh)
   ceph start|stop|status|rgw-stop|rgw-start  the local Ceph RGW (scripts/ceph.sh)
+  image                 build (release) the agent's container image with podman
+                        (localhost/netscope-agent:latest; scripts/image.sh, no registry)
   soak [--messages N] [--minutes M]  two agents in one group under scheduled faults (upstream
                         5xx/resets/slow/refused, broker restart, RGW outage, SIGKILLs, a node
                         joining and leaving), then a reconciliation table and
@@ -193,7 +195,7 @@ const ALONE: [&str; 1] = ["kernel"];
 
 /// Test binaries that attach kernel probes: one lane runs them one after the other, so that no
 /// other probe-heavy test doubles their per-event cost meanwhile.
-const PROBE_LANE: [&str; 4] = ["cli", "pipeline", "prometheus", "page"];
+const PROBE_LANE: [&str; 5] = ["cli", "pipeline", "prometheus", "page", "container"];
 
 /// One test binary as `cargo test --no-run` names it.
 struct TestBinary {
@@ -317,6 +319,7 @@ fn run_tests(require_kernel: &str) -> Result<(), String> {
         ("NETSCOPE_REQUIRE_CEPH_TESTS", "1"),
         ("NETSCOPE_REQUIRE_PROMETHEUS_TESTS", "1"),
         ("NETSCOPE_REQUIRE_BROWSER_TESTS", "1"),
+        ("NETSCOPE_REQUIRE_CONTAINER_TESTS", require_kernel),
         ("RUST_BACKTRACE", "1"),
     ];
     let (alone, rest): (Vec<_>, Vec<_>) = binaries.into_iter().partition(TestBinary::alone);
@@ -402,6 +405,27 @@ fn memory(rest: &[String]) -> Result<(), String> {
         &[],
     )?;
     bench_bin("flows", rest)
+}
+
+/// The agent's container image (scripts/image.sh) around the release build.
+fn image() -> Result<(), String> {
+    run(
+        "cargo",
+        &[
+            "build",
+            "--release",
+            "-p",
+            "netscope-agent",
+            "--bin",
+            "netscope-agent",
+        ],
+        &[],
+    )?;
+    run(
+        "bash",
+        &["scripts/image.sh", "build", "target/release/netscope-agent"],
+        &[],
+    )
 }
 
 /// The default soak (100,000 messages, ~12 min; `--messages`/`--minutes` shrink it) on release
@@ -511,6 +535,7 @@ fn main() -> ExitCode {
         "test" => test(),
         "bench" => bench(rest),
         "soak" => soak(rest),
+        "image" => image(),
         "kafka" | "ceph" => {
             let script = format!("scripts/{task}.sh");
             let mut args = vec![script.as_str()];

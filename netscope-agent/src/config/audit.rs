@@ -116,6 +116,23 @@ fn valid_bucket(b: &str) -> bool {
         && b.ends_with(|c: char| c.is_ascii_alphanumeric())
 }
 
+/// The S3 client loads the system's trust store when it is built — for an http:// endpoint
+/// too — and panics when it holds no certificate (aws-smithy-http-client): said here first, as
+/// a configuration error (a minimal container image without ca-certificates is the usual case).
+fn trust_store_problem() -> Option<String> {
+    let found = rustls_native_certs::load_native_certs();
+    if !found.certs.is_empty() {
+        return None;
+    }
+    let why = found
+        .errors
+        .first()
+        .map_or_else(|| "none found".to_owned(), ToString::to_string);
+    Some(format!(
+        "no CA certificate in the system trust store ({why}): the S3 client needs it, even for an http:// endpoint; install ca-certificates, or point SSL_CERT_FILE at a PEM bundle"
+    ))
+}
+
 impl S3Args {
     /// The settings, or the problems (pushed onto `errors`).
     pub fn validate_into(&self, errors: &mut Vec<String>) -> Option<S3Settings> {
@@ -138,6 +155,9 @@ impl S3Args {
         }
         if self.region.is_empty() {
             errors.push("audit-s3-region is empty".to_owned());
+        }
+        if let Some(e) = trust_store_problem() {
+            errors.push(e);
         }
         let secret = match std::env::var(SECRET_ENV) {
             Ok(s) if !s.is_empty() => Some(s),

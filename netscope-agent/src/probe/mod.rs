@@ -48,6 +48,10 @@ pub enum ProbeError {
     )]
     Privileges { missing: String },
     #[error(
+        "the seccomp profile denies {calls} (EPERM with the capabilities held): run the container under deploy/seccomp/netscope-agent.json — the runtime's default profile plus bpf under CAP_BPF and perf_event_open under CAP_PERFMON"
+    )]
+    Seccomp { calls: String },
+    #[error(
         "tracefs is not mounted (looked in /sys/kernel/tracing and /sys/kernel/debug/tracing): mount it with `mount -t tracefs tracefs /sys/kernel/tracing`"
     )]
     TracefsMissing,
@@ -233,6 +237,16 @@ impl Probe {
         if !missing.is_empty() {
             return Err(ProbeError::Privileges {
                 missing: missing.join(", "),
+            });
+        }
+        let denied = privileges::denied_by_seccomp();
+        if !denied.is_empty() {
+            return Err(ProbeError::Seccomp {
+                calls: denied
+                    .iter()
+                    .map(|c| format!("{c}()"))
+                    .collect::<Vec<_>>()
+                    .join(" and "),
             });
         }
         let tracefs = Tracefs::locate()?;

@@ -26,6 +26,53 @@ pub fn missing_capabilities() -> Vec<&'static str> {
     missing_from(effective, paranoid)
 }
 
+/// The system calls the probe needs that a seccomp filter on this process denies — asked only
+/// when a filter is installed (`Seccomp: 2`) and the capabilities are held, by calling each
+/// with arguments the kernel itself rejects (EINVAL/EFAULT) without doing anything: an EPERM or
+/// ENOSYS then comes from the filter. A container runtime's default profile (podman's, CRI-O's)
+/// allows `bpf` and `perf_event_open` only with CAP_SYS_ADMIN.
+pub fn denied_by_seccomp() -> Vec<&'static str> {
+    let filtered = fs::read_to_string("/proc/self/status")
+        .ok()
+        .is_some_and(|s| seccomp_mode(&s) == Some(2));
+    if !filtered {
+        return Vec::new();
+    }
+    let denied = |rc: libc::c_long| {
+        let errno = std::io::Error::last_os_error().raw_os_error();
+        rc < 0 && matches!(errno, Some(libc::EPERM | libc::ENOSYS))
+    };
+    let mut out = Vec::new();
+    // SAFETY: BPF_MAP_CREATE (0) with a null attribute of size 0: the kernel reads nothing
+    // and rejects the empty map (EINVAL); no memory of ours is touched.
+    if denied(unsafe { libc::syscall(libc::SYS_bpf, 0, std::ptr::null::<u8>(), 0) }) {
+        out.push("bpf");
+    }
+    // SAFETY: a null perf_event_attr: the kernel fails to copy it (EFAULT) before opening
+    // anything.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_perf_event_open,
+            std::ptr::null::<u8>(),
+            -1,
+            0,
+            -1,
+            0,
+        )
+    };
+    if denied(rc) {
+        out.push("perf_event_open");
+    }
+    out
+}
+
+fn seccomp_mode(status: &str) -> Option<u32> {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Seccomp:"))
+        .and_then(|v| v.trim().parse().ok())
+}
+
 fn parse_cap_eff(status: &str) -> Option<u64> {
     status
         .lines()
@@ -51,6 +98,25 @@ fn missing_from(effective: u64, perf_event_paranoid: i32) -> Vec<&'static str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reads_the_seccomp_mode() {
+        assert_eq!(
+            seccomp_mode("Name:\tx\nSeccomp:\t2\nSeccomp_filters:\t1\n"),
+            Some(2)
+        );
+        assert_eq!(seccomp_mode("Name:\tx\n"), None);
+    }
+
+    #[test]
+    fn without_a_filter_nothing_is_denied() {
+        // The test process runs without a seccomp filter (cargo test, the CI's root shell);
+        // under a filter this asks the kernel, which tests/container.rs covers.
+        let status = fs::read_to_string("/proc/self/status").unwrap();
+        if seccomp_mode(&status) == Some(0) {
+            assert!(denied_by_seccomp().is_empty());
+        }
+    }
 
     #[test]
     fn reads_capeff() {

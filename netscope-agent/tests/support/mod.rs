@@ -64,6 +64,7 @@ impl TestLock {
 
 pub mod ceph;
 pub mod kafka;
+pub mod manifest;
 pub mod prometheus;
 
 /// Returns a guard when kernel tests can run here; otherwise explains why they are skipped, or

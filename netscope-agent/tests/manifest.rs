@@ -1,0 +1,181 @@
+//! deploy/daemonset.yaml, parsed strictly into the Kubernetes API types, holds to what the
+//! agent and its tests know: the capabilities tested, probes and scrape on the listen port,
+//! the spool volume where the spool is, env variables the agent reads, secrets only in Secrets,
+//! and a targets file the agent accepts.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::{collections::BTreeSet, process::Command};
+
+use clap::Parser;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use netscope_agent::{config::run::RunArgs, domain::targets::Host};
+use support::{agent::BIN, manifest::Manifest};
+
+#[test]
+fn the_manifest_parses_strictly_into_the_kubernetes_api_types() {
+    let m = Manifest::load();
+    assert_eq!(m.daemonset.metadata.name.as_deref(), Some("netscope-agent"));
+    assert_eq!(m.config.metadata.name.as_deref(), Some("netscope"));
+    assert_eq!(
+        m.config.metadata.namespace, m.daemonset.metadata.namespace,
+        "one namespace"
+    );
+}
+
+#[test]
+fn the_probes_and_the_scrape_point_at_the_health_routes_on_the_listen_port() {
+    let m = Manifest::load();
+    let port = m.listen_port();
+    let agent = m.agent();
+    for (which, probe, path) in [
+        ("liveness", &agent.liveness_probe, "/healthz"),
+        ("readiness", &agent.readiness_probe, "/readyz"),
+    ] {
+        let get = probe
+            .as_ref()
+            .and_then(|p| p.http_get.as_ref())
+            .unwrap_or_else(|| panic!("a {which} httpGet probe"));
+        assert_eq!(get.path.as_deref(), Some(path), "{which}");
+        assert_eq!(get.port, IntOrString::Int(port), "{which}");
+    }
+    let ports: Vec<i32> = agent
+        .ports
+        .iter()
+        .flatten()
+        .map(|p| p.container_port)
+        .collect();
+    assert_eq!(ports, vec![port]);
+    let annotations = m
+        .daemonset
+        .spec
+        .template
+        .metadata
+        .as_ref()
+        .and_then(|md| md.annotations.clone())
+        .unwrap_or_default();
+    assert_eq!(annotations["prometheus.io/scrape"], "true");
+    assert_eq!(annotations["prometheus.io/port"], port.to_string());
+    assert_eq!(annotations["prometheus.io/path"], "/metrics");
+}
+
+#[test]
+fn the_spool_volume_is_the_spool_directory_on_the_nodes_disk() {
+    let m = Manifest::load();
+    let spool = m.arg("--audit-spool-dir").expect("--audit-spool-dir");
+    let mount = m
+        .agent()
+        .volume_mounts
+        .iter()
+        .flatten()
+        .find(|v| v.mount_path == spool)
+        .expect("a volume mounted at the spool directory");
+    let volume = m
+        .pod()
+        .volumes
+        .iter()
+        .flatten()
+        .find(|v| v.name == mount.name)
+        .unwrap();
+    let host = volume
+        .host_path
+        .as_ref()
+        .expect("a hostPath: it outlives the pod");
+    assert_eq!(host.type_.as_deref(), Some("DirectoryOrCreate"));
+    assert_ne!(mount.read_only, Some(true));
+}
+
+#[test]
+fn every_env_variable_is_one_the_agent_reads() {
+    let help = Command::new(BIN).args(["run", "--help"]).output().unwrap();
+    let help = String::from_utf8_lossy(&help.stdout);
+    let mut known: BTreeSet<String> = help
+        .split("[env: ")
+        .skip(1)
+        .filter_map(|s| s.split(['=', ']']).next())
+        .map(str::to_owned)
+        .collect();
+    assert!(known.contains("NETSCOPE_KAFKA_BROKERS"), "{known:?}");
+    // Read from the environment only, not by an argument: the log filter (by the subscriber)
+    // and the S3 secret key (never on a command line).
+    known.insert("NETSCOPE_LOG".into());
+    known.insert(netscope_agent::config::audit::SECRET_ENV.into());
+    let m = Manifest::load();
+    for e in m.agent().env.iter().flatten() {
+        assert!(
+            known.contains(&e.name),
+            "{} is not read by the agent",
+            e.name
+        );
+    }
+}
+
+#[test]
+fn secrets_come_only_from_secrets_never_from_the_config_map() {
+    let m = Manifest::load();
+    let secret_like = |s: &str| {
+        let s = s.to_ascii_lowercase();
+        ["secret", "password", "token", "access-key", "access_key"]
+            .iter()
+            .any(|w| s.contains(w))
+    };
+    for (key, value) in m.config.data.iter().flatten() {
+        assert!(!secret_like(key), "ConfigMap key {key}");
+        assert!(!secret_like(value), "ConfigMap value of {key}");
+    }
+    for e in m.agent().env.iter().flatten() {
+        // A token *file* is a path; the token is in the Secret mounted there.
+        if secret_like(&e.name) && !e.name.ends_with("_FILE") {
+            let from = e.value_from.as_ref();
+            assert!(
+                from.is_some_and(|f| f.secret_key_ref.is_some()),
+                "{} must come from a Secret",
+                e.name
+            );
+        }
+    }
+    let token_file = m.env_value("NETSCOPE_API_TOKEN_FILE").unwrap();
+    let mount = m
+        .agent()
+        .volume_mounts
+        .iter()
+        .flatten()
+        .find(|v| std::path::Path::new(token_file).starts_with(&v.mount_path))
+        .expect("the token file is on a mounted volume");
+    let volume = m
+        .pod()
+        .volumes
+        .iter()
+        .flatten()
+        .find(|v| v.name == mount.name)
+        .unwrap();
+    assert!(volume.secret.is_some(), "the token comes from a Secret");
+}
+
+/// `run`'s arguments, as the agent parses them.
+#[derive(Parser)]
+struct Run {
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+#[test]
+fn the_config_maps_targets_file_is_one_the_agent_accepts() {
+    let m = Manifest::load();
+    let targets = &m.config.data.as_ref().unwrap()["targets.toml"];
+    let dir = std::env::temp_dir().join(support::kafka::unique("manifest"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("targets.toml");
+    std::fs::write(&file, targets).unwrap();
+    let config_path = m.env_value("NETSCOPE_CONFIG").unwrap();
+    assert!(config_path.ends_with("/targets.toml"), "{config_path}");
+    let args =
+        Run::try_parse_from(["run", "--no-probe", "--config", file.to_str().unwrap()]).unwrap();
+    let settings = args.run.validate().unwrap_or_else(|e| panic!("{e}"));
+    let target = settings
+        .targets
+        .resolve(&Host::Name("payments.internal.example"), 443)
+        .expect("the example target allows its host and port");
+    assert_eq!(target.name.to_string(), "payments");
+}
