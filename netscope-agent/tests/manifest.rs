@@ -64,20 +64,11 @@ fn the_probes_and_the_scrape_point_at_the_health_routes_on_the_listen_port() {
 fn the_spool_volume_is_the_spool_directory_on_the_nodes_disk() {
     let m = Manifest::load();
     let spool = m.arg("--audit-spool-dir").expect("--audit-spool-dir");
-    let mount = m
-        .agent()
-        .volume_mounts
-        .iter()
-        .flatten()
-        .find(|v| v.mount_path == spool)
-        .expect("a volume mounted at the spool directory");
-    let volume = m
-        .pod()
-        .volumes
-        .iter()
-        .flatten()
-        .find(|v| v.name == mount.name)
-        .unwrap();
+    let (mount, volume) = m.volume_holding(spool);
+    assert_eq!(
+        mount.mount_path, spool,
+        "the spool directory is the volume itself"
+    );
     let host = volume
         .host_path
         .as_ref()
@@ -136,20 +127,7 @@ fn secrets_come_only_from_secrets_never_from_the_config_map() {
         }
     }
     let token_file = m.env_value("NETSCOPE_API_TOKEN_FILE").unwrap();
-    let mount = m
-        .agent()
-        .volume_mounts
-        .iter()
-        .flatten()
-        .find(|v| std::path::Path::new(token_file).starts_with(&v.mount_path))
-        .expect("the token file is on a mounted volume");
-    let volume = m
-        .pod()
-        .volumes
-        .iter()
-        .flatten()
-        .find(|v| v.name == mount.name)
-        .unwrap();
+    let (_, volume) = m.volume_holding(token_file);
     assert!(volume.secret.is_some(), "the token comes from a Secret");
 }
 

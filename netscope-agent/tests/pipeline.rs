@@ -95,7 +95,8 @@ async fn exactly_one_result_per_consumed_message() {
             .text()
             .await
             .unwrap();
-        if support::metric_sum(&text, "netscope_calls_finished_total", &[]) == 40.0 {
+        if netscope_agent::metrics::sample_sum(&text, "netscope_calls_finished_total", &[]) == 40.0
+        {
             break text;
         }
         assert!(
@@ -105,7 +106,9 @@ async fn exactly_one_result_per_consumed_message() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     let count = |pred: &dyn Fn(&Value) -> bool| results.iter().filter(|r| pred(r)).count() as f64;
-    let m = |name: &str, labels: &[(&str, &str)]| support::metric_sum(&text, name, labels);
+    let m = |name: &str, labels: &[(&str, &str)]| {
+        netscope_agent::metrics::sample_sum(&text, name, labels)
+    };
     assert_eq!(m("netscope_calls_total", &[]), 40.0, "{text}");
     assert_eq!(
         m("netscope_calls_total", &[("status_class", "5xx")]),

@@ -15,12 +15,13 @@ use std::{
 };
 
 use netscope_agent::demo::upstream::Upstream;
+use netscope_agent::metrics::sample_sum as metric_sum;
 use serde_json::Value;
 use support::{
     NetNs,
     agent::{BIN, Setup, request},
     kafka::{kafka_test, unique},
-    kernel_test, metric_sum,
+    kernel_test,
     prometheus::prometheus_test,
     wait_api_addr,
 };

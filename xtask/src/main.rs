@@ -390,8 +390,8 @@ fn agent(command: &[&str], args: &[String]) -> Result<(), String> {
         .ok_or_else(|| format!("netscope-agent {} exited with {status}", command.join(" ")))
 }
 
-/// `netscope-bench flows`: the real agent's RSS, so `netscope-agent` is built first.
-fn memory(rest: &[String]) -> Result<(), String> {
+/// `cargo build --release` of the agent binary (what the benches, the soak and the image run).
+fn build_release_agent() -> Result<(), String> {
     run(
         "cargo",
         &[
@@ -403,24 +403,18 @@ fn memory(rest: &[String]) -> Result<(), String> {
             "netscope-agent",
         ],
         &[],
-    )?;
+    )
+}
+
+/// `netscope-bench flows`: the real agent's RSS, so `netscope-agent` is built first.
+fn memory(rest: &[String]) -> Result<(), String> {
+    build_release_agent()?;
     bench_bin("flows", rest)
 }
 
 /// The agent's container image (scripts/image.sh) around the release build.
 fn image() -> Result<(), String> {
-    run(
-        "cargo",
-        &[
-            "build",
-            "--release",
-            "-p",
-            "netscope-agent",
-            "--bin",
-            "netscope-agent",
-        ],
-        &[],
-    )?;
+    build_release_agent()?;
     run(
         "bash",
         &["scripts/image.sh", "build", "target/release/netscope-agent"],
@@ -433,18 +427,7 @@ fn image() -> Result<(), String> {
 fn soak(rest: &[String]) -> Result<(), String> {
     run("bash", &["scripts/kafka.sh", "start"], &[])?;
     run("bash", &["scripts/ceph.sh", "start"], &[])?;
-    run(
-        "cargo",
-        &[
-            "build",
-            "--release",
-            "-p",
-            "netscope-agent",
-            "--bin",
-            "netscope-agent",
-        ],
-        &[],
-    )?;
+    build_release_agent()?;
     bench_bin("soak", rest)
 }
 

@@ -41,6 +41,24 @@ pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; cha
 /// (older tools such as `promtool check metrics`).
 pub const CONTENT_TYPE_PROMETHEUS: &str = "text/plain; version=0.0.4; charset=utf-8";
 
+/// The sum of the samples of metric `name` (its full name, e.g. `…_total`) whose labels include
+/// every `labels` pair, in an exposition text (OpenMetrics or Prometheus): what a reader of
+/// `/metrics` — the tests, the soak — asks of it.
+pub fn sample_sum(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            let (metric, rest) = series.split_once('{').unwrap_or((series, ""));
+            let wanted = metric == name
+                && labels
+                    .iter()
+                    .all(|(k, v)| rest.contains(&format!("{k}=\"{v}\"")));
+            wanted.then(|| value.parse::<f64>().ok()).flatten()
+        })
+        .sum()
+}
+
 /// OpenMetrics text → Prometheus text 0.0.4: a counter's HELP and TYPE name its `_total`
 /// samples, and `# UNIT` and `# EOF` go (the only differences in what this registry writes).
 pub fn to_prometheus_text(openmetrics: &str) -> String {
@@ -233,6 +251,16 @@ pub fn status_class(status: Option<u16>) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sample_sum_adds_the_series_whose_labels_match() {
+        let text = "# TYPE x counter\nx_total{a=\"1\",b=\"2\"} 3\nx_total{a=\"1\",b=\"3\"} 4\n\
+                    x_total{a=\"2\"} 100\nx_total_other 7\n";
+        assert_eq!(sample_sum(text, "x_total", &[("a", "1")]), 7.0);
+        assert_eq!(sample_sum(text, "x_total", &[]), 107.0);
+        assert_eq!(sample_sum(text, "x_total_other", &[]), 7.0);
+        assert_eq!(sample_sum(text, "missing", &[]), 0.0);
+    }
     use crate::domain::Sample;
 
     struct Fixed;

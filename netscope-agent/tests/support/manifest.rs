@@ -12,7 +12,7 @@ use std::{
 
 use k8s_openapi::api::{
     apps::v1::DaemonSet,
-    core::v1::{ConfigMap, Container, PodSpec},
+    core::v1::{ConfigMap, Container, PodSpec, Volume, VolumeMount},
 };
 use serde::{Deserialize as _, de::DeserializeOwned};
 
@@ -108,6 +108,25 @@ impl Manifest {
     pub fn listen_port(&self) -> i32 {
         let listen = self.env_value("NETSCOPE_LISTEN").expect("NETSCOPE_LISTEN");
         listen.rsplit(':').next().unwrap().parse().unwrap()
+    }
+
+    /// The agent's volume mount whose directory holds `path`, and its volume.
+    pub fn volume_holding(&self, path: &str) -> (&VolumeMount, &Volume) {
+        let mount = self
+            .agent()
+            .volume_mounts
+            .iter()
+            .flatten()
+            .find(|v| Path::new(path).starts_with(&v.mount_path))
+            .unwrap_or_else(|| panic!("no volume holds {path}"));
+        let volume = self
+            .pod()
+            .volumes
+            .iter()
+            .flatten()
+            .find(|v| v.name == mount.name)
+            .unwrap_or_else(|| panic!("volume {} is mounted but not declared", mount.name));
+        (mount, volume)
     }
 
     /// The capabilities the agent's container adds, as the manifest spells them.

@@ -115,15 +115,7 @@ struct Agent {
 
 impl Agent {
     fn start(args: &[String]) -> Result<Self, String> {
-        let exe = std::env::current_exe()
-            .map_err(|e| format!("this executable: {e}"))?
-            .with_file_name("netscope-agent");
-        if !exe.exists() {
-            return Err(format!(
-                "{} is missing: build it (cargo build --release --bin netscope-agent)",
-                exe.display()
-            ));
-        }
+        let exe = agent_binary()?;
         let api = free_port()?;
         let log =
             std::env::temp_dir().join(format!("netscope-bench-agent-{}.log", std::process::id()));
@@ -202,6 +194,20 @@ impl Drop for Agent {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The `netscope-agent` built next to this binary (the benches measure the real agent).
+pub fn agent_binary() -> Result<std::path::PathBuf, String> {
+    let exe = std::env::current_exe()
+        .map_err(|e| format!("this executable: {e}"))?
+        .with_file_name("netscope-agent");
+    if !exe.exists() {
+        return Err(format!(
+            "{} is missing: build it (cargo build --release --bin netscope-agent)",
+            exe.display()
+        ));
+    }
+    Ok(exe)
 }
 
 /// A loopback port free now, for the agent's API.

@@ -228,37 +228,9 @@ impl Drop for Agent {
     }
 }
 
-/// The sum of a counter's samples in a Prometheus text whose labels contain every `labels`
-/// pair (`name{…} value` lines; `name` is the full metric name).
-pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| {
-            let (series, value) = l.rsplit_once(' ')?;
-            let (metric, rest) = series.split_once('{').unwrap_or((series, ""));
-            (metric == name
-                && labels
-                    .iter()
-                    .all(|(k, v)| rest.contains(&format!("{k}=\"{v}\""))))
-            .then(|| value.parse::<f64>().ok())
-            .flatten()
-        })
-        .sum()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn metric_sums_the_series_whose_labels_match() {
-        let text = "# TYPE x counter\nx_total{a=\"1\",b=\"2\"} 3\nx_total{a=\"1\",b=\"3\"} 4\n\
-                    x_total{a=\"2\"} 100\nx_total_other 7\n";
-        assert_eq!(metric(text, "x_total", &[("a", "1")]), 7.0);
-        assert_eq!(metric(text, "x_total", &[]), 107.0);
-        assert_eq!(metric(text, "x_total_other", &[]), 7.0);
-        assert_eq!(metric(text, "missing", &[]), 0.0);
-    }
 
     #[test]
     fn this_process_can_be_sampled() {

@@ -203,15 +203,7 @@ fn script_runner(done: mpsc::Sender<(Action, Result<Duration, String>)>) -> mpsc
 }
 
 pub fn bench(b: &SoakBench) -> Result<(), String> {
-    let exe = std::env::current_exe()
-        .map_err(|e| format!("this executable: {e}"))?
-        .with_file_name("netscope-agent");
-    if !exe.exists() {
-        return Err(format!(
-            "{} is missing: build it (cargo build --release --bin netscope-agent)",
-            exe.display()
-        ));
-    }
+    let exe = crate::memory::agent_binary()?;
     // SAFETY: geteuid has no preconditions.
     let probe = unsafe { libc::geteuid() } == 0;
     let names = Names::new()?;

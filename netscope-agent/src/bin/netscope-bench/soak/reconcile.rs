@@ -5,12 +5,12 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use netscope_agent::domain::audit::AuditEvent;
+use netscope_agent::{domain::audit::AuditEvent, metrics::sample_sum as metric};
 use serde::Serialize;
 use serde_json::{Value, json};
 
 use super::{
-    agents::{Incarnation, ProcSample, metric},
+    agents::{Incarnation, ProcSample},
     kafka::{Kind, Placed, Seen, kind, request_id},
     plan::{Action, TARGETS},
 };
