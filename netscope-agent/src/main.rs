@@ -86,6 +86,7 @@ fn runtime() -> Result<tokio::runtime::Runtime, std::io::Error> {
 }
 
 fn main() -> ExitCode {
+    app::limit_malloc_arenas();
     // NETSCOPE_* settings may also come from a `.env` file (NETSCOPE_ENV_FILE, else ./.env);
     // the environment wins over it.
     if let Err(e) = load_env_file() {

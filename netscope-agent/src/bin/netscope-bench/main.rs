@@ -166,6 +166,8 @@ enum Bench {
 }
 
 fn main() -> ExitCode {
+    // The pipeline and API benches run the pipeline in this process: as the agent does.
+    netscope_agent::app::limit_malloc_arenas();
     let result = match Cli::parse().bench {
         Bench::Api {
             calls,
