@@ -148,6 +148,10 @@ enum Bench {
         /// Each agent's `--workers`.
         #[arg(long, default_value_t = 32)]
         workers: usize,
+        /// Connections held open through the middle of the run, so that every agent's flow
+        /// table holds them live (root only; 0: none).
+        #[arg(long, default_value_t = 10_000)]
+        live_flows: usize,
         /// Where the JSON report goes (default: target/soak/report.json).
         #[arg(long)]
         report: Option<PathBuf>,
@@ -210,10 +214,12 @@ fn main() -> ExitCode {
             messages,
             minutes,
             workers,
+            live_flows,
             report,
             brokers,
             rgw,
         } => soak::bench(&soak::SoakBench {
+            live_flows,
             messages: messages.max(100),
             minutes: minutes.max(1.0),
             brokers,

@@ -233,7 +233,7 @@ pub fn scrape(api: SocketAddr) -> std::io::Result<String> {
 /// Lets this process hold `n` descriptors, plus some (up to the hard limit, which an
 /// unprivileged container may not raise).
 fn raise_fd_limit(n: usize) -> Result<(), String> {
-    let want = (n + 256) as libc::rlim_t;
+    let want = (n + 2048) as libc::rlim_t;
     // SAFETY: a valid rlimit to write to.
     let mut limit: libc::rlimit = unsafe { std::mem::zeroed() };
     // SAFETY: as above.
@@ -271,8 +271,59 @@ pub fn sink_main(connections: usize) -> Result<(), String> {
     Ok(())
 }
 
+/// `n` outbound connections held open from a network namespace of their own (their server, a
+/// child process there: one process may not hold both sides of 10,000 under this VM's file
+/// limit), until closed or dropped. Root.
+pub struct LiveConnections {
+    close: Option<mpsc::Sender<()>>,
+    holder: Option<std::thread::JoinHandle<Result<(), String>>>,
+}
+
+impl LiveConnections {
+    /// Opens them; returns once every one is established.
+    pub fn open(n: usize) -> Result<Self, String> {
+        raise_fd_limit(n)?;
+        let (opened_tx, opened) = mpsc::channel();
+        let (close, close_rx) = mpsc::channel();
+        let holder = std::thread::spawn(move || {
+            let result = hold_connections(n, &opened_tx, &close_rx);
+            if let Err(e) = &result {
+                let _ = opened_tx.send(Err(e.clone()));
+            }
+            result
+        });
+        let live = Self {
+            close: Some(close),
+            holder: Some(holder),
+        };
+        opened
+            .recv()
+            .map_err(|_| "the connections' thread ended early")??;
+        Ok(live)
+    }
+
+    /// Closes them all; Err if holding them failed.
+    pub fn close(mut self) -> Result<(), String> {
+        self.end()
+    }
+
+    fn end(&mut self) -> Result<(), String> {
+        drop(self.close.take());
+        match self.holder.take() {
+            Some(h) => h.join().map_err(|_| "the connections' thread panicked")?,
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for LiveConnections {
+    fn drop(&mut self) {
+        let _ = self.end();
+    }
+}
+
 /// In a namespace of its own: starts the sink, opens `n` connections to it, reports, holds
-/// them until told to close them.
+/// them until told to close them (or the sender is gone).
 fn hold_connections(
     n: usize,
     opened: &mpsc::Sender<Result<(), String>>,
@@ -318,19 +369,7 @@ pub fn bench(b: &MemoryBench) -> Result<(), String> {
     let idle = agent.rss()?;
     idle.print("idle, attached");
 
-    let (opened_tx, opened) = mpsc::channel();
-    let (close, close_rx) = mpsc::channel();
-    let n = b.connections;
-    let holder = std::thread::spawn(move || {
-        let result = hold_connections(n, &opened_tx, &close_rx);
-        if let Err(e) = &result {
-            let _ = opened_tx.send(Err(e.clone()));
-        }
-        result
-    });
-    opened
-        .recv()
-        .map_err(|_| "the connections' thread ended early")??;
+    let live_connections = LiveConnections::open(b.connections)?;
     let n = b.connections as u64;
     agent.wait_for(&format!("{n} flows"), Duration::from_secs(60), |m| {
         Agent::flows(m).is_some_and(|f| f >= n)
@@ -338,10 +377,7 @@ pub fn bench(b: &MemoryBench) -> Result<(), String> {
     let live = agent.rss()?;
     live.print(&format!("{n} live connections"));
 
-    let _ = close.send(());
-    holder
-        .join()
-        .map_err(|_| "the connections' thread panicked")??;
+    live_connections.close()?;
     // Closed flows stay in the table for the retention time; the memory is what it holds.
     std::thread::sleep(Duration::from_secs(2));
     let after = agent.rss()?;

@@ -9,7 +9,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use netscope_agent::clock::now_unix_ms;
+use netscope_agent::{clock::now_unix_ms, metrics::sample_sum};
 use serde::Serialize;
 
 use crate::memory::{free_port, scrape};
@@ -35,6 +35,8 @@ pub struct ProcSample {
     pub rss_kib: u64,
     /// CPU of the incarnation so far.
     pub cpu_ms: u64,
+    /// Flows in its table (`netscope_flow_table_flows`), when its scrape answered.
+    pub flows: Option<u64>,
 }
 
 pub struct Agent {
@@ -205,14 +207,18 @@ impl Agent {
         let Some((rss_kib, cpu_ms)) = proc_sample(child.id()) else {
             return;
         };
+        let metrics = scrape(api).ok();
         self.samples.push(ProcSample {
             at_unix_ms: now_unix_ms(),
             rss_kib,
             cpu_ms,
+            flows: metrics
+                .as_deref()
+                .map(|m| sample_sum(m, "netscope_flow_table_flows", &[]) as u64),
         });
         if let Some(i) = self.incarnations.last_mut() {
             i.cpu_ms = cpu_ms;
-            if let Ok(text) = scrape(api) {
+            if let Some(text) = metrics {
                 i.metrics = text;
             }
         }

@@ -47,6 +47,8 @@ pub struct SoakBench {
     pub rgw: String,
     pub report: Option<PathBuf>,
     pub workers: usize,
+    /// Connections held open through the middle of the run (root only).
+    pub live_flows: usize,
 }
 
 /// The circuit's open state lasts this long before a probe call (`open_wait_ms`).
@@ -240,7 +242,8 @@ pub fn bench(b: &SoakBench) -> Result<(), String> {
 
     let production = Duration::from_secs_f64(b.minutes * 60.0 * 0.8);
     let rate = b.messages as f64 / production.as_secs_f64();
-    let steps = plan::schedule(production);
+    let live_flows = if probe { b.live_flows } else { 0 };
+    let steps = plan::schedule(production, live_flows);
     println!(
         "soak: {} messages at {rate:.0}/s over {:.0} s, 2 agents ({}), work in {}",
         b.messages,
@@ -293,6 +296,8 @@ pub fn bench(b: &SoakBench) -> Result<(), String> {
     let started = Instant::now();
     let started_unix_ms = now_unix_ms();
     let mut run = Run {
+        live: None,
+        live_window: None,
         started,
         progress: Vec::new(),
         events: Vec::new(),
@@ -456,6 +461,9 @@ pub fn bench(b: &SoakBench) -> Result<(), String> {
             .burst
             .map(|(on, off)| (on, off.unwrap_or(ended_unix_ms))),
         open_wait_ms: OPEN_WAIT_MS,
+        live_window: run
+            .live_window
+            .map(|(from, to)| (from, to.unwrap_or(ended_unix_ms))),
         budget: BUDGET,
         agents: agents
             .iter()
@@ -475,6 +483,7 @@ pub fn bench(b: &SoakBench) -> Result<(), String> {
     let json = serde_json::json!({
         "ok": report.ok() && run.failures.is_empty(),
         "messages": b.messages,
+        "live_flows": live_flows,
         "minutes": b.minutes,
         "probe": probe,
         "checks": report.checks,
@@ -503,6 +512,9 @@ pub fn bench(b: &SoakBench) -> Result<(), String> {
 
 /// What happened while the soak ran.
 struct Run {
+    /// The connections held open (`Action::HoldFlows`), and when.
+    live: Option<crate::memory::LiveConnections>,
+    live_window: Option<(u64, Option<u64>)>,
     started: Instant,
     progress: Vec<Progress>,
     events: Vec<Event>,
@@ -561,6 +573,16 @@ impl Run {
                 .block_on(Upstream::start(targets.addrs[t]))
                 .map(|u| targets.live[t] = Some(u))
                 .map_err(|e| format!("upstream {}: {e}", TARGETS[t])),
+            Action::HoldFlows(n) => crate::memory::LiveConnections::open(n).map(|live| {
+                self.live = Some(live);
+                self.live_window = Some((now_unix_ms(), None));
+            }),
+            Action::ReleaseFlows => {
+                if let Some((_, end)) = &mut self.live_window {
+                    *end = Some(now_unix_ms());
+                }
+                self.live.take().map_or(Ok(()), |l| l.close())
+            }
             Action::BrokerStop | Action::BrokerStart | Action::RgwStop | Action::RgwStart => {
                 scripts.send(action).map_err(|e| e.to_string())
             }

@@ -37,6 +37,10 @@ pub enum Action {
     BrokerStart,
     RgwStop,
     RgwStart,
+    /// Many connections opened and held from a namespace of their own: every agent's flow
+    /// table holds them live (root; `--live-flows`).
+    HoldFlows(usize),
+    ReleaseFlows,
 }
 
 /// [`Fault`], serializable for the report.
@@ -90,6 +94,8 @@ impl Action {
             Self::BrokerStart => "Kafka broker started".into(),
             Self::RgwStop => "RGW stopped".into(),
             Self::RgwStart => "RGW started".into(),
+            Self::HoldFlows(n) => format!("{n} connections opened and held (live flows)"),
+            Self::ReleaseFlows => "the held connections closed".into(),
         }
     }
 }
@@ -106,8 +112,9 @@ fn as_secs<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> 
     s.serialize_f64(d.as_secs_f64())
 }
 
-/// The schedule for a production time of `production`, in time order.
-pub fn schedule(production: Duration) -> Vec<Step> {
+/// The schedule for a production time of `production`, in time order; `live_flows`
+/// connections are held through its middle (none when 0).
+pub fn schedule(production: Duration, live_flows: usize) -> Vec<Step> {
     let p = production.as_secs_f64();
     let at = |f: f64| Duration::from_secs_f64(p * f);
     // A fault begins at `from` (a fraction) and lasts `share` of the production time, or
@@ -169,6 +176,13 @@ pub fn schedule(production: Duration) -> Vec<Step> {
         Action::Kill(NODE_1),
         Action::Start(NODE_1),
     );
+    if live_flows > 0 {
+        fault(
+            (at(0.40), at(0.92)),
+            Action::HoldFlows(live_flows),
+            Action::ReleaseFlows,
+        );
+    }
     steps.push(Step {
         at: at(0.86),
         action: Action::Leave(NODE_2),
@@ -197,7 +211,7 @@ mod tests {
     fn every_fault_is_scheduled_and_ends_before_the_production_does() {
         for secs in [120, 720] {
             let production = Duration::from_secs(secs);
-            let steps = schedule(production);
+            let steps = schedule(production, 10_000);
             assert!(steps.windows(2).all(|w| w[0].at <= w[1].at), "in order");
             assert!(steps.iter().all(|s| s.at < production), "{secs}: {steps:?}");
             let count = |f: fn(&Action) -> bool| steps.iter().filter(|s| f(&s.action)).count();
@@ -207,6 +221,8 @@ mod tests {
             assert_eq!(count(|a| *a == Action::BrokerStop), 1);
             assert_eq!(count(|a| *a == Action::RgwStop), 1);
             assert_eq!(count(|a| matches!(a, Action::Refuse(_))), 1);
+            assert_eq!(count(|a| matches!(a, Action::HoldFlows(10_000))), 1);
+            assert_eq!(count(|a| *a == Action::ReleaseFlows), 1);
             let (on, off) = burst(&steps).unwrap();
             assert!(
                 off - on >= Duration::from_secs(10),

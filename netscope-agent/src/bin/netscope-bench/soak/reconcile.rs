@@ -64,6 +64,8 @@ pub struct Evidence {
     /// The 5xx burst on svc-a, in Unix ms.
     pub burst: Option<(u64, u64)>,
     pub open_wait_ms: u64,
+    /// When the held connections were open (Unix ms), if any were.
+    pub live_window: Option<(u64, u64)>,
     pub budget: Budget,
     pub agents: Vec<AgentRecord>,
 }
@@ -544,8 +546,22 @@ fn figures(e: &Evidence) -> Value {
         let mut steady = half;
         steady.sort_unstable();
         let steady = steady.get(steady.len() / 2).copied().unwrap_or(0);
+        // While the connections were held: the most flows seen, and the RSS then.
+        let live: Vec<&ProcSample> = e
+            .live_window
+            .map(|(from, to)| {
+                a.samples
+                    .iter()
+                    .filter(|s| (from..=to).contains(&s.at_unix_ms))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let live_flows = live.iter().filter_map(|s| s.flows).max();
+        let live_rss = live.iter().map(|s| s.rss_kib).max();
         agents.push(json!({
             "node": a.node,
+            "live_flows_max": live_flows,
+            "rss_peak_with_live_flows_mib": live_rss.map(|k| k as f64 / 1024.0),
             "runs": a.incarnations.len(),
             "ended_by": a.incarnations.iter().map(|i| i.ended_by.clone()).collect::<Vec<_>>(),
             "rss_peak_mib": peak as f64 / 1024.0,
@@ -587,6 +603,7 @@ mod tests {
             events,
             burst: None,
             open_wait_ms: 0,
+            live_window: None,
             budget: Budget {
                 ttl_s: 10.0,
                 min_per_sec: 5.0,
