@@ -407,6 +407,73 @@ fn a_uid_other_than_0_is_told_tracefs_is_roots_alone_not_that_it_is_missing() {
 /// Runs `probe` (behind `prefix`, e.g. `setpriv …`), makes three connections to `port` and a
 /// refused one to `refused` from a netns of its own, stops it with SIGTERM, and checks its
 /// lines and reconciled summary.
+/// aya-log end to end: a kernel program's rare error path (here the socket table full at 4
+/// entries, with 32 connections open at once) reaches the agent's JSON log — said once on
+/// each CPU where it happened, the rest only counted.
+#[test]
+fn a_full_socket_table_is_said_by_the_kernel_program_in_the_agents_log() {
+    let Some(_lock) = kernel_test("cli-kernel-log") else {
+        return;
+    };
+    const PORT: u16 = 7211;
+    let mut child = Command::new(BIN)
+        .args([
+            "probe",
+            "--max-connections",
+            "4",
+            "--dport",
+            &PORT.to_string(),
+        ])
+        .args(["--listen", "127.0.0.1:0"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (line_tx, lines) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = line_tx.send(line);
+        }
+    });
+    let wait_for = |needle: &str| -> Vec<String> {
+        let mut seen = Vec::new();
+        while let Ok(line) = lines.recv_timeout(Duration::from_secs(30)) {
+            let found = line.contains(needle);
+            seen.push(line);
+            if found {
+                return seen;
+            }
+        }
+        panic!("no `{needle}` in the agent's log: {seen:?}");
+    };
+    wait_for("probe attached");
+
+    let ns = NetNs::new("cli-klog");
+    let _in = ns.enter();
+    let listener = TcpListener::bind(("127.0.0.1", PORT)).unwrap();
+    let held: Vec<(TcpStream, TcpStream)> = (0..32)
+        .map(|_| {
+            let client = TcpStream::connect(("127.0.0.1", PORT)).unwrap();
+            (client, listener.accept().unwrap().0)
+        })
+        .collect();
+    let logged = wait_for("the socket table is full");
+    drop(held);
+    // SAFETY: plain kill(2) on our child's pid.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    assert!(wait_bounded(&mut child, Duration::from_secs(20)).success());
+
+    let line: Value = serde_json::from_str(logged.last().unwrap()).unwrap();
+    assert_eq!(line["level"], "WARN", "{line}");
+    let message = line["fields"]["message"].as_str().unwrap();
+    assert!(
+        message.starts_with("ns_set_state: the socket table is full"),
+        "{message}"
+    );
+    assert!(message.contains("--max-connections"), "{message}");
+}
+
 fn probe_reports_connections(prefix: &[&str], port: u16, refused: u16, netns: &str) {
     let (program, leading) = match prefix.split_first() {
         Some((p, rest)) => (*p, [rest, &[BIN]].concat()),

@@ -58,6 +58,12 @@ macro_rules! config {
 }
 pub(crate) use config;
 
+/// Is this per-CPU counter still at zero on this CPU?
+#[inline(always)]
+pub fn first_on_this_cpu(index: u32) -> bool {
+    COUNTERS.get(index).is_some_and(|v| *v == 0)
+}
+
 /// Adds one to a per-CPU counter. Atomic because a softirq program may interrupt a
 /// process-context one on the same CPU.
 #[inline(always)]

@@ -7,6 +7,7 @@ pub mod check;
 pub mod correlate;
 pub mod health;
 pub mod kernel_btf;
+mod kernel_log;
 mod options;
 pub mod privileges;
 pub mod ring;
@@ -192,6 +193,8 @@ fn take_counters(ebpf: &mut Ebpf) -> Result<KernelCounterReader, ProbeError> {
 /// Loaded and attached kernel programs. Dropping it detaches everything.
 pub struct Probe {
     ebpf: Ebpf,
+    /// The programs' diagnostics forwarded to the logs (dropped after `ebpf`'s programs).
+    _kernel_log: Option<kernel_log::KernelLog>,
     loaded: Vec<&'static str>,
     kernel_offsets: KernelOffsets,
     counters: std::sync::Arc<KernelCounterReader>,
@@ -274,6 +277,7 @@ impl Probe {
             .load(object)
             .map_err(ProbeError::Load)?;
         let counters = std::sync::Arc::new(take_counters(&mut ebpf)?);
+        let kernel_log = kernel_log::KernelLog::start(&mut ebpf);
         let live_bytes = if config.length_hooks == 1 {
             LiveBytes::LengthTracepoints
         } else if options.per_message_hooks
@@ -286,6 +290,7 @@ impl Probe {
         };
         let mut probe = Self {
             ebpf,
+            _kernel_log: kernel_log,
             loaded: Vec::new(),
             kernel_offsets,
             counters,

@@ -20,7 +20,7 @@ use crate::maps::{SOCKS, add_u64, config};
 #[kprobe]
 pub fn ns_tcp_sendmsg(ctx: ProbeContext) -> u32 {
     if let Err(e) = try_sendmsg(&ctx) {
-        e.count();
+        e.report(&ctx, "ns_tcp_sendmsg");
     }
     0
 }
@@ -28,7 +28,7 @@ pub fn ns_tcp_sendmsg(ctx: ProbeContext) -> u32 {
 #[kprobe]
 pub fn ns_tcp_cleanup_rbuf(ctx: ProbeContext) -> u32 {
     if let Err(e) = try_cleanup_rbuf(&ctx) {
-        e.count();
+        e.report(&ctx, "ns_tcp_cleanup_rbuf");
     }
     0
 }

@@ -9,10 +9,11 @@ pub mod tc;
 pub mod tcp;
 pub mod turns;
 
-use aya_ebpf::{EbpfContext as _, helpers::bpf_probe_read_kernel, programs::TracePointContext};
+use aya_ebpf::{EbpfContext, helpers::bpf_probe_read_kernel, programs::TracePointContext};
+use aya_log_ebpf::warn;
 use netscope_common::{OFFSET_NONE, counter};
 
-use crate::maps::{bump, config};
+use crate::maps::{bump, config, first_on_this_cpu};
 
 /// Kernel-side errors: values that fit a register, counted by the entry point, never acted on.
 #[derive(Clone, Copy)]
@@ -28,14 +29,45 @@ pub enum Error {
 }
 
 impl Error {
-    /// Records the error in its counter.
-    #[inline(always)]
-    pub fn count(self) {
-        bump(match self {
+    fn counter(self) -> u32 {
+        match self {
             Self::Read | Self::NoOffset => counter::READ_ERRORS,
             Self::RingFull => counter::EVENTS_DROPPED,
             Self::SockTableFull => counter::SOCK_TABLE_FULL,
-        });
+        }
+    }
+
+    /// Records the error in its counter and, the first time that counter moves on this CPU,
+    /// says what happened in the agent's log: an aya-log record through the `AYA_LOGS` ring,
+    /// read by the agent into its JSON logs. Only this error path runs it, and only once per
+    /// CPU and kind; every later one is only counted (`netscope_kernel_*` metrics).
+    #[inline(always)]
+    pub fn report<C: EbpfContext>(self, ctx: &C, program: &str) {
+        let index = self.counter();
+        if first_on_this_cpu(index) {
+            match self {
+                Self::Read => warn!(
+                    ctx,
+                    "{}: a read of kernel memory failed (later ones are only counted)", program
+                ),
+                Self::NoOffset => warn!(
+                    ctx,
+                    "{}: an offset it needs is missing from its load-time configuration (kernel BTF or tracefs did not give it)",
+                    program
+                ),
+                Self::RingFull => warn!(
+                    ctx,
+                    "{}: the event ring is full, events are dropped and counted (raise --ring-bytes)",
+                    program
+                ),
+                Self::SockTableFull => warn!(
+                    ctx,
+                    "{}: the socket table is full, new connections are not tracked (raise --max-connections)",
+                    program
+                ),
+            }
+        }
+        bump(index);
     }
 }
 

@@ -13,7 +13,7 @@ const MSG_PEEK: i32 = 2;
 #[tracepoint(category = "sock", name = "sock_send_length")]
 pub fn ns_send_length(ctx: TracePointContext) -> u32 {
     if let Err(e) = try_send(&ctx) {
-        e.count();
+        e.report(&ctx, "ns_send_length");
     }
     0
 }
@@ -21,7 +21,7 @@ pub fn ns_send_length(ctx: TracePointContext) -> u32 {
 #[tracepoint(category = "sock", name = "sock_recv_length")]
 pub fn ns_recv_length(ctx: TracePointContext) -> u32 {
     if let Err(e) = try_recv(&ctx) {
-        e.count();
+        e.report(&ctx, "ns_recv_length");
     }
     0
 }

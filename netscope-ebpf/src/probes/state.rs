@@ -37,7 +37,7 @@ const IPPROTO_TCP: u16 = 6;
 #[tracepoint(category = "sock", name = "inet_sock_set_state")]
 pub fn ns_set_state(ctx: TracePointContext) -> u32 {
     if let Err(e) = try_set_state(&ctx) {
-        e.count();
+        e.report(&ctx, "ns_set_state");
     }
     0
 }
@@ -90,7 +90,7 @@ fn try_set_state(ctx: &TracePointContext) -> Result<(), Error> {
 #[tracepoint(category = "tcp", name = "tcp_destroy_sock")]
 pub fn ns_destroy_sock(ctx: TracePointContext) -> u32 {
     if let Err(e) = try_destroy(&ctx) {
-        e.count();
+        e.report(&ctx, "ns_destroy_sock");
     }
     0
 }

@@ -27,7 +27,7 @@ const IPPROTO_TCP: u8 = 6;
 #[classifier]
 pub fn ns_tc_egress(ctx: TcContext) -> i32 {
     if let Err(e) = try_count(&ctx, true) {
-        e.count();
+        e.report(&ctx, "ns_tc_egress");
     }
     TC_ACT_UNSPEC
 }
@@ -35,7 +35,7 @@ pub fn ns_tc_egress(ctx: TcContext) -> i32 {
 #[classifier]
 pub fn ns_tc_ingress(ctx: TcContext) -> i32 {
     if let Err(e) = try_count(&ctx, false) {
-        e.count();
+        e.report(&ctx, "ns_tc_ingress");
     }
     TC_ACT_UNSPEC
 }

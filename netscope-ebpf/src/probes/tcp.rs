@@ -10,7 +10,7 @@ use crate::maps::{SOCKS, add_u32, config};
 #[tracepoint(category = "tcp", name = "tcp_retransmit_skb")]
 pub fn ns_retransmit(ctx: TracePointContext) -> u32 {
     if let Err(e) = count(&ctx, config!(retransmit_skaddr), Counter::Retransmit) {
-        e.count();
+        e.report(&ctx, "ns_retransmit");
     }
     0
 }
@@ -18,7 +18,7 @@ pub fn ns_retransmit(ctx: TracePointContext) -> u32 {
 #[tracepoint(category = "tcp", name = "tcp_send_reset")]
 pub fn ns_send_reset(ctx: TracePointContext) -> u32 {
     if let Err(e) = count(&ctx, config!(send_reset_skaddr), Counter::ResetSent) {
-        e.count();
+        e.report(&ctx, "ns_send_reset");
     }
     0
 }
@@ -26,7 +26,7 @@ pub fn ns_send_reset(ctx: TracePointContext) -> u32 {
 #[tracepoint(category = "tcp", name = "tcp_receive_reset")]
 pub fn ns_recv_reset(ctx: TracePointContext) -> u32 {
     if let Err(e) = count(&ctx, config!(receive_reset_skaddr), Counter::ResetReceived) {
-        e.count();
+        e.report(&ctx, "ns_recv_reset");
     }
     0
 }
