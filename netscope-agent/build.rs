@@ -1,5 +1,6 @@
-//! Builds the kernel object with the same code as `cargo xtask build-ebpf` and hands its path to
-//! `include_bytes_aligned!`. Set NETSCOPE_EBPF_OBJECT to embed a prebuilt object instead.
+//! Builds the kernel objects with the same code as `cargo xtask build-ebpf` and hands NetScope's
+//! to `include_bytes_aligned!` (the empty baseline, built beside it, is for `netscope-bench`
+//! only). Set NETSCOPE_EBPF_OBJECT to embed a prebuilt object instead.
 
 use std::{env, path::PathBuf, process::ExitCode};
 
@@ -28,8 +29,9 @@ fn main() -> ExitCode {
         println!("cargo:rerun-if-changed={}", workspace.join(input).display());
     }
     match xtask::build_ebpf(&workspace) {
-        Ok(object) => {
-            println!("cargo:rustc-env=NETSCOPE_EBPF_OBJECT={}", object.display());
+        Ok(objects) => {
+            let netscope = objects.netscope.display();
+            println!("cargo:rustc-env=NETSCOPE_EBPF_OBJECT={netscope}");
             ExitCode::SUCCESS
         }
         Err(e) => {

@@ -8,8 +8,10 @@ use std::{
     process::Command,
 };
 
-/// Name of the kernel crate's binary (the object file's name).
+/// Name of the kernel crate's binary (the object file's name) that the agent embeds.
 pub const EBPF_BIN: &str = "netscope";
+/// The empty programs that only `bench probe` loads, in an object of their own.
+pub const EBPF_BASELINE_BIN: &str = "netscope-baseline";
 /// The kernel target (this project supports little-endian hosts).
 pub const EBPF_TARGET: &str = "bpfel-unknown-none";
 
@@ -45,13 +47,27 @@ pub fn ebpf_toolchain(workspace: &Path) -> Result<String, BuildError> {
         .ok_or_else(|| BuildError::Toolchain(format!("no `channel` in {}", file.display())))
 }
 
-/// Where the object lands for a given workspace.
-pub fn ebpf_object_path(workspace: &Path) -> PathBuf {
-    workspace
-        .join("target/ebpf")
-        .join(EBPF_TARGET)
-        .join("release")
-        .join(EBPF_BIN)
+/// The kernel crate's two objects, as built.
+#[derive(Clone, Debug)]
+pub struct EbpfObjects {
+    /// NetScope's programs: what the agent embeds and the DaemonSet runs.
+    pub netscope: PathBuf,
+    /// The empty baseline programs of `bench probe`.
+    pub baseline: PathBuf,
+}
+
+impl EbpfObjects {
+    /// Where the objects land for a given workspace.
+    pub fn in_workspace(workspace: &Path) -> Self {
+        let dir = workspace
+            .join("target/ebpf")
+            .join(EBPF_TARGET)
+            .join("release");
+        Self {
+            netscope: dir.join(EBPF_BIN),
+            baseline: dir.join(EBPF_BASELINE_BIN),
+        }
+    }
 }
 
 fn rustup() -> PathBuf {
@@ -67,7 +83,7 @@ fn rustup() -> PathBuf {
 
 /// Builds the kernel object (release, BTF, `-Z build-std=core`) into `target/ebpf` with the
 /// pinned nightly and returns its path. Incremental: a no-op build takes about a second.
-pub fn build_ebpf(workspace: &Path) -> Result<PathBuf, BuildError> {
+pub fn build_ebpf(workspace: &Path) -> Result<EbpfObjects, BuildError> {
     let toolchain = ebpf_toolchain(workspace)?;
     let mut cmd = Command::new(rustup());
     cmd.args(["run", &toolchain, "cargo", "build", "--release", "--bins"])
@@ -99,12 +115,14 @@ pub fn build_ebpf(workspace: &Path) -> Result<PathBuf, BuildError> {
             "`{shown}` failed ({status}); is bpf-linker installed? run ./xtask.sh setup"
         )));
     }
-    let object = ebpf_object_path(workspace);
-    if !object.exists() {
-        return Err(BuildError::Failed(format!(
-            "the build succeeded but {} is missing",
-            object.display()
-        )));
+    let objects = EbpfObjects::in_workspace(workspace);
+    for object in [&objects.netscope, &objects.baseline] {
+        if !object.exists() {
+            return Err(BuildError::Failed(format!(
+                "the build succeeded but {} is missing",
+                object.display()
+            )));
+        }
     }
-    Ok(object)
+    Ok(objects)
 }

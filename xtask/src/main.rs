@@ -78,7 +78,9 @@ fn run(program: &str, args: &[&str], envs: &[(&str, &str)]) -> Result<(), String
 }
 
 fn build_ebpf(args: &[String]) -> Result<(), String> {
-    let object = xtask::build_ebpf(&workspace()).map_err(|e| e.to_string())?;
+    let object = xtask::build_ebpf(&workspace())
+        .map_err(|e| e.to_string())?
+        .netscope;
     match args {
         [] => println!("{}", object.display()),
         [flag, out] if flag == "--out" => {
@@ -124,9 +126,10 @@ fn test() -> Result<(), String> {
     run("bash", &["scripts/ceph.sh", "start"], &[])?;
     run("bash", &["scripts/prometheus.sh", "start"], &[])?;
     run_tests(require)?;
+    run("cargo", &["build", "-p", "netscope-bench"], &[])?;
     // The short soak: faults piled up on two agents, then the reconciliation (it stops and
-    // starts the broker and RGW, so it runs after the tests that use them). The debug
-    // binaries the tests built are enough at its rate.
+    // starts the broker and RGW, so it runs after the tests that use them). Debug builds (the
+    // tests' agent, the bench built just above) are enough at its rate.
     let started = std::time::Instant::now();
     let soaked = run(
         "target/debug/netscope-bench",
@@ -433,16 +436,7 @@ fn soak(rest: &[String]) -> Result<(), String> {
 
 /// `netscope-bench <which> <rest…>`, built in release.
 fn bench_bin(which: &str, rest: &[String]) -> Result<(), String> {
-    let mut full = vec![
-        "run",
-        "--release",
-        "-p",
-        "netscope-agent",
-        "--bin",
-        "netscope-bench",
-        "--",
-        which,
-    ];
+    let mut full = vec!["run", "--release", "-p", "netscope-bench", "--", which];
     full.extend(rest.iter().map(String::as_str));
     run("cargo", &full, &[])
 }

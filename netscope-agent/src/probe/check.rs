@@ -30,89 +30,125 @@ pub fn check() -> CheckReport {
 /// The report for this machine with kernel BTF offsets already read (`None`: no BTF).
 pub fn check_with(offsets: Option<KernelOffsets>) -> CheckReport {
     let version = KernelVersion::current().ok();
-    let at_least = |a, b| version.is_some_and(|v| v >= KernelVersion::new(a, b, 0));
-    let tracefs = Tracefs::locate().ok();
-    let tp = |category: &str, name: &str| {
-        tracefs
-            .as_ref()
-            .is_some_and(|t| t.format(category, name).is_ok())
-            .then(|| format!("tracepoint {category}:{name}"))
+    let found = Found {
+        tracefs: Tracefs::locate().ok(),
+        btf: offsets.is_some(),
+        offsets: offsets.unwrap_or_default(),
     };
-    let btf = offsets.is_some();
-    let o = offsets.unwrap_or_default();
-    let length = tp("sock", "sock_send_length").zip(tp("sock", "sock_recv_length"));
-    let tcp_totals = o.has_tcp_totals();
-    let bytes_per_connection = match (&length, tcp_totals) {
-        (Some(_), _) => Some("tracepoints sock:sock_send_length/sock_recv_length".to_owned()),
-        (None, true) => Some(TCP_TOTALS.to_owned()),
-        (None, false) => None,
-    };
-    let seq_kprobes = (super::kprobes_available()
-        && o.tcp_sock_write_seq.is_some()
-        && o.tcp_sock_copied_seq.is_some())
-    .then(|| super::LiveBytes::SeqKprobes.describe().to_owned());
-    let bytes_per_call = length
-        .as_ref()
-        .map(|_| super::LiveBytes::LengthTracepoints.describe().to_owned())
-        .or(seq_kprobes);
-    let resets = tp("tcp", "tcp_send_reset")
-        .zip(tp("tcp", "tcp_receive_reset"))
-        .map(|_| "tracepoints tcp:tcp_send_reset/tcp_receive_reset".to_owned());
     let tc_mode = if super::uses_tcx() {
         "TCX"
     } else {
         "clsact (netlink)"
     };
-    let facts = vec![
-        fact(
-            "connect latency",
-            true,
-            tp("sock", "inet_sock_set_state"),
-            None,
-        ),
-        fact(
-            BYTES_PER_CONNECTION,
-            true,
-            bytes_per_connection,
-            None,
-        ),
-        fact(
-            BYTES_PER_CALL,
-            false,
-            bytes_per_call.clone(),
-            bytes_per_call.is_none().then_some(
-                "needs sock:sock_send_length (Linux ≥ 6.4) or kprobes with BTF; pooled calls carry none",
-            ),
-        ),
-        fact("retransmits", true, tp("tcp", "tcp_retransmit_skb"), None),
-        fact("resets", true, resets, None),
-        fact(
-            "wire counters",
-            false,
-            Some(format!("TC classifier ({tc_mode})")),
-            Some("per --tc-iface"),
-        ),
-        fact(
-            "srtt",
-            false,
-            o.tcp_sock_srtt_us
-                .map(|_| "tcp_sock.srtt_us (BTF)".to_owned()),
-            (!btf).then_some("no kernel BTF"),
-        ),
-        fact(
-            "errno",
-            false,
-            o.sock_sk_err.map(|_| "sock.sk_err (BTF)".to_owned()),
-            (!btf).then_some("no kernel BTF"),
-        ),
-    ];
     CheckReport {
         kernel: kernel_release(),
-        btf,
-        ring_buffer: at_least(5, 8),
+        btf: found.btf,
+        ring_buffer: version.is_some_and(|v| v >= KernelVersion::new(5, 8, 0)),
         tc_mode,
         missing_capabilities: privileges::missing_capabilities(),
-        facts,
+        facts: found.facts(tc_mode),
+    }
+}
+
+/// What this kernel has, as far as the facts' hooks go.
+struct Found {
+    tracefs: Option<Tracefs>,
+    btf: bool,
+    offsets: KernelOffsets,
+}
+
+impl Found {
+    /// Each fact, required or not, with its hook here or why there is none.
+    fn facts(&self, tc_mode: &str) -> Vec<Fact> {
+        let no_btf = (!self.btf).then_some("no kernel BTF");
+        let bytes_per_call = self.bytes_per_call();
+        let no_call_hook = bytes_per_call.is_none().then_some(
+            "needs sock:sock_send_length (Linux ≥ 6.4) or kprobes with BTF; pooled calls carry none",
+        );
+        let o = &self.offsets;
+        vec![
+            fact(
+                "connect latency",
+                true,
+                self.tracepoint("sock", "inet_sock_set_state"),
+                None,
+            ),
+            fact(
+                BYTES_PER_CONNECTION,
+                true,
+                self.bytes_per_connection(),
+                None,
+            ),
+            fact(BYTES_PER_CALL, false, bytes_per_call, no_call_hook),
+            fact(
+                "retransmits",
+                true,
+                self.tracepoint("tcp", "tcp_retransmit_skb"),
+                None,
+            ),
+            fact("resets", true, self.resets(), None),
+            fact(
+                "wire counters",
+                false,
+                Some(format!("TC classifier ({tc_mode})")),
+                Some("per --tc-iface"),
+            ),
+            fact(
+                "srtt",
+                false,
+                o.tcp_sock_srtt_us
+                    .map(|_| "tcp_sock.srtt_us (BTF)".to_owned()),
+                no_btf,
+            ),
+            fact(
+                "errno",
+                false,
+                o.sock_sk_err.map(|_| "sock.sk_err (BTF)".to_owned()),
+                no_btf,
+            ),
+        ]
+    }
+
+    fn tracepoint(&self, category: &str, name: &str) -> Option<String> {
+        self.tracefs
+            .as_ref()
+            .is_some_and(|t| t.format(category, name).is_ok())
+            .then(|| format!("tracepoint {category}:{name}"))
+    }
+
+    /// Both length tracepoints (Linux ≥ 6.4).
+    fn length_tracepoints(&self) -> bool {
+        self.tracepoint("sock", "sock_send_length").is_some()
+            && self.tracepoint("sock", "sock_recv_length").is_some()
+    }
+
+    fn bytes_per_connection(&self) -> Option<String> {
+        if self.length_tracepoints() {
+            Some(super::LiveBytes::LengthTracepoints.describe().to_owned())
+        } else {
+            self.offsets.has_tcp_totals().then(|| TCP_TOTALS.to_owned())
+        }
+    }
+
+    fn bytes_per_call(&self) -> Option<String> {
+        let o = &self.offsets;
+        let path = if self.length_tracepoints() {
+            super::LiveBytes::LengthTracepoints
+        } else if super::kprobes_available()
+            && o.tcp_sock_write_seq.is_some()
+            && o.tcp_sock_copied_seq.is_some()
+        {
+            super::LiveBytes::SeqKprobes
+        } else {
+            return None;
+        };
+        Some(path.describe().to_owned())
+    }
+
+    fn resets(&self) -> Option<String> {
+        self.tracepoint("tcp", "tcp_send_reset")
+            .zip(self.tracepoint("tcp", "tcp_receive_reset"))
+            .map(|_| "tracepoints tcp:tcp_send_reset/tcp_receive_reset".to_owned())
     }
 }
 

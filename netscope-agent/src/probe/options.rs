@@ -7,13 +7,6 @@ use netscope_common::{FILTER_CGROUP, FILTER_DPORT, FILTER_DST, FILTER_TGID, coun
 
 use crate::{config::ProbeSettings, domain::Cidr};
 
-/// Which programs to attach: NetScope's, or the empty baseline used by `xtask bench probe`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ProgramSet {
-    NetScope,
-    Baseline,
-}
-
 /// Which new connections the kernel tracks. Empty lists mean "no condition"; every non-empty
 /// list is a condition that must hold.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -45,7 +38,6 @@ impl Filters {
 
 #[derive(Clone, Debug)]
 pub struct ProbeOptions {
-    pub programs: ProgramSet,
     pub filters: Filters,
     /// Ring buffer size in bytes (a power of two, multiple of the page size).
     pub ring_bytes: u32,
@@ -57,7 +49,8 @@ pub struct ProbeOptions {
     pub max_wire_flows: u32,
     /// Interfaces on which to attach the TC classifier.
     pub tc_interfaces: Vec<String>,
-    /// Load this object file instead of the embedded one.
+    /// Load this object file instead of the embedded one (it must hold the same program and map
+    /// names: `bench probe` loads the empty baseline object this way).
     pub object: Option<PathBuf>,
     /// Read tracepoint fields with `bpf_probe_read` only, never by direct context loads (the
     /// path taken for offsets outside the usual range; exercised by the kernel tests).
@@ -72,7 +65,6 @@ pub struct ProbeOptions {
 impl Default for ProbeOptions {
     fn default() -> Self {
         Self {
-            programs: ProgramSet::NetScope,
             filters: Filters::default(),
             ring_bytes: 4 << 20,
             wakeup_bytes: 1 << 20,
@@ -90,7 +82,6 @@ impl ProbeOptions {
     /// What `probe` and `run` load: NetScope's programs under the validated settings.
     pub fn from_settings(s: &ProbeSettings) -> Self {
         Self {
-            programs: ProgramSet::NetScope,
             filters: Filters {
                 tgids: s.pids.clone(),
                 cgroup_ids: s.cgroup_ids.clone(),

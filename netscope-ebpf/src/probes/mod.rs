@@ -1,7 +1,6 @@
 //! One module per hook family. Shared plumbing: the error type every `try_*` returns, and
 //! checked reads of tracepoint fields at offsets the agent read from tracefs.
 
-pub mod baseline;
 pub mod kprobes;
 pub mod sock_length;
 pub mod state;

@@ -167,11 +167,25 @@ fn first<T: std::fmt::Debug>(items: &[T], n: usize) -> String {
 }
 
 pub fn reconcile(e: &Evidence) -> Report {
-    let mut checks = Vec::new();
     let runs = runs_by_id(e);
-    let produced = e.placed.len();
+    Report {
+        checks: vec![
+            accounting(e),
+            repeats(e, &runs),
+            audit_per_delivery(e, &runs),
+            audit_verified(e),
+            retries(e),
+            circuit(e),
+            commits_after_durable(e, &runs),
+            kernel_losses(e),
+        ],
+        figures: figures(e),
+    }
+}
 
-    // 1. Produced = dead letters + distinct request ids with a result.
+/// Produced = dead letters + distinct request ids with a result.
+fn accounting(e: &Evidence) -> Check {
+    let produced = e.placed.len();
     let dead: BTreeSet<&str> = e.dlq.iter().map(|d| d.request_id.as_str()).collect();
     let answered: BTreeSet<&str> = e.results.iter().map(|r| r.request_id.as_str()).collect();
     let mut missing = Vec::new();
@@ -189,7 +203,7 @@ pub fn reconcile(e: &Evidence) -> Report {
     let malformed = (0..produced)
         .filter(|&i| kind(i) == Kind::Malformed)
         .count();
-    checks.push(check(
+    check(
         "every message accounted for",
         missing.is_empty() && misrouted.is_empty() && e.unreadable == 0,
         format!(
@@ -203,9 +217,11 @@ pub fn reconcile(e: &Evidence) -> Report {
             first(&misrouted, 10),
             e.unreadable
         ),
-    ));
+    )
+}
 
-    // 2. Repeats: only where a kill or a rebalance found the record uncommitted.
+/// Repeats: only where a kill or a rebalance found the record uncommitted.
+fn repeats(e: &Evidence, runs: &BTreeMap<&str, Runs>) -> Check {
     let mut repeats = Vec::new();
     let mut unexplained = Vec::new();
     let mut by_cause: BTreeMap<String, usize> = BTreeMap::new();
@@ -231,7 +247,7 @@ pub fn reconcile(e: &Evidence) -> Report {
             )),
         }
     }
-    checks.push(check(
+    check(
         "repeats only where a kill or rebalance found the record uncommitted",
         unexplained.is_empty(),
         format!(
@@ -240,9 +256,11 @@ pub fn reconcile(e: &Evidence) -> Report {
             unexplained.len(),
             first(&unexplained, 10)
         ),
-    ));
+    )
+}
 
-    // 3. One audit event per delivery.
+/// One audit event per delivery.
+fn audit_per_delivery(e: &Evidence, runs: &BTreeMap<&str, Runs>) -> Check {
     let mut unmatched = Vec::new();
     for (i, placed) in e.placed.iter().enumerate() {
         if kind(i) == Kind::Malformed {
@@ -258,7 +276,7 @@ pub fn reconcile(e: &Evidence) -> Report {
             ));
         }
     }
-    checks.push(check(
+    check(
         "one audit event per delivered result",
         unmatched.is_empty(),
         format!(
@@ -268,9 +286,11 @@ pub fn reconcile(e: &Evidence) -> Report {
             unmatched.len(),
             first(&unmatched, 10)
         ),
-    ));
+    )
+}
 
-    // 4. `audit verify`: complete, per node.
+/// `audit verify`: complete, per node.
+fn audit_verified(e: &Evidence) -> Check {
     let mut verify_detail = Vec::new();
     let mut verify_ok = !e.verify.is_empty();
     for (node, report) in &e.verify {
@@ -286,13 +306,15 @@ pub fn reconcile(e: &Evidence) -> Report {
             n["events"], n["first_sequence"], n["last_sequence"], n["gaps"], n["duplicates"]
         ));
     }
-    checks.push(check(
+    check(
         "audit verify: no gap, no duplicate sequence",
         verify_ok,
         verify_detail.join("; "),
-    ));
+    )
+}
 
-    // 5. Retries: never a non-idempotent call without a key; within each budget.
+/// Retries: never a non-idempotent call without a key; within each budget.
+fn retries(e: &Evidence) -> Check {
     let mut retried_unsafe = Vec::new();
     let mut retries: BTreeMap<(String, String), (u64, u64)> = BTreeMap::new();
     for a in &e.audit {
@@ -328,7 +350,7 @@ pub fn reconcile(e: &Evidence) -> Report {
             over_budget.push(format!("{node}/{target}"));
         }
     }
-    checks.push(check(
+    check(
         "retries within budget; none of a non-idempotent call without a key",
         retried_unsafe.is_empty() && over_budget.is_empty(),
         format!(
@@ -337,10 +359,12 @@ pub fn reconcile(e: &Evidence) -> Report {
             first(&retried_unsafe, 10),
             over_budget.join(", ")
         ),
-    ));
+    )
+}
 
-    // 6. The circuit of svc-a opened during its 5xx burst and closed after it.
-    let circuit = match e.burst {
+/// The circuit of svc-a opened during its 5xx burst and closed after it.
+fn circuit(e: &Evidence) -> Check {
+    match e.burst {
         Some((on, off)) => {
             let svc_a: Vec<&AuditEvent> = e
                 .audit
@@ -384,10 +408,11 @@ pub fn reconcile(e: &Evidence) -> Report {
             false,
             "no burst was scheduled".into(),
         ),
-    };
-    checks.push(circuit);
+    }
+}
 
-    // 7. No record committed before its outcome was durable.
+/// No record committed before its outcome was durable.
+fn commits_after_durable(e: &Evidence, runs: &BTreeMap<&str, Runs>) -> Check {
     let mut early = Vec::new();
     for (i, placed) in e.placed.iter().enumerate() {
         let p = placed.partition as usize;
@@ -416,7 +441,7 @@ pub fn reconcile(e: &Evidence) -> Report {
             ));
         }
     }
-    checks.push(check(
+    check(
         "no offset committed before its outcome was durable",
         early.is_empty() && e.commits.len() > 1,
         format!(
@@ -426,9 +451,11 @@ pub fn reconcile(e: &Evidence) -> Report {
             early.len(),
             first(&early, 5)
         ),
-    ));
+    )
+}
 
-    // 8. The kernel lost nothing.
+/// The kernel lost nothing.
+fn kernel_losses(e: &Evidence) -> Check {
     let mut lost = BTreeMap::new();
     for a in &e.agents {
         for i in &a.incarnations {
@@ -473,16 +500,11 @@ pub fn reconcile(e: &Evidence) -> Report {
         .flat_map(|a| &a.incarnations)
         .filter(|i| !i.metrics.is_empty())
         .count();
-    checks.push(check(
+    check(
         "the kernel's ring and the flow table lost nothing",
         scraped > 0 && lost.values().all(|v| *v == 0.0),
         format!("{lost:?} over {scraped} agent runs' last scrape"),
-    ));
-
-    Report {
-        checks,
-        figures: figures(e),
-    }
+    )
 }
 
 /// The longest stretch in which messages waited but none was answered (from the soak's

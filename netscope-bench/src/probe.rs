@@ -42,7 +42,7 @@ use netscope_agent::{
     bus::BroadcastBus,
     flows::{FlowPipeline, FlowTable},
     probe::{
-        Probe, ProbeOptions, ProgramSet, ProgramStats,
+        Probe, ProbeOptions, ProgramStats,
         stats::{LoadedProgram, RunTimeStats, loaded_programs},
     },
 };
@@ -289,6 +289,19 @@ fn cpu_overhead(
     overhead
 }
 
+/// The empty programs' object, built beside NetScope's by the agent's build script (this
+/// crate's build script names it); the agent binary does not carry it.
+fn baseline_object() -> Result<PathBuf, String> {
+    let path = PathBuf::from(env!("NETSCOPE_EBPF_BASELINE_OBJECT"));
+    if !path.exists() {
+        return Err(format!(
+            "the baseline object {} is missing: run `cargo xtask build-ebpf`",
+            path.display()
+        ));
+    }
+    Ok(path)
+}
+
 fn run_phase(
     phase: Phase,
     workload: Workload,
@@ -306,12 +319,12 @@ fn run_phase(
         }),
         Phase::NetScope(mode) | Phase::Empty(mode) => {
             let netscope = matches!(phase, Phase::NetScope(_));
-            let set = if netscope {
-                ProgramSet::NetScope
+            let object = if netscope {
+                None
             } else {
-                ProgramSet::Baseline
+                Some(baseline_object()?)
             };
-            let attached = Attached::load(set, tc, mode)?;
+            let attached = Attached::load(object, tc, mode)?;
             let workload_us = run_workload(workload, units, payload);
             let (programs, agent_cpu) = attached.finish(netscope)?;
             Ok(PhaseResult {
@@ -351,9 +364,10 @@ struct Attached {
 }
 
 impl Attached {
-    fn load(set: ProgramSet, tc: bool, mode: Mode) -> Result<Self, String> {
+    /// `object`: `None` for NetScope's embedded programs, the baseline object's path otherwise.
+    fn load(object: Option<PathBuf>, tc: bool, mode: Mode) -> Result<Self, String> {
         let options = ProbeOptions {
-            programs: set,
+            object,
             per_message_hooks: mode.per_message_hooks(),
             tc_interfaces: if tc {
                 vec!["lo".to_owned()]
