@@ -2,6 +2,7 @@
 //! sinks and the bus together. One function per command.
 
 mod audit;
+mod observed;
 mod probe;
 mod run;
 mod send;

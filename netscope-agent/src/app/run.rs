@@ -13,7 +13,7 @@ use serde::Serialize;
 use tokio::sync::{Notify, mpsc, watch};
 use tracing::info;
 
-use super::{AppError, serve, shutdown_signal};
+use super::{AppError, observed::Observed, serve, shutdown_signal};
 use crate::{
     audit::{
         ndjson::NdjsonAudit,
@@ -33,11 +33,9 @@ use crate::{
         schema::Normalizer,
         topics,
     },
-    metrics::{MetricsBuilder, Recorder, resilience::ResilienceCollector},
     outbound::HttpGateway,
     pipeline::{Executor, PipelineCounters},
     probe::{Probe, ProbeHealth, ProbeOptions, correlate::Correlator, ring},
-    recent::RecentCalls,
 };
 
 /// The demo upstream's address (the only target of the local default).
@@ -182,77 +180,6 @@ impl Pipeline {
     }
 }
 
-/// What the server will show of the pipeline, gathered while it is wired: the metrics each
-/// component registers, the health checks, and the recorder the executor and probe feed.
-struct Observed {
-    metrics: MetricsBuilder,
-    recorder: Arc<Recorder>,
-    health: Vec<Arc<dyn HealthCheck>>,
-}
-
-impl Observed {
-    fn new(s: &RunSettings) -> Self {
-        let mut metrics = MetricsBuilder::new();
-        let flows = s.probe.as_ref().map(|_| s.api.flow_labels());
-        let recorder = Recorder::register(&mut metrics, flows);
-        Self {
-            metrics,
-            recorder,
-            health: Vec::new(),
-        }
-    }
-
-    fn recorder(&self) -> Arc<dyn MetricsRecorder> {
-        Arc::clone(&self.recorder) as Arc<dyn MetricsRecorder>
-    }
-
-    fn source(&mut self, source: Arc<dyn CounterSource>) {
-        self.metrics.source(source);
-    }
-
-    /// The server's view: the call log and the live hub fed from the bus, the gateway's state,
-    /// the probe's table and health; also hands back the probe's reader task.
-    fn view(
-        mut self,
-        s: &RunSettings,
-        bus: &BroadcastBus,
-        gateway: Arc<dyn OutboundGateway>,
-        probe: Option<Attached>,
-        stop: watch::Receiver<bool>,
-    ) -> (Option<ProbeTask>, serve::View) {
-        let live = serve::live_hub(&s.api, "run", stop);
-        let calls = Arc::new(RecentCalls::new(s.api.recent_calls));
-        tokio::spawn(Arc::clone(&calls).feed(bus.subscribe()));
-        tokio::spawn(Arc::clone(&live).feed(bus.subscribe(), Some(Arc::clone(&gateway))));
-        self.source(bus.counter_source());
-        self.source(Arc::clone(&live) as Arc<dyn CounterSource>);
-        self.metrics
-            .registry()
-            .register_collector(Box::new(ResilienceCollector(Arc::clone(&gateway))));
-        let (task, flows, programs, kernel_support) = match probe {
-            Some(p) => {
-                for source in p.sources {
-                    self.metrics.source(source);
-                }
-                self.health.push(p.health);
-                (Some(p.task), Some(p.table), p.programs, Some(p.support))
-            }
-            None => (None, None, Vec::new(), None),
-        };
-        let view = serve::View {
-            metrics: self.metrics.finish(),
-            flows,
-            calls: Some(calls),
-            gateway: Some(gateway),
-            health: self.health,
-            live,
-            programs,
-            kernel_support,
-        };
-        (task, view)
-    }
-}
-
 /// The requests, results and dead-letter topics, created when missing.
 async fn ensure_topics(s: &RunSettings) -> Result<(), AppError> {
     let topics = [
@@ -317,14 +244,14 @@ async fn audit_sink(
 
 /// The kernel's side, attached: the correlator's observer, the reader task, and what the
 /// server reads of it.
-struct Attached {
-    observer: Arc<dyn ConnectionObserver>,
-    task: ProbeTask,
-    table: Arc<dyn FlowQuery>,
-    sources: Vec<Arc<dyn CounterSource>>,
-    health: Arc<dyn HealthCheck>,
-    programs: Vec<&'static str>,
-    support: CheckReport,
+pub(super) struct Attached {
+    pub(super) observer: Arc<dyn ConnectionObserver>,
+    pub(super) task: ProbeTask,
+    pub(super) table: Arc<dyn FlowQuery>,
+    pub(super) sources: Vec<Arc<dyn CounterSource>>,
+    pub(super) health: Arc<dyn HealthCheck>,
+    pub(super) programs: Vec<&'static str>,
+    pub(super) support: CheckReport,
 }
 
 /// The kernel's side: programs attached, their flows into the table (and onto the bus, and
@@ -380,7 +307,7 @@ fn attach_probe(
 }
 
 /// The ring reader's task.
-type ProbeTask = tokio::task::JoinHandle<std::io::Result<()>>;
+pub(super) type ProbeTask = tokio::task::JoinHandle<std::io::Result<()>>;
 
 pub async fn run_pipeline(s: RunSettings) -> Result<RunSummary, AppError> {
     let (stop_tx, stop_rx) = watch::channel(false);

@@ -17,6 +17,7 @@ use crate::domain::Cidr;
 pub mod api;
 pub mod audit;
 pub mod run;
+mod targets_file;
 
 pub use api::{ApiArgs, ApiSettings};
 pub use audit::{AuditArgs, AuditSettings, S3Args};
@@ -140,6 +141,45 @@ impl ProbeArgs {
     }
 
     fn validate_with(&self, sys: &dyn System) -> Result<ProbeSettings, ConfigError> {
+        let mut errors = self.sizing_problems();
+        errors.extend(self.filter_problems(sys));
+        let mut cgroup_ids = Vec::new();
+        for path in &self.cgroups {
+            match sys.cgroup_id(path) {
+                Ok(id) => cgroup_ids.push(id),
+                Err(e) => errors.push(format!("cgroup {}: {e}", path.display())),
+            }
+        }
+        let mut destinations = Vec::new();
+        for d in &self.destinations {
+            match d.parse::<Cidr>() {
+                Ok(c) => destinations.push(c),
+                Err(e) => errors.push(format!("dst {e}")),
+            }
+        }
+        if !errors.is_empty() {
+            return Err(ConfigError::Invalid(errors));
+        }
+        Ok(ProbeSettings {
+            dports: self.dports.clone(),
+            pids: self.pids.clone(),
+            cgroup_ids,
+            destinations,
+            tc_interfaces: self.tc_interfaces.clone(),
+            ring_bytes: u32::try_from(self.ring_bytes).unwrap_or(u32::MAX),
+            wakeup_bytes: self.wakeup_bytes,
+            poll: Duration::from_millis(self.poll_ms),
+            max_connections: self.max_connections,
+            max_flows: self.max_flows,
+            retention: Duration::from_secs(self.retention_secs),
+            ebpf_object: self.ebpf_object.clone(),
+            print_established: self.established,
+            per_message_hooks: self.per_message_hooks,
+        })
+    }
+
+    /// Ring, wake-up threshold, poll interval and table sizes out of their ranges.
+    fn sizing_problems(&self) -> Vec<String> {
         let mut errors = Vec::new();
         if !self.ring_bytes.is_power_of_two() || !(4096..=MAX_RING_BYTES).contains(&self.ring_bytes)
         {
@@ -166,26 +206,18 @@ impl ProbeArgs {
         if !(1..=10_000_000).contains(&self.max_flows) {
             errors.push(format!("max-flows {} must be 1..=10000000", self.max_flows));
         }
+        errors
+    }
+
+    /// Ports, processes, interfaces and the object file that do not exist here.
+    fn filter_problems(&self, sys: &dyn System) -> Vec<String> {
+        let mut errors = Vec::new();
         if self.dports.contains(&0) {
             errors.push("dport 0 is not a destination port".to_owned());
         }
         for pid in &self.pids {
             if !sys.pid_exists(*pid) {
                 errors.push(format!("pid {pid}: no such process"));
-            }
-        }
-        let mut cgroup_ids = Vec::new();
-        for path in &self.cgroups {
-            match sys.cgroup_id(path) {
-                Ok(id) => cgroup_ids.push(id),
-                Err(e) => errors.push(format!("cgroup {}: {e}", path.display())),
-            }
-        }
-        let mut destinations = Vec::new();
-        for d in &self.destinations {
-            match d.parse::<Cidr>() {
-                Ok(c) => destinations.push(c),
-                Err(e) => errors.push(format!("dst {e}")),
             }
         }
         for iface in &self.tc_interfaces {
@@ -198,25 +230,7 @@ impl ProbeArgs {
         {
             errors.push(format!("ebpf-object {}: no such file", obj.display()));
         }
-        if !errors.is_empty() {
-            return Err(ConfigError::Invalid(errors));
-        }
-        Ok(ProbeSettings {
-            dports: self.dports.clone(),
-            pids: self.pids.clone(),
-            cgroup_ids,
-            destinations,
-            tc_interfaces: self.tc_interfaces.clone(),
-            ring_bytes: u32::try_from(self.ring_bytes).unwrap_or(u32::MAX),
-            wakeup_bytes: self.wakeup_bytes,
-            poll: Duration::from_millis(self.poll_ms),
-            max_connections: self.max_connections,
-            max_flows: self.max_flows,
-            retention: Duration::from_secs(self.retention_secs),
-            ebpf_object: self.ebpf_object.clone(),
-            print_established: self.established,
-            per_message_hooks: self.per_message_hooks,
-        })
+        errors
     }
 }
 

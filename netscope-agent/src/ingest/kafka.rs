@@ -1,5 +1,5 @@
-//! The Kafka consumer (consumer group, manual commits, at-least-once) and the dead-letter
-//! producer.
+//! The Kafka consumer (consumer group, manual commits, at-least-once); rejected records go to
+//! the dead-letter topic through [`dead_letter`](super::dead_letter).
 //!
 //! A record's offset is committed only once its outcome is durable: a dead-letter record
 //! acknowledged by the broker, or — for a valid call — the pipeline marking it finished in the
@@ -17,22 +17,27 @@ use std::{
 use rdkafka::{
     ClientConfig, ClientContext, Message, Offset, TopicPartitionList,
     consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer},
-    error::{KafkaError, RDKafkaErrorCode},
-    message::{Header, Headers, OwnedHeaders, OwnedMessage},
-    producer::{FutureProducer, FutureRecord},
+    error::KafkaError,
+    message::{Headers, OwnedMessage},
+    producer::FutureProducer,
 };
 use tokio::sync::{mpsc, watch};
 use tracing::{Instrument as _, info, warn};
 
-pub use super::counters::{IngestCounters, KafkaHealth};
 use super::{
     counters::bump,
+    dead_letter,
     offsets::OffsetTracker,
-    schema::{Incoming, Normalizer, Rejection},
+    schema::{Incoming, Normalizer},
     trace_context::TraceParentStatus,
 };
+pub use super::{
+    counters::{IngestCounters, KafkaHealth},
+    dead_letter::{
+        DLQ_DETAIL, DLQ_REASON, DLQ_SOURCE, DLQ_TRUNCATED, DLQ_TRUNCATED_BYTES, dlq_producer,
+    },
+};
 use crate::{
-    backoff::Backoff,
     clock::now_unix_ms,
     domain::{Job, RecordRef},
 };
@@ -138,15 +143,6 @@ pub struct KafkaIngest {
     counters: Arc<IngestCounters>,
     health: Arc<KafkaHealth>,
 }
-
-/// The `source-*` and `dlq-*` headers NetScope adds to a dead-lettered record.
-pub const DLQ_REASON: &str = "x-netscope-dlq-reason";
-pub const DLQ_DETAIL: &str = "x-netscope-dlq-detail";
-pub const DLQ_SOURCE: &str = "x-netscope-source";
-/// Present when the dead-letter topic refused the record's size: the value is the original
-/// payload length, and only its first [`DLQ_TRUNCATED_BYTES`] are kept.
-pub const DLQ_TRUNCATED: &str = "x-netscope-dlq-truncated";
-pub const DLQ_TRUNCATED_BYTES: usize = 64 << 10;
 
 impl KafkaIngest {
     /// Creates the consumer (joining `group_id`, subscribed to the topics) and the dead-letter
@@ -400,7 +396,12 @@ impl KafkaIngest {
                     warn!(reason = rejection.reason.code(), detail = %rejection.detail,
                         topic = %record.topic, partition = record.partition, offset = record.offset,
                         "message rejected: dead-lettered");
-                    if self.dead_letter(m, &rejection, shutdown).await {
+                    let to = dead_letter::DeadLetterTopic {
+                        producer: &self.producer,
+                        topic: &self.settings.dlq_topic,
+                        counters: &self.counters,
+                    };
+                    if dead_letter::write(&to, m, &rejection, shutdown).await {
                         bump(&self.counters.dead_lettered);
                         lock(&self.tracker).finished(&record);
                     }
@@ -411,101 +412,4 @@ impl KafkaIngest {
             }
         }
     }
-
-    /// Writes the original record plus the reason to the dead-letter topic, retrying until the
-    /// broker acknowledges it (or shutdown: then it is consumed again after a restart).
-    async fn dead_letter(
-        &self,
-        m: &OwnedMessage,
-        rejection: &Rejection,
-        shutdown: &watch::Receiver<bool>,
-    ) -> bool {
-        let headers = dead_letter_headers(m, rejection);
-        let original_len = m.payload().map_or(0, <[u8]>::len);
-        let mut truncated = false;
-        let mut backoff = Backoff::redelivery();
-        loop {
-            let (payload, headers) = if truncated {
-                let len = original_len.to_string();
-                let h = headers.clone().insert(Header {
-                    key: DLQ_TRUNCATED,
-                    value: Some(&len),
-                });
-                (
-                    m.payload().map(|p| &p[..p.len().min(DLQ_TRUNCATED_BYTES)]),
-                    h,
-                )
-            } else {
-                (m.payload(), headers.clone())
-            };
-            let mut record = FutureRecord::to(&self.settings.dlq_topic).headers(headers);
-            if let Some(p) = payload {
-                record = record.payload(p);
-            }
-            if let Some(k) = m.key() {
-                record = record.key(k);
-            }
-            match self.producer.send(record, Duration::from_secs(10)).await {
-                Ok(_) => {
-                    if truncated {
-                        bump(&self.counters.dead_letter_truncated);
-                    }
-                    return true;
-                }
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge), _))
-                    if !truncated =>
-                {
-                    // Permanent for this record: retrying would stall the partition forever.
-                    warn!(bytes = original_len, topic = %self.settings.dlq_topic,
-                        "dead-letter topic refuses the record's size: keeping its first {DLQ_TRUNCATED_BYTES} bytes");
-                    truncated = true;
-                }
-                Err((e, _)) => {
-                    bump(&self.counters.dead_letter_retries);
-                    warn!(error = %e, topic = %self.settings.dlq_topic, "dead-letter write failed; retrying");
-                    if *shutdown.borrow() {
-                        return false;
-                    }
-                    tokio::time::sleep(backoff.next_delay()).await;
-                }
-            }
-        }
-    }
-}
-
-/// The original record's headers, plus why it was rejected and where it came from.
-fn dead_letter_headers(m: &OwnedMessage, rejection: &Rejection) -> OwnedHeaders {
-    let source = format!("{}/{}/{}", m.topic(), m.partition(), m.offset());
-    let mut headers = OwnedHeaders::new();
-    if let Some(original) = m.headers() {
-        for h in original.iter() {
-            headers = headers.insert(h);
-        }
-    }
-    headers
-        .insert(Header {
-            key: DLQ_REASON,
-            value: Some(rejection.reason.code()),
-        })
-        .insert(Header {
-            key: DLQ_DETAIL,
-            value: Some(&rejection.detail),
-        })
-        .insert(Header {
-            key: DLQ_SOURCE,
-            value: Some(&source),
-        })
-}
-
-/// A producer that waits for all in-sync replicas and never duplicates on its own retries.
-pub fn dlq_producer(brokers: &str) -> Result<FutureProducer, KafkaError> {
-    ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("acks", "all")
-        .set("enable.idempotence", "true")
-        .set("message.timeout.ms", "30000")
-        // Any record the broker delivered, plus NetScope's headers (the broker still applies
-        // its own topic limit).
-        .set("message.max.bytes", "16777216")
-        .create()
 }

@@ -3,6 +3,7 @@
 //! go to the dead-letter topic with their reason.
 
 pub mod counters;
+mod dead_letter;
 pub mod kafka;
 pub mod offsets;
 pub mod results;

@@ -10,72 +10,33 @@
 use std::{
     collections::HashMap,
     net::SocketAddr,
-    num::NonZeroU32,
-    sync::{
-        Arc,
-        atomic::{AtomicUsize, Ordering},
-    },
-    time::{Duration, Instant, SystemTime},
+    sync::{Arc, atomic::Ordering},
+    time::{Duration, Instant},
 };
 
-use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::debug;
 
 use super::{
-    budget::RetryBudget,
-    circuit::{Admitted, CircuitBreaker},
+    call::{AttemptResult, AttemptTimes, CallState, classify, ms, read_body},
+    circuit::Admitted,
     client::{self, ClientError},
     policy::TargetPolicy,
     retry,
+    target::TargetRuntime,
 };
 use crate::{
     backoff::Backoff,
-    clock::{self, unix_ms},
+    clock,
     domain::{
         CallRequest, TargetName,
         outcome::{
             Attempt, AttemptError, BoxFuture, CallOutcome, NetworkFacts, OutboundResult, RateLimit,
-            RequestLine, ResilienceSnapshot, RetryStop,
+            ResilienceSnapshot, RetryStop,
         },
         ports::{ConnectionObserver, OutboundGateway},
     },
 };
-
-/// Responses are read to the end (the connection can then be reused) up to this size.
-const MAX_RESPONSE_BYTES: u64 = 16 << 20;
-
-struct TargetRuntime {
-    name: TargetName,
-    policy: TargetPolicy,
-    client: reqwest::Client,
-    circuit: CircuitBreaker,
-    bulkhead: Arc<Semaphore>,
-    limiter: Option<DefaultDirectRateLimiter>,
-    budget: RetryBudget,
-    /// Calls waiting for a bulkhead slot (the target's queue).
-    queue_depth: AtomicUsize,
-}
-
-impl TargetRuntime {
-    fn new(name: TargetName, policy: TargetPolicy) -> Result<Self, ClientError> {
-        let r = &policy.retry;
-        let limiter = policy.rate_per_sec.and_then(NonZeroU32::new).map(|rate| {
-            let burst = NonZeroU32::new(policy.burst).unwrap_or(NonZeroU32::MIN);
-            RateLimiter::direct(Quota::per_second(rate).allow_burst(burst))
-        });
-        Ok(Self {
-            client: client::build(policy.connect_timeout)?,
-            circuit: CircuitBreaker::new(policy.circuit.clone()),
-            bulkhead: Arc::new(Semaphore::new(policy.max_in_flight)),
-            limiter,
-            budget: RetryBudget::new(r.budget_ttl, r.budget_min_per_sec, r.budget_ratio),
-            queue_depth: AtomicUsize::new(0),
-            name,
-            policy,
-        })
-    }
-}
 
 /// The name of the runtime that serves a call whose target has no policy of its own. A
 /// configured target cannot be named so (names are a-z 0-9 - _), so its metrics and snapshot
@@ -88,125 +49,6 @@ pub struct HttpGateway {
     /// Calls in progress across all targets at most.
     global: Arc<Semaphore>,
     observer: Option<Arc<dyn ConnectionObserver>>,
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
-}
-
-/// Why an attempt did not produce a response.
-fn classify(e: &reqwest::Error) -> AttemptError {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
-    let mut io_kind = None;
-    while let Some(s) = source {
-        if let Some(io) = s.downcast_ref::<std::io::Error>() {
-            io_kind = Some(io.kind());
-        }
-        source = s.source();
-    }
-    use std::io::ErrorKind as K;
-    match (e.is_connect(), e.is_timeout(), io_kind) {
-        (true, true, _) => AttemptError::ConnectTimeout,
-        (true, _, Some(K::ConnectionRefused)) => AttemptError::ConnectRefused,
-        (true, _, _) => AttemptError::ConnectFailed,
-        (false, true, _) => AttemptError::Timeout,
-        (
-            _,
-            _,
-            Some(K::ConnectionReset | K::ConnectionAborted | K::BrokenPipe | K::UnexpectedEof),
-        ) => AttemptError::ConnectionReset,
-        _ => AttemptError::Protocol,
-    }
-}
-
-/// When a call and one of its attempts started, for the kernel's facts.
-#[derive(Clone, Copy)]
-struct AttemptTimes {
-    call_started: SystemTime,
-    attempt_started_mono_ns: u64,
-}
-
-/// One call on its way through the layers: its deadline, and its result as filled in so far.
-struct CallState<'a> {
-    call: &'a CallRequest,
-    rt: &'a TargetRuntime,
-    started: Instant,
-    started_wall: SystemTime,
-    deadline: Instant,
-    result: OutboundResult,
-}
-
-impl<'a> CallState<'a> {
-    /// The result before anything was tried: the deadline passed, unless a layer says
-    /// otherwise.
-    fn begin(call: &'a CallRequest, rt: &'a TargetRuntime) -> Self {
-        let started = Instant::now();
-        let started_wall = SystemTime::now();
-        let now_ms = unix_ms(started_wall);
-        let left = call.request.deadline_unix_ms.saturating_sub(now_ms);
-        Self {
-            call,
-            rt,
-            started,
-            started_wall,
-            deadline: started + Duration::from_millis(left),
-            result: OutboundResult {
-                method: call.request.method.as_str(),
-                request: RequestLine::of(&call.request.url),
-                outcome: CallOutcome::DeadlineExceeded,
-                status: None,
-                attempts: Vec::new(),
-                retry_stop: RetryStop::Deadline,
-                started_unix_ms: now_ms,
-                duration_ms: 0.0,
-                request_bytes: call.request.body.len() as u64,
-                response_bytes: 0,
-                circuit: rt.circuit.state(started),
-                network: NetworkFacts::default(),
-                ctx: call.ctx.clone(),
-            },
-        }
-    }
-
-    /// Deadline: nothing starts once it has passed.
-    fn within_deadline(&self) -> Result<(), CallOutcome> {
-        if Instant::now() >= self.deadline {
-            Err(CallOutcome::DeadlineExceeded)
-        } else {
-            Ok(())
-        }
-    }
-
-    fn finish(mut self) -> OutboundResult {
-        self.result.duration_ms = ms(self.started.elapsed());
-        self.result
-    }
-}
-
-/// Reads the body to the end — its bytes are part of the call, and the connection can then go
-/// back to the pool — up to [`MAX_RESPONSE_BYTES`]. Returns the bytes read and why reading
-/// stopped early, if it did.
-async fn read_body(response: &mut reqwest::Response) -> (u64, Option<AttemptError>) {
-    let mut bytes = 0u64;
-    loop {
-        match response.chunk().await {
-            Ok(Some(chunk)) => {
-                bytes += chunk.len() as u64;
-                if bytes > MAX_RESPONSE_BYTES {
-                    return (bytes, Some(AttemptError::Protocol));
-                }
-            }
-            Ok(None) => return (bytes, None),
-            Err(e) => return (bytes, Some(classify(&e))),
-        }
-    }
-}
-
-struct AttemptResult {
-    status: Option<u16>,
-    error: Option<AttemptError>,
-    response_bytes: u64,
-    connection: Option<(SocketAddr, SocketAddr)>,
 }
 
 impl HttpGateway {

@@ -1,0 +1,108 @@
+use super::*;
+
+fn frame(seq: u64) -> Frame {
+    Frame {
+        sequence: seq,
+        unix_ms: 1_795_690_000_000 + seq,
+        payload: format!("{{\"sequence\":{seq}}}").into_bytes(),
+    }
+}
+
+fn encoded(range: std::ops::RangeInclusive<u64>) -> Vec<u8> {
+    let mut out = Vec::new();
+    for s in range {
+        frame(s).encode_into(&mut out);
+    }
+    out
+}
+
+fn tempdir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("ns-spool-{name}-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&d);
+    d
+}
+
+#[test]
+fn frames_round_trip_and_every_corruption_is_named() {
+    let mut bytes = MAGIC.to_vec();
+    bytes.extend(encoded(5..=7));
+    let p = parse(&bytes, 5);
+    assert_eq!(p.frames, vec![frame(5), frame(6), frame(7)]);
+    assert_eq!((p.valid_len, p.error), (bytes.len(), None));
+
+    let mut flipped = bytes.clone();
+    let second = MAGIC.len() + FRAME_HEADER + frame(5).payload.len();
+    flipped[second + FRAME_HEADER] ^= 1;
+    let p = parse(&flipped, 5);
+    assert_eq!(p.frames.len(), 1);
+    assert_eq!(p.error, Some(Corruption::Checksum { offset: second }));
+
+    let p = parse(&bytes[..bytes.len() - 3], 5);
+    assert_eq!(p.frames.len(), 2);
+    assert!(matches!(p.error, Some(Corruption::Truncated { .. })));
+
+    let p = parse(&bytes, 4);
+    assert!(matches!(
+        p.error,
+        Some(Corruption::Sequence {
+            found: 5,
+            expected: 4,
+            ..
+        })
+    ));
+    assert_eq!(parse(b"NOTSPOOL", 1).error, Some(Corruption::Magic));
+}
+
+#[test]
+fn recovery_seals_the_open_segment_cuts_a_torn_tail_and_continues_the_numbering() {
+    let dir = tempdir("recover");
+    fs::create_dir_all(&dir).unwrap();
+    // Nothing at all: numbering starts at 1.
+    assert_eq!(recover(&dir).unwrap().next, 1);
+
+    let mut seg = OpenSegment::create(&dir, 1).unwrap();
+    seg.append(&encoded(1..=3), 3).unwrap();
+    let sealed = seg.seal(&dir).unwrap();
+    let mut open = OpenSegment::create(&dir, 4).unwrap();
+    open.append(&encoded(4..=5), 2).unwrap();
+    drop(open);
+    // A crash mid-write: half a frame at the end of the open segment.
+    let half = &encoded(6..=6)[..10];
+    let mut f = OpenOptions::new()
+        .append(true)
+        .open(open_path(&dir, 4))
+        .unwrap();
+    f.write_all(half).unwrap();
+    drop(f);
+
+    let r = recover(&dir).unwrap();
+    assert_eq!(r.next, 6);
+    assert_eq!(r.sealed.len(), 2);
+    assert_eq!(r.sealed[0], sealed);
+    assert_eq!((r.sealed[1].first, r.sealed[1].last), (4, 5));
+    let back = parse(&fs::read(&r.sealed[1].path).unwrap(), 4);
+    assert_eq!(back.frames, vec![frame(4), frame(5)]);
+    assert_eq!(back.error, None);
+    assert_eq!(r.quarantined.len(), 1);
+    assert_eq!(fs::read(&r.quarantined[0]).unwrap(), half);
+
+    // Everything shipped and deleted: the numbering continues from `shipped`.
+    for s in &r.sealed {
+        fs::remove_file(&s.path).unwrap();
+    }
+    write_shipped(&dir, 5).unwrap();
+    assert_eq!(recover(&dir).unwrap().next, 6);
+    let _ = fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn an_open_segment_with_nothing_valid_is_quarantined_not_dropped() {
+    let dir = tempdir("garbage");
+    fs::create_dir_all(&dir).unwrap();
+    fs::write(open_path(&dir, 9), b"garbage!garbage!").unwrap();
+    let r = recover(&dir).unwrap();
+    assert!(r.sealed.is_empty());
+    assert_eq!(r.quarantined.len(), 1);
+    assert_eq!(fs::read(&r.quarantined[0]).unwrap(), b"garbage!garbage!");
+    let _ = fs::remove_dir_all(&dir);
+}
