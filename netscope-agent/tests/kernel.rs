@@ -19,7 +19,7 @@ use netscope_agent::{
     probe::{LiveBytes, ProbeOptions},
 };
 use netscope_common::{EventKind, counter};
-use support::{Harness, NetNs, kernel_test, spawn_in};
+use support::{Harness, NetNs, kernel_test};
 
 /// Writes all of `data` with plain `write()` calls; returns how many calls it took.
 fn write_counting(stream: &mut TcpStream, data: &[u8]) -> u64 {
@@ -507,7 +507,7 @@ fn tc_counters_see_the_flows_packets_on_a_veth_pair() {
 
     // One connection only: nft counts by port, so no refused early attempt may add packets.
     let (listening_tx, listening) = std::sync::mpsc::channel();
-    let server = spawn_in(&server_ns, move || {
+    let server = server_ns.spawn_in(move || {
         let listener = TcpListener::bind(("198.18.0.2", PORT)).unwrap();
         listening_tx.send(()).unwrap();
         let (mut s, _) = listener.accept().unwrap();
@@ -522,7 +522,7 @@ fn tc_counters_see_the_flows_packets_on_a_veth_pair() {
     let (read, _) = read_counting(&mut client);
     assert_eq!(read, 300_000);
     drop(client);
-    server.join().unwrap();
+    server.join().unwrap().unwrap();
 
     let flow = probe.finished_flow(sport);
     let wire = flow.wire.expect("the classifier saw the flow");

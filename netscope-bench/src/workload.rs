@@ -5,10 +5,8 @@
 //! [`workload_main`].
 
 use std::{
-    fs::File,
     io::{Read, Write},
     net::{TcpListener, TcpStream},
-    os::fd::AsRawFd,
     path::{Path, PathBuf},
     process::{Command, Stdio},
     thread,
@@ -172,46 +170,21 @@ fn join(server: thread::JoinHandle<std::io::Result<()>>) -> Result<(), String> {
 /// A fresh network namespace entered by the calling thread (processes and threads started
 /// later inherit it); each phase gets its own, so no phase inherits another's TIME_WAIT sockets.
 pub struct BenchNetns {
-    name: String,
-    original: File,
+    // Dropped in this order: the thread leaves, then the namespace is deleted.
+    _entered: netscope_netns::Entered,
+    _ns: netscope_netns::NetNs,
 }
 
 impl BenchNetns {
     pub fn enter() -> Result<Self, String> {
         let name = format!("nsbench-{}", std::process::id());
-        let ok = |args: &[&str]| {
-            Command::new("ip")
-                .args(args)
-                .status()
-                .map_err(|e| format!("ip: {e}"))?
-                .success()
-                .then_some(())
-                .ok_or_else(|| format!("`ip {}` failed", args.join(" ")))
-        };
-        let original = File::open("/proc/thread-self/ns/net").map_err(|e| format!("netns: {e}"))?;
-        ok(&["netns", "add", &name])?;
-        let ns = Self {
-            name: name.clone(),
-            original,
-        };
-        ok(&["-n", &name, "link", "set", "lo", "up"])?;
-        let file =
-            File::open(format!("/var/run/netns/{name}")).map_err(|e| format!("netns: {e}"))?;
-        // SAFETY: a valid namespace fd; affects the calling thread only.
-        if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-            return Err(format!("setns: {}", std::io::Error::last_os_error()));
-        }
-        Ok(ns)
-    }
-}
-
-impl Drop for BenchNetns {
-    fn drop(&mut self) {
-        // SAFETY: a valid namespace fd: back to where this thread was.
-        unsafe { libc::setns(self.original.as_raw_fd(), libc::CLONE_NEWNET) };
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .status();
+        let ns = netscope_netns::NetNs::create(name.clone())
+            .map_err(|e| format!("netns {name}: {e}"))?;
+        let entered = ns.enter().map_err(|e| format!("setns {name}: {e}"))?;
+        Ok(Self {
+            _entered: entered,
+            _ns: ns,
+        })
     }
 }
 

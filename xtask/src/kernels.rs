@@ -164,9 +164,12 @@ cd /netscope
 # agent must name it; at 2 the DaemonSet's set must do. Then without CAP_SYS_RESOURCE (before
 # 5.11 BPF maps are charged to RLIMIT_MEMLOCK, which aya raises: that needs it).
 try_attach() {
-  # util-linux's setpriv (busybox's, which the shell prefers, has no --bounding-set).
+  # util-linux's setpriv (busybox's, which the shell prefers, has no --bounding-set). The log
+  # is emptied here, before the agent starts, and appended to: the loop below must never see
+  # the previous attempt's lines.
+  : > /tmp/caps.log
   /usr/sbin/setpriv --bounding-set=-all,$1 -- ./netscope-agent probe --listen 127.0.0.1:0 \
-    --dport 9 >/dev/null 2>/tmp/caps.log &
+    --dport 9 >/dev/null 2>>/tmp/caps.log &
   pid=$!
   i=0
   while [ $i -lt 180 ] && ! grep -q "probe attached" /tmp/caps.log && kill -0 $pid 2>/dev/null; do

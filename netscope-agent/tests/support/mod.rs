@@ -126,9 +126,11 @@ pub fn nft_with(prefix: &[&str], script: &str) {
     );
 }
 
-/// A named network namespace with `lo` up, deleted on drop.
+/// A named network namespace with `lo` up, deleted on drop (netscope-netns, with the tests'
+/// nftables helpers).
 pub struct NetNs {
     pub name: String,
+    ns: netscope_netns::NetNs,
 }
 
 impl NetNs {
@@ -138,20 +140,15 @@ impl NetNs {
             std::process::id(),
             NETNS_SEQ.fetch_add(1, Ordering::Relaxed)
         );
-        run("ip", &["netns", "add", &name]);
-        run("ip", &["-n", &name, "link", "set", "lo", "up"]);
-        Self { name }
+        let ns = netscope_netns::NetNs::create(name.clone())
+            .unwrap_or_else(|e| panic!("netns {name}: {e}"));
+        Self { name, ns }
     }
 
     /// Moves the calling thread into this namespace until the guard drops. Threads spawned
     /// meanwhile start in it too.
     pub fn enter(&self) -> NetNsGuard {
-        let original = File::open("/proc/thread-self/ns/net").unwrap();
-        let target = File::open(format!("/var/run/netns/{}", self.name)).unwrap();
-        // SAFETY: valid namespace fds; setns only affects the calling thread.
-        let rc = unsafe { libc::setns(target.as_raw_fd(), libc::CLONE_NEWNET) };
-        assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
-        NetNsGuard { original }
+        self.ns.enter().expect("setns")
     }
 
     /// Runs `nft -f -` inside the namespace.
@@ -183,45 +180,20 @@ impl NetNs {
     }
 
     pub fn ip(&self, args: &[&str]) {
-        let mut full = vec!["-n", self.name.as_str()];
-        full.extend_from_slice(args);
-        run("ip", &full);
+        self.ns.ip(args).unwrap();
+    }
+
+    /// Runs `f` on a new thread inside this namespace (e.g. a server on the far side of a
+    /// veth pair); joining it gives `Err` if the thread could not enter.
+    pub fn spawn_in<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> JoinHandle<std::io::Result<T>> {
+        self.ns.spawn_in(f)
     }
 }
 
-impl Drop for NetNs {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .status();
-    }
-}
-
-pub struct NetNsGuard {
-    original: File,
-}
-
-impl Drop for NetNsGuard {
-    fn drop(&mut self) {
-        // SAFETY: valid namespace fd of this thread's original namespace.
-        unsafe { libc::setns(self.original.as_raw_fd(), libc::CLONE_NEWNET) };
-    }
-}
-
-/// Runs `f` on a new thread inside `ns` (e.g. a server on the far side of a veth pair).
-pub fn spawn_in<T: Send + 'static>(
-    ns: &NetNs,
-    f: impl FnOnce() -> T + Send + 'static,
-) -> JoinHandle<T> {
-    let path = format!("/var/run/netns/{}", ns.name);
-    std::thread::spawn(move || {
-        let target = File::open(path).unwrap();
-        // SAFETY: valid namespace fd; affects only this new thread.
-        let rc = unsafe { libc::setns(target.as_raw_fd(), libc::CLONE_NEWNET) };
-        assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
-        f()
-    })
-}
+pub type NetNsGuard = netscope_netns::Entered;
 
 /// One decoded event as the agent sees it.
 #[derive(Clone, Debug)]
