@@ -10,8 +10,8 @@
 
 // The same maps and globals as the real object; their helpers go unused here.
 #[allow(dead_code)]
-#[path = "maps.rs"]
 mod maps;
+mod object;
 
 use aya_ebpf::{
     bindings::TC_ACT_UNSPEC,
@@ -73,14 +73,3 @@ pub fn ns_tc_egress(_ctx: TcContext) -> i32 {
 pub fn ns_tc_ingress(_ctx: TcContext) -> i32 {
     TC_ACT_UNSPEC
 }
-
-#[cfg(not(test))]
-#[panic_handler]
-fn panic(_info: &core::panic::PanicInfo) -> ! {
-    // SAFETY: nothing here can panic; the verifier would reject a program that could.
-    unsafe { core::hint::unreachable_unchecked() }
-}
-
-#[unsafe(link_section = "license")]
-#[unsafe(no_mangle)]
-static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

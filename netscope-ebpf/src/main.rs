@@ -8,16 +8,5 @@
 #![feature(core_intrinsics, asm_experimental_arch)]
 
 mod maps;
+mod object;
 mod probes;
-
-#[cfg(not(test))]
-#[panic_handler]
-fn panic(_info: &core::panic::PanicInfo) -> ! {
-    // SAFETY: the verifier rejects any program from which a panic would be reachable.
-    unsafe { core::hint::unreachable_unchecked() }
-}
-
-/// bpf_probe_read_kernel is a GPL-only helper.
-#[unsafe(link_section = "license")]
-#[unsafe(no_mangle)]
-static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";
