@@ -9,6 +9,7 @@ use netscope_agent::config::DEFAULT_BROKERS;
 
 mod api;
 mod audit;
+mod child;
 mod memory;
 mod pipeline;
 mod probe;

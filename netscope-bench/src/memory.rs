@@ -25,7 +25,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::workload::BenchNetns;
+use crate::{child::SelfChild, workload::BenchNetns};
 
 /// The port the connections go to, inside the bench's own namespace.
 const PORT: u16 = 7190;
@@ -198,9 +198,7 @@ impl Drop for Agent {
 
 /// The `netscope-agent` built next to this binary (the benches measure the real agent).
 pub fn agent_binary() -> Result<std::path::PathBuf, String> {
-    let exe = std::env::current_exe()
-        .map_err(|e| format!("this executable: {e}"))?
-        .with_file_name("netscope-agent");
+    let exe = crate::child::this_exe()?.with_file_name("netscope-agent");
     if !exe.exists() {
         return Err(format!(
             "{} is missing: build it (cargo build --release --bin netscope-agent)",
@@ -330,32 +328,18 @@ fn hold_connections(
     close: &mpsc::Receiver<()>,
 ) -> Result<(), String> {
     let _ns = BenchNetns::enter()?;
-    let exe = std::env::current_exe().map_err(|e| format!("this executable: {e}"))?;
-    // Started from this thread, the child lives in the namespace too.
-    let mut sink = Command::new(exe)
-        .args(["sink", "--connections", &n.to_string()])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .map_err(|e| format!("starting the sink: {e}"))?;
-    let mut ready = [0u8; 6];
-    sink.stdout
-        .take()
-        .ok_or("sink: no stdout")?
-        .read_exact(&mut ready)
-        .map_err(|e| format!("sink: {e}"))?;
+    // Started from this thread, the child lives in the namespace too; it says "ready" once it
+    // listens, and is killed on drop.
+    let (_sink, _ready) = SelfChild::start(&["sink", "--connections", &n.to_string()])?;
     let clients = (0..n)
         .map(|_| TcpStream::connect((Ipv4Addr::LOCALHOST, PORT)))
         .collect::<std::io::Result<Vec<_>>>()
         .map_err(|e| format!("connect: {e}"));
-    let result = clients.map(|held| {
+    clients.map(|held| {
         let _ = opened.send(Ok(()));
         let _ = close.recv();
         drop(held);
-    });
-    let _ = sink.kill();
-    let _ = sink.wait();
-    result
+    })
 }
 
 pub fn bench(b: &MemoryBench) -> Result<(), String> {

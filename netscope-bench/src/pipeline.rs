@@ -272,11 +272,24 @@ pub struct Collected {
     pub latencies_ms: Vec<f64>,
     /// The first result and the last: throughput and CPU are measured between them (the group
     /// join before and the shutdown after are not the pipeline's work).
-    pub first: Option<Mark>,
-    pub last: Option<Mark>,
-    pub threads_at_first: Option<ThreadsCpu>,
-    pub threads_at_last: Option<ThreadsCpu>,
+    pub first: Option<Snapshot>,
+    pub last: Option<Snapshot>,
     pub matched: usize,
+}
+
+/// The clocks and each thread's CPU time at one instant.
+pub struct Snapshot {
+    mark: Mark,
+    threads: ThreadsCpu,
+}
+
+impl Snapshot {
+    fn now() -> Self {
+        Self {
+            mark: Mark::now(),
+            threads: cpu_by_thread(),
+        }
+    }
 }
 
 /// Takes `calls` results off the bus (10 minutes at most).
@@ -285,8 +298,6 @@ pub async fn collect(mut bus: BusSubscriber, calls: usize) -> Collected {
         latencies_ms: Vec::with_capacity(calls),
         first: None,
         last: None,
-        threads_at_first: None,
-        threads_at_last: None,
         matched: 0,
     };
     let deadline = Instant::now() + Duration::from_secs(600);
@@ -294,14 +305,12 @@ pub async fn collect(mut bus: BusSubscriber, calls: usize) -> Collected {
         match tokio::time::timeout(Duration::from_secs(5), bus.recv()).await {
             Ok(Some(BusEvent::Call(r))) => {
                 if c.first.is_none() {
-                    c.first = Some(Mark::now());
-                    c.threads_at_first = Some(cpu_by_thread());
+                    c.first = Some(Snapshot::now());
                 }
                 c.latencies_ms.push(r.duration_ms);
                 c.matched += usize::from(r.network.matched);
                 if c.latencies_ms.len() == calls {
-                    c.last = Some(Mark::now());
-                    c.threads_at_last = Some(cpu_by_thread());
+                    c.last = Some(Snapshot::now());
                 }
             }
             Ok(Some(BusEvent::Flow(_))) | Err(_) => {}
@@ -320,10 +329,10 @@ impl Collected {
         with_probe: bool,
         label: &str,
     ) -> Result<Stats, String> {
-        if let (Some(before), Some(after)) = (&self.threads_at_first, &self.threads_at_last) {
+        if let (Some(before), Some(after)) = (&self.first, &self.last) {
             eprintln!(
                 "bench {label}: CPU µs per call by thread: {}",
-                cpu_breakdown(before, after, calls - 1)
+                cpu_breakdown(&before.threads, &after.threads, calls - 1)
             );
         }
         if self.latencies_ms.len() < calls || finished < calls {
@@ -341,7 +350,7 @@ impl Collected {
         let (Some(first), Some(last)) = (self.first, self.last) else {
             return Err("no result".into());
         };
-        Ok(stats(self.latencies_ms, first, last, calls - 1))
+        Ok(stats(self.latencies_ms, first.mark, last.mark, calls - 1))
     }
 }
 

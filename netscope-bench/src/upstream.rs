@@ -3,50 +3,35 @@
 //! read exactly from the kernel (`getrusage`), and the upstream shares neither the agent's
 //! runtime nor its allocator, as on a real node.
 //!
-//! Protocol: the child (`netscope-bench upstream`, hidden) prints its address as its first line
-//! on stdout, then serves until its stdin closes — which happens when the parent exits, however
-//! it exits, so no upstream outlives a bench.
+//! Protocol ([`SelfChild`]): the child (`netscope-bench upstream`, hidden) prints its address
+//! as its first line on stdout, then serves until its stdin closes, so no upstream outlives a
+//! bench.
 
 use std::{
-    io::{BufRead as _, BufReader, Read as _, Write as _},
+    io::{Read as _, Write as _},
     net::SocketAddr,
-    process::{Child, Command, Stdio},
 };
 
 use netscope_agent::demo::upstream::Upstream;
 
+use crate::child::SelfChild;
+
 /// A running upstream child; killed on drop.
 pub struct UpstreamProcess {
-    child: Child,
+    _child: SelfChild,
     pub addr: SocketAddr,
 }
 
 impl UpstreamProcess {
     pub fn start() -> Result<Self, String> {
-        let exe = std::env::current_exe().map_err(|e| format!("this executable: {e}"))?;
-        let mut child = Command::new(exe)
-            .arg("upstream")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .map_err(|e| format!("starting the upstream: {e}"))?;
-        let mut first = String::new();
-        let stdout = child.stdout.take().ok_or("upstream: no stdout")?;
-        BufReader::new(stdout)
-            .read_line(&mut first)
-            .map_err(|e| format!("upstream: reading its address: {e}"))?;
+        let (child, first) = SelfChild::start(&["upstream"])?;
         let addr = first
-            .trim()
             .parse()
             .map_err(|_| format!("upstream: expected its address, got {first:?}"))?;
-        Ok(Self { child, addr })
-    }
-}
-
-impl Drop for UpstreamProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        Ok(Self {
+            _child: child,
+            addr,
+        })
     }
 }
 

@@ -38,7 +38,7 @@ impl Workload {
 /// per unit.
 pub fn run_workload(workload: Workload, units: usize, payload: usize) -> Result<f64, String> {
     let cgroup = Cgroup::create()?;
-    let exe = std::env::current_exe().map_err(|e| format!("current exe: {e}"))?;
+    let exe = crate::child::this_exe()?;
     let kind = match workload {
         Workload::Churn => "churn",
         Workload::Keepalive => "keepalive",

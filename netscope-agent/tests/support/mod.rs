@@ -209,6 +209,8 @@ pub struct Harness {
     events: Arc<Mutex<Vec<Seen>>>,
     stop: Arc<AtomicBool>,
     drainer: Option<JoinHandle<EventReader>>,
+    /// Which calls this probe's hooks count (fixed at load).
+    counted: CountedCalls,
 }
 
 impl Harness {
@@ -232,6 +234,7 @@ impl Harness {
             events,
             stop,
             drainer: Some(drainer),
+            counted,
         }
     }
 
@@ -277,8 +280,7 @@ impl Harness {
         self.probe.detach();
         self.stop.store(true, Ordering::Relaxed);
         let mut reader = self.drainer.take().unwrap().join().unwrap();
-        let counted = self.probe.live_bytes().counted_calls();
-        drain_into(&mut reader, &MonoClock::new(), counted, &self.events);
+        drain_into(&mut reader, &MonoClock::new(), self.counted, &self.events);
         let counters = self.probe.kernel_counters().unwrap();
         let stats = reader.stats();
         assert_eq!(stats.malformed, 0, "malformed records");
