@@ -4,9 +4,7 @@
 //! kernel's BTF at load time. Without BTF the probe still runs; those facts are then reported
 //! as unknown.
 
-use btf_rs::{Btf, Type};
-
-use super::ProbeError;
+use super::{ProbeError, btf::Btf};
 
 pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
 
@@ -36,58 +34,21 @@ impl KernelOffsets {
 
     pub fn from_btf(btf: &Btf) -> Self {
         Self {
-            sock_sk_err: member_offset(btf, "sock", "sk_err"),
-            tcp_sock_srtt_us: member_offset(btf, "tcp_sock", "srtt_us"),
-            tcp_sock_bytes_sent: member_offset(btf, "tcp_sock", "bytes_sent"),
-            tcp_sock_bytes_retrans: member_offset(btf, "tcp_sock", "bytes_retrans"),
-            tcp_sock_bytes_received: member_offset(btf, "tcp_sock", "bytes_received"),
-            tcp_sock_write_seq: member_offset(btf, "tcp_sock", "write_seq"),
-            tcp_sock_copied_seq: member_offset(btf, "tcp_sock", "copied_seq"),
+            sock_sk_err: btf.member_offset("sock", "sk_err"),
+            tcp_sock_srtt_us: btf.member_offset("tcp_sock", "srtt_us"),
+            tcp_sock_bytes_sent: btf.member_offset("tcp_sock", "bytes_sent"),
+            tcp_sock_bytes_retrans: btf.member_offset("tcp_sock", "bytes_retrans"),
+            tcp_sock_bytes_received: btf.member_offset("tcp_sock", "bytes_received"),
+            tcp_sock_write_seq: btf.member_offset("tcp_sock", "write_seq"),
+            tcp_sock_copied_seq: btf.member_offset("tcp_sock", "copied_seq"),
         }
     }
 
     pub fn load() -> Result<Self, ProbeError> {
-        let btf = Btf::from_file(VMLINUX_BTF).map_err(|e| ProbeError::Btf(e.to_string()))?;
+        let bytes = std::fs::read(VMLINUX_BTF).map_err(|e| ProbeError::Btf(e.to_string()))?;
+        let btf = Btf::parse(bytes).map_err(|e| ProbeError::Btf(e.to_string()))?;
         Ok(Self::from_btf(&btf))
     }
-}
-
-/// Byte offset of `field` in `struct name`, descending into anonymous structs and unions.
-fn member_offset(btf: &Btf, name: &str, field: &str) -> Option<u32> {
-    let types = btf.resolve_types_by_name(name).ok()?;
-    types.iter().find_map(|t| match t {
-        Type::Struct(s) => find_in(btf, s, field, 0),
-        _ => None,
-    })
-}
-
-fn find_in(btf: &Btf, s: &btf_rs::Struct, field: &str, base_bits: u32) -> Option<u32> {
-    for member in &s.members {
-        let bits = base_bits + member.bit_offset();
-        let name = btf.resolve_name(member).unwrap_or_default();
-        if name == field {
-            return (member.bitfield_size().unwrap_or(0) == 0 && bits.is_multiple_of(8))
-                .then_some(bits / 8);
-        }
-        if name.is_empty() {
-            let mut ty = btf.resolve_chained_type(member).ok()?;
-            // Skip qualifiers and typedefs to the anonymous aggregate.
-            while let Some(next) = match &ty {
-                Type::Typedef(_) | Type::Const(_) | Type::Volatile(_) => ty
-                    .as_btf_type()
-                    .and_then(|b| btf.resolve_chained_type(b).ok()),
-                _ => None,
-            } {
-                ty = next;
-            }
-            if let Type::Struct(inner) | Type::Union(inner) = &ty
-                && let Some(off) = find_in(btf, inner, field, bits)
-            {
-                return Some(off);
-            }
-        }
-    }
-    None
 }
 
 #[cfg(test)]

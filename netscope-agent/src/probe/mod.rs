@@ -5,6 +5,7 @@
 //! `loader.rs`, attaching in `attach.rs`, what can fail in `error.rs`.
 
 mod attach;
+mod btf;
 pub mod check;
 pub mod correlate;
 mod error;
