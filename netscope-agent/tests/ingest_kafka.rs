@@ -7,8 +7,8 @@ use std::{collections::BTreeSet, path::PathBuf, time::Duration};
 
 use netscope_agent::{
     domain::{
-        Job, RouteName, TargetName,
-        targets::{HostMatch, RouteRule, Target, Targets},
+        Job,
+        targets::{Target, Targets},
     },
     ingest::{
         kafka::{
@@ -29,16 +29,7 @@ fn samples_dir() -> PathBuf {
 }
 
 fn normalizer() -> Normalizer {
-    let targets = Targets(vec![Target {
-        name: TargetName("demo".into()),
-        hosts: vec![HostMatch::Net("127.0.0.1/32".parse().unwrap())],
-        ports: vec![18080],
-        routes: vec![RouteRule {
-            name: RouteName("orders".into()),
-            path_prefix: "/orders".into(),
-        }],
-    }]);
-    Normalizer::new(targets, Limits::default())
+    Normalizer::new(Targets(vec![Target::example()]), Limits::default())
 }
 
 fn valid_message(n: usize) -> Vec<u8> {

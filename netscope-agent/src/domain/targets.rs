@@ -104,21 +104,33 @@ impl Target {
     }
 }
 
+impl Target {
+    /// The local demo upstream (127.0.0.1:18080) as target `demo`, with routes `orders` and
+    /// `payments`: what tests and benchmarks start from.
+    pub fn example() -> Self {
+        let route = |name: &str| RouteRule {
+            name: RouteName(name.to_owned()),
+            path_prefix: format!("/{name}"),
+        };
+        Self {
+            name: TargetName("demo".into()),
+            hosts: vec![HostMatch::Net(Cidr {
+                addr: IpAddr::from([127, 0, 0, 1]),
+                prefix_len: 32,
+            })],
+            ports: vec![18080],
+            routes: vec![route("orders"), route("payments")],
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn targets() -> Targets {
         Targets(vec![
-            Target {
-                name: TargetName("demo".into()),
-                hosts: vec![HostMatch::Net("127.0.0.1/32".parse().unwrap())],
-                ports: vec![18080],
-                routes: vec![RouteRule {
-                    name: RouteName("orders".into()),
-                    path_prefix: "/orders".into(),
-                }],
-            },
+            Target::example(),
             Target {
                 name: TargetName("payments".into()),
                 hosts: vec![

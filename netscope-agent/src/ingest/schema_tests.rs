@@ -2,31 +2,14 @@ use std::path::PathBuf;
 
 use super::*;
 use crate::{
-    domain::{
-        RouteName, TargetName,
-        targets::{HostMatch, RouteRule, Target},
-    },
+    domain::targets::Target,
     ingest::{samples, trace_context::TraceParentStatus},
 };
 
 const NOW: u64 = 1_800_000_000_000;
 
 pub(crate) fn demo_targets() -> Targets {
-    Targets(vec![Target {
-        name: TargetName("demo".into()),
-        hosts: vec![HostMatch::Net("127.0.0.1/32".parse().unwrap())],
-        ports: vec![18080],
-        routes: vec![
-            RouteRule {
-                name: RouteName("orders".into()),
-                path_prefix: "/orders".into(),
-            },
-            RouteRule {
-                name: RouteName("payments".into()),
-                path_prefix: "/payments".into(),
-            },
-        ],
-    }])
+    Targets(vec![Target::example()])
 }
 
 fn normalizer() -> Normalizer {
