@@ -63,16 +63,9 @@ fn podman(args: &[&str]) -> Command {
 fn image() -> &'static str {
     static IMAGE: OnceLock<String> = OnceLock::new();
     IMAGE.get_or_init(|| {
-        let out = Command::new("bash")
-            .args([IMAGE_SCRIPT, "build", BIN])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "scripts/image.sh build: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+        support::run("bash", &[IMAGE_SCRIPT, "build", BIN])
+            .trim()
+            .to_owned()
     })
 }
 
@@ -391,14 +384,9 @@ fn the_shipped_seccomp_profile_is_the_runtime_default_plus_bpf_and_perf_event_op
     let dir = std::env::temp_dir().join(unique("seccomp"));
     std::fs::create_dir_all(&dir).unwrap();
     let regenerated = dir.join("profile.json");
-    let out = Command::new("bash")
-        .args([IMAGE_SCRIPT, "seccomp", regenerated.to_str().unwrap()])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    support::run(
+        "bash",
+        &[IMAGE_SCRIPT, "seccomp", regenerated.to_str().unwrap()],
     );
     let read = |p: &std::path::Path| -> Value {
         serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap()

@@ -485,7 +485,7 @@ fn tc_counters_see_the_flows_packets_on_a_veth_pair() {
         "name",
         "vs",
         "netns",
-        &server_ns.name,
+        server_ns.name(),
     ]);
     client_ns.ip(&["addr", "add", "198.18.0.1/24", "dev", "vc"]);
     client_ns.ip(&["link", "set", "vc", "up"]);

@@ -86,7 +86,8 @@ pub fn kernel_test(name: &str) -> Option<TestLock> {
     Some(TestLock::exclusive("kernel"))
 }
 
-fn run(cmd: &str, args: &[&str]) {
+/// Runs `cmd args…` to the end; panics with its stderr unless it succeeds; returns its stdout.
+pub fn run(cmd: &str, args: &[&str]) -> String {
     let out = Command::new(cmd).args(args).output().unwrap_or_else(|e| {
         panic!("cannot run {cmd}: {e} (is it installed? ./xtask.sh setup installs it)")
     });
@@ -96,6 +97,7 @@ fn run(cmd: &str, args: &[&str]) {
         args.join(" "),
         String::from_utf8_lossy(&out.stderr)
     );
+    String::from_utf8(out.stdout).unwrap()
 }
 
 static NETNS_SEQ: AtomicU32 = AtomicU32::new(0);
@@ -129,7 +131,6 @@ pub fn nft_with(prefix: &[&str], script: &str) {
 /// A named network namespace with `lo` up, deleted on drop (netscope-netns, with the tests'
 /// nftables helpers).
 pub struct NetNs {
-    pub name: String,
     ns: netscope_netns::NetNs,
 }
 
@@ -142,7 +143,11 @@ impl NetNs {
         );
         let ns = netscope_netns::NetNs::create(name.clone())
             .unwrap_or_else(|e| panic!("netns {name}: {e}"));
-        Self { name, ns }
+        Self { ns }
+    }
+
+    pub fn name(&self) -> &str {
+        self.ns.name()
     }
 
     /// Moves the calling thread into this namespace until the guard drops. Threads spawned
@@ -153,23 +158,27 @@ impl NetNs {
 
     /// Runs `nft -f -` inside the namespace.
     pub fn nft(&self, script: &str) {
-        nft_with(&["ip", "netns", "exec", &self.name], script);
+        nft_with(&["ip", "netns", "exec", self.name()], script);
     }
 
     /// `nft` JSON listing of a named counter: (packets, bytes).
     pub fn nft_counter(&self, table: &str, counter: &str) -> (u64, u64) {
-        let out = Command::new("ip")
-            .args([
-                "netns", "exec", &self.name, "nft", "-j", "list", "counter", "inet", table, counter,
-            ])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
+        let out = run(
+            "ip",
+            &[
+                "netns",
+                "exec",
+                self.name(),
+                "nft",
+                "-j",
+                "list",
+                "counter",
+                "inet",
+                table,
+                counter,
+            ],
         );
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
         let c = v["nftables"]
             .as_array()
             .unwrap()
