@@ -30,11 +30,7 @@ pub fn check() -> CheckReport {
 /// The report for this machine with kernel BTF offsets already read (`None`: no BTF).
 pub fn check_with(offsets: Option<KernelOffsets>) -> CheckReport {
     let version = KernelVersion::current().ok();
-    let found = Found {
-        tracefs: Tracefs::locate().ok(),
-        btf: offsets.is_some(),
-        offsets: offsets.unwrap_or_default(),
-    };
+    let found = Found::new(Tracefs::locate().ok(), offsets);
     let tc_mode = if super::uses_tcx() {
         "TCX"
     } else {
@@ -55,9 +51,23 @@ struct Found {
     tracefs: Option<Tracefs>,
     btf: bool,
     offsets: KernelOffsets,
+    /// Both length tracepoints (Linux ≥ 6.4): read from tracefs once, two facts depend on it.
+    length_tracepoints: bool,
 }
 
 impl Found {
+    fn new(tracefs: Option<Tracefs>, offsets: Option<KernelOffsets>) -> Self {
+        let mut found = Self {
+            tracefs,
+            btf: offsets.is_some(),
+            offsets: offsets.unwrap_or_default(),
+            length_tracepoints: false,
+        };
+        found.length_tracepoints = found.tracepoint("sock", "sock_send_length").is_some()
+            && found.tracepoint("sock", "sock_recv_length").is_some();
+        found
+    }
+
     /// Each fact, required or not, with its hook here or why there is none.
     fn facts(&self, tc_mode: &str) -> Vec<Fact> {
         let no_btf = (!self.btf).then_some("no kernel BTF");
@@ -116,14 +126,8 @@ impl Found {
             .then(|| format!("tracepoint {category}:{name}"))
     }
 
-    /// Both length tracepoints (Linux ≥ 6.4).
-    fn length_tracepoints(&self) -> bool {
-        self.tracepoint("sock", "sock_send_length").is_some()
-            && self.tracepoint("sock", "sock_recv_length").is_some()
-    }
-
     fn bytes_per_connection(&self) -> Option<String> {
-        if self.length_tracepoints() {
+        if self.length_tracepoints {
             Some(super::LiveBytes::LengthTracepoints.describe().to_owned())
         } else {
             self.offsets.has_tcp_totals().then(|| TCP_TOTALS.to_owned())
@@ -132,7 +136,7 @@ impl Found {
 
     fn bytes_per_call(&self) -> Option<String> {
         let o = &self.offsets;
-        let path = if self.length_tracepoints() {
+        let path = if self.length_tracepoints {
             super::LiveBytes::LengthTracepoints
         } else if super::kprobes_available()
             && o.tcp_sock_write_seq.is_some()

@@ -66,18 +66,20 @@ pub fn denied_by_seccomp() -> Vec<&'static str> {
     out
 }
 
-fn seccomp_mode(status: &str) -> Option<u32> {
+/// The value of one `Key:` line of `/proc/self/status`, trimmed.
+fn status_field<'a>(status: &'a str, key: &str) -> Option<&'a str> {
     status
         .lines()
-        .find_map(|l| l.strip_prefix("Seccomp:"))
-        .and_then(|v| v.trim().parse().ok())
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))
+        .map(str::trim)
+}
+
+fn seccomp_mode(status: &str) -> Option<u32> {
+    status_field(status, "Seccomp").and_then(|v| v.parse().ok())
 }
 
 fn parse_cap_eff(status: &str) -> Option<u64> {
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("CapEff:"))
-        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+    status_field(status, "CapEff").and_then(|hex| u64::from_str_radix(hex, 16).ok())
 }
 
 fn missing_from(effective: u64, perf_event_paranoid: i32) -> Vec<&'static str> {

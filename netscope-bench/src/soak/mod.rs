@@ -609,10 +609,10 @@ impl Run {
                     Err(e) => self.failures.push(format!("{}: {e}", action.describe())),
                 }
             }
-            let accounted = self.sample(live);
+            let (accounted, dead) = self.sample(live);
             if last_print.elapsed() >= Duration::from_secs(10) {
                 last_print = Instant::now();
-                self.print_progress(live);
+                self.print_progress(live, (accounted, dead));
             }
             if pending.is_empty() && live.producer.is_finished() && accounted >= self.messages {
                 break;
@@ -629,8 +629,9 @@ impl Run {
     }
 
     /// The agents' samples (and any that exited on its own), the committed offsets, and the
-    /// progress; returns how many messages are accounted for.
-    fn sample(&mut self, live: &mut Live<'_>) -> usize {
+    /// progress; returns how many messages are accounted for (answered or dead-lettered), and
+    /// how many of them are dead letters.
+    fn sample(&mut self, live: &mut Live<'_>) -> (usize, usize) {
         for a in live.agents.iter_mut() {
             if let Some(status) = a.exited() {
                 self.failures.push(format!(
@@ -644,17 +645,16 @@ impl Run {
         if let Some(c) = live.outputs.commits.now() {
             self.commit_samples.push((now_unix_ms(), c));
         }
-        let (accounted, _) = live.outputs.accounted();
+        let (accounted, dead) = live.outputs.accounted();
         self.progress.push(Progress {
             at_unix_ms: now_unix_ms(),
             produced: live.acked.load(Ordering::Relaxed),
             answered: accounted,
         });
-        accounted
+        (accounted, dead)
     }
 
-    fn print_progress(&self, live: &Live<'_>) {
-        let (accounted, dead) = live.outputs.accounted();
+    fn print_progress(&self, live: &Live<'_>, (accounted, dead): (usize, usize)) {
         let rss: Vec<String> = live
             .agents
             .iter()
