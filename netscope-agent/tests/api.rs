@@ -454,8 +454,19 @@ async fn a_slow_live_client_is_dropped_while_a_fast_one_gets_every_message() {
     use netscope_agent::domain::EventBus as _;
     let s = Server::start(settings(), true).await;
     let url = format!("ws://{}/ws/live?type=call", s.addr);
-    let (fast, _) = tokio_tungstenite::connect_async(&url).await.unwrap();
-    let (_slow, _) = tokio_tungstenite::connect_async(&url).await.unwrap(); // never read
+    let (mut fast, _) = tokio_tungstenite::connect_async(&url).await.unwrap();
+    let (mut slow, _) = tokio_tungstenite::connect_async(&url).await.unwrap();
+    // A session sees what is published after it subscribed, and says `hello` once it has: the
+    // upgrade's response alone comes before that (CI once saw 5,999 of 6,000 when the first
+    // call was published before the fast session's subscription). After its hello, the slow
+    // client never reads again.
+    for client in [&mut fast, &mut slow] {
+        let hello = client.next().await.unwrap().unwrap();
+        assert!(
+            hello.to_text().unwrap().contains("\"type\":\"hello\""),
+            "{hello}"
+        );
+    }
     const N: usize = 6_000;
     let reader = tokio::spawn(async move {
         let mut fast = fast;
