@@ -139,6 +139,13 @@ pub struct SockState {
     pub copied_seq_base: u32,
 }
 const _: () = assert!(size_of::<SockState>() == 248);
+// The kernel moves these fields 8 bytes at a time (`netscope-ebpf`'s `words`).
+const _: () = assert!(
+    core::mem::offset_of!(SockState, tuple) % 8 == 0
+        && core::mem::offset_of!(SockState, comm) % 8 == 0
+        && core::mem::offset_of!(SockState, turn) % 8 == 0
+        && core::mem::offset_of!(SockState, prev_turn) % 8 == 0
+);
 
 /// The one event type on the ring buffer: the connection's identity and, for `Closed` and
 /// `ConnectFailed`, its final counters (zero for `Established`).
@@ -175,6 +182,12 @@ pub struct ConnEvent {
     pub prev_turn: Turn,
 }
 const _: () = assert!(size_of::<ConnEvent>() == 272);
+const _: () = assert!(
+    core::mem::offset_of!(ConnEvent, tuple) % 8 == 0
+        && core::mem::offset_of!(ConnEvent, comm) % 8 == 0
+        && core::mem::offset_of!(ConnEvent, turn) % 8 == 0
+        && core::mem::offset_of!(ConnEvent, prev_turn) % 8 == 0
+);
 
 /// Value of an unknown `srtt_us`.
 pub const SRTT_UNKNOWN: u32 = u32::MAX;

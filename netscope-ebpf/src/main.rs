@@ -10,3 +10,4 @@
 mod maps;
 mod object;
 mod probes;
+mod words;

@@ -13,23 +13,24 @@
 
 use aya_ebpf::{
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
-    helpers::{
-        bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns,
-    },
+    helpers::{bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_ktime_get_ns, generated},
     macros::tracepoint,
     maps::lpm_trie::Key,
     programs::TracePointContext,
 };
 use netscope_common::{
     AF_INET, AF_INET6, ConnEvent, EventHeader, EventKind, FILTER_CGROUP, FILTER_DPORT, FILTER_DST,
-    FILTER_TGID, FlowTuple, SK_ERR_UNKNOWN, SRTT_UNKNOWN, SetStateRecord, SockState, Turn,
-    WireCounters, counter, tcp_state,
+    FILTER_TGID, FlowTuple, SK_ERR_UNKNOWN, SRTT_UNKNOWN, SetStateRecord, SockState, WireCounters,
+    counter, tcp_state,
 };
 
 use super::{Error, field, read_kernel};
-use crate::maps::{
-    EVENTS, FILTER_CGROUP as CGROUPS, FILTER_DPORT as DPORTS, FILTER_DST_V4 as DST_V4,
-    FILTER_DST_V6 as DST_V6, FILTER_TGID as TGIDS, SOCK_SCRATCH, SOCKS, WIRE, bump, config,
+use crate::{
+    maps::{
+        EVENTS, FILTER_CGROUP as CGROUPS, FILTER_DPORT as DPORTS, FILTER_DST_V4 as DST_V4,
+        FILTER_DST_V6 as DST_V6, FILTER_TGID as TGIDS, SOCK_SCRATCH, SOCKS, WIRE, bump, config,
+    },
+    words,
 };
 
 const IPPROTO_TCP: u16 = 6;
@@ -101,11 +102,11 @@ fn try_destroy(ctx: &TracePointContext) -> Result<(), Error> {
         return Ok(());
     };
     // SAFETY: `state` points into a live SOCKS value.
-    let (tuple, old) = unsafe { ((*state).tuple, (*state).close_from_state) };
-    let wire = take_wire(state, &tuple);
+    let old = unsafe { (*state).close_from_state };
+    let wire = take_wire(state);
     // SAFETY: helper without arguments.
     let now = unsafe { bpf_ktime_get_ns() };
-    let emitted = emit(EventKind::Closed, now, sk, state, &wire, old);
+    let emitted = emit(EventKind::Closed, now, sk, state, Some(&wire), old);
     let _ = SOCKS.remove(&sk);
     emitted
 }
@@ -119,32 +120,20 @@ fn on_connect(rec: &SetStateRecord) -> Result<(), Error> {
         bump(counter::CONNECTS_FILTERED);
         return Ok(());
     }
-    // Built in per-CPU scratch space, field by field: a `SockState` on the stack would take
-    // the program past what older verifiers (5.10, 6.1) allow for its combined stack.
+    // Built in per-CPU scratch space: a `SockState` on the stack would take the program past
+    // what older verifiers (5.10, 6.1) allow for its combined stack. Zeroed a word at a time,
+    // then the fields known at connect time.
     let state = SOCK_SCRATCH.get_ptr_mut(0).ok_or(Error::Read)?;
-    // SAFETY: the scratch entry is this CPU's and is only used here, in process context
-    // (CLOSE → SYN_SENT happens inside `connect()`); every field is written.
+    // SAFETY: the scratch entry is this CPU's, 8-byte aligned, and only used here, in process
+    // context (CLOSE → SYN_SENT happens inside `connect()`).
     unsafe {
+        words::zero(state);
         (*state).start_ns = bpf_ktime_get_ns();
-        (*state).established_ns = 0;
-        (*state).closed_ns = 0;
-        (*state).tuple = FlowTuple::default();
         (*state).pid_tgid = pid_tgid;
         (*state).cgroup_id = cgroup_id;
-        (*state).comm = bpf_get_current_comm().unwrap_or_default();
-        (*state).bytes_sent = 0;
-        (*state).bytes_received = 0;
-        (*state).send_calls = 0;
-        (*state).recv_calls = 0;
-        (*state).retransmits = 0;
-        (*state).resets_sent = 0;
-        (*state).resets_received = 0;
-        (*state).close_from_state = 0;
-        (*state).wire_out = WireCounters::default();
-        (*state).turn = Turn::default();
-        (*state).prev_turn = Turn::default();
-        (*state).write_seq_base = 0;
-        (*state).copied_seq_base = 0;
+        // Straight into the entry; on failure the name stays zero (empty).
+        let comm = &raw mut (*state).comm;
+        generated::bpf_get_current_comm(comm.cast(), size_of::<[u8; 16]>() as u32);
     }
     // BPF_ANY: a socket address reused after a close, or a second connect() on the same socket,
     // starts a new connection.
@@ -193,7 +182,6 @@ fn on_established(rec: &SetStateRecord) -> Result<(), Error> {
     let Some(state) = SOCKS.get_ptr_mut(&sk) else {
         return Ok(()); // not an outbound connection we track
     };
-    let tuple = tuple_of(rec);
     // SAFETY: helper without arguments.
     let now = unsafe { bpf_ktime_get_ns() };
     // Without the length tracepoints the kprobes count bytes from the sequence numbers; the
@@ -209,7 +197,7 @@ fn on_established(rec: &SetStateRecord) -> Result<(), Error> {
     // SAFETY: `state` points into a live SOCKS value.
     unsafe {
         (*state).established_ns = now;
-        (*state).tuple = tuple;
+        write_tuple(&raw mut (*state).tuple, rec);
         (*state).write_seq_base = write_seq;
         (*state).copied_seq_base = copied_seq;
     }
@@ -218,7 +206,7 @@ fn on_established(rec: &SetStateRecord) -> Result<(), Error> {
         now,
         sk,
         state,
-        &WireCounters::default(),
+        None,
         tcp_state::SYN_SENT,
     )
 }
@@ -228,23 +216,22 @@ fn on_connect_failed(rec: &SetStateRecord) -> Result<(), Error> {
     let Some(state) = SOCKS.get_ptr_mut(&sk) else {
         return Ok(());
     };
-    // The source port is known by now (it is 0 at SYN_SENT).
-    let tuple = tuple_of(rec);
     // SAFETY: helper without arguments.
     let now = unsafe { bpf_ktime_get_ns() };
     // SAFETY: `state` points into a live SOCKS value.
     unsafe {
         (*state).closed_ns = now;
         (*state).close_from_state = tcp_state::SYN_SENT;
-        (*state).tuple = tuple;
+        // The source port is known by now (it is 0 at SYN_SENT).
+        write_tuple(&raw mut (*state).tuple, rec);
     }
-    let wire = take_wire(state, &tuple);
+    let wire = take_wire(state);
     let emitted = emit(
         EventKind::ConnectFailed,
         now,
         sk,
         state,
-        &wire,
+        Some(&wire),
         tcp_state::SYN_SENT,
     );
     let _ = SOCKS.remove(&sk);
@@ -262,35 +249,41 @@ fn on_close(sk: u64, old: u32) -> Result<(), Error> {
     Ok(())
 }
 
+/// Writes the record's 4-tuple into a map value, a word at a time (see `words`).
+///
+/// # Safety
+/// `dst` points into a live map value, 8-byte aligned.
 #[inline(always)]
-fn tuple_of(rec: &SetStateRecord) -> FlowTuple {
-    let mut tuple = FlowTuple {
-        family: rec.family,
-        sport: rec.sport,
-        dport: rec.dport,
-        _pad: 0,
-        saddr: [0; 16],
-        daddr: [0; 16],
-    };
-    if rec.family == AF_INET {
-        tuple.saddr[..4].copy_from_slice(&rec.saddr);
-        tuple.daddr[..4].copy_from_slice(&rec.daddr);
-    } else {
-        tuple.saddr = rec.saddr_v6;
-        tuple.daddr = rec.daddr_v6;
+unsafe fn write_tuple(dst: *mut FlowTuple, rec: &SetStateRecord) {
+    // SAFETY: the caller's contract; `saddr` and `daddr` sit at offsets 8 and 24 of the tuple
+    // and at 32 and 48 of the record.
+    unsafe {
+        words::zero(dst);
+        (*dst).family = rec.family;
+        (*dst).sport = rec.sport;
+        (*dst).dport = rec.dport;
+        if rec.family == AF_INET {
+            let v4 = |a: *mut [u8; 16]| a.cast::<u32>();
+            v4(&raw mut (*dst).saddr).write_volatile(u32::from_ne_bytes(rec.saddr));
+            v4(&raw mut (*dst).daddr).write_volatile(u32::from_ne_bytes(rec.daddr));
+        } else {
+            words::copy(&raw mut (*dst).saddr, &raw const rec.saddr_v6);
+            words::copy(&raw mut (*dst).daddr, &raw const rec.daddr_v6);
+        }
     }
-    tuple
 }
 
 /// Takes what the TC classifier counted for this flow: egress from the socket's state,
 /// ingress from `WIRE` (whose entry is removed).
-fn take_wire(state: *const SockState, tuple: &FlowTuple) -> WireCounters {
+fn take_wire(state: *const SockState) -> WireCounters {
     // SAFETY: `state` points into a live SOCKS value.
     let mut wire = unsafe { (*state).wire_out };
     if config!(tc_attached) == 0 {
         return wire;
     }
-    // SAFETY: the value is copied out before the entry is removed.
+    // SAFETY: `state` points into a live SOCKS value (a map value is a valid key argument);
+    // the ingress value is copied out before its entry is removed.
+    let tuple = unsafe { &(*state).tuple };
     if let Some(ingress) = unsafe { WIRE.get(tuple) } {
         wire.packets_in = ingress.packets_in;
         wire.bytes_in = ingress.bytes_in;
@@ -322,14 +315,15 @@ fn tcp_totals(sk: u64, close_from: u32) -> (u64, u64) {
     )
 }
 
-/// Inlined: a BPF call passes at most five arguments in registers.
+/// `wire`: the flow's wire counters, `None` for zeros (an `Established` event). Inlined: a
+/// BPF call passes at most five arguments in registers.
 #[inline(always)]
 fn emit(
     kind: EventKind,
     now: u64,
     sk: u64,
     state: *const SockState,
-    wire: &WireCounters,
+    wire: Option<&WireCounters>,
     old: u32,
 ) -> Result<(), Error> {
     let Some(mut entry) = EVENTS.reserve::<ConnEvent>(0) else {
@@ -364,8 +358,8 @@ fn emit(
             cgroup_id: st.cgroup_id,
             sock_id: sk,
         };
-        (*ev).tuple = st.tuple;
-        (*ev).comm = st.comm;
+        words::copy(&raw mut (*ev).tuple, &raw const st.tuple);
+        words::copy(&raw mut (*ev).comm, &raw const st.comm);
         (*ev).start_ns = st.start_ns;
         (*ev).established_ns = st.established_ns;
         (*ev).closed_ns = st.closed_ns;
@@ -373,15 +367,18 @@ fn emit(
         (*ev).bytes_received = bytes_received;
         (*ev).send_calls = st.send_calls;
         (*ev).recv_calls = st.recv_calls;
-        (*ev).wire = *wire;
+        match wire {
+            Some(wire) => (*ev).wire = *wire,
+            None => words::zero(&raw mut (*ev).wire),
+        }
         (*ev).retransmits = st.retransmits;
         (*ev).resets_sent = st.resets_sent;
         (*ev).resets_received = st.resets_received;
         (*ev).srtt_us = srtt;
         (*ev).sk_err = sk_err;
         (*ev).old_state = old;
-        (*ev).turn = st.turn;
-        (*ev).prev_turn = st.prev_turn;
+        words::copy(&raw mut (*ev).turn, &raw const st.turn);
+        words::copy(&raw mut (*ev).prev_turn, &raw const st.prev_turn);
     }
     // Wake user space only when enough is waiting; otherwise it polls on a timer.
     let waiting = EVENTS.query(BPF_RB_AVAIL_DATA as u64);
