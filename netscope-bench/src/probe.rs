@@ -101,12 +101,27 @@ struct PhaseResult {
 /// The ring reader's CPU; the workload runs on the other one (`workload::WORKLOAD_CPU`).
 const READER_CPU: usize = 1;
 
+/// The agent's defaults (`--max-flows`, `--retention-secs`).
+const MAX_FLOWS: usize = 100_000;
+const RETENTION_NS: u64 = 60_000_000_000;
+
 pub fn bench(b: &ProbeBench) -> Result<(), String> {
     let tcplife = tcplife_path()?;
-    let churn = measure(b, Workload::Churn, b.connections, Some(&tcplife), false)?;
-    let keepalive = measure(b, Workload::Keepalive, b.requests, None, false)?;
+    // One flow table for the whole bench, as the agent keeps one for its lifetime: a fresh
+    // table per phase would charge each phase's connections with growing it from empty (hash
+    // table doubling into newly faulted pages), which a running agent paid once.
+    let table = Arc::new(Mutex::new(FlowTable::new(MAX_FLOWS, RETENTION_NS)));
+    let churn = measure(
+        b,
+        &table,
+        Workload::Churn,
+        b.connections,
+        Some(&tcplife),
+        false,
+    )?;
+    let keepalive = measure(b, &table, Workload::Keepalive, b.requests, None, false)?;
     if b.tc {
-        let with_tc = measure(b, Workload::Churn, b.connections, None, true)?;
+        let with_tc = measure(b, &table, Workload::Churn, b.connections, None, true)?;
         println!(
             "with TC on lo: ns_ratio={:.2} run_ns_ratio={:.2}",
             with_tc.modes[0].ns_ratio, with_tc.modes[1].ns_ratio
@@ -144,6 +159,7 @@ struct Summary {
 
 fn measure(
     b: &ProbeBench,
+    table: &Arc<Mutex<FlowTable>>,
     workload: Workload,
     units: usize,
     tcplife: Option<&Path>,
@@ -155,7 +171,13 @@ fn measure(
         "== {workload:?}{setting}: {units} {unit}s, {} B; {} rounds",
         b.payload, b.rounds
     );
-    let run = |phase, units| run_phase(phase, workload, units, b.payload, tc, tcplife);
+    let run = |phase, units| {
+        let reader = Reader {
+            table: Arc::clone(table),
+            tc,
+        };
+        run_phase(phase, workload, units, b.payload, &reader, tcplife)
+    };
     // Warm-up: caches, the verifier's first load, the page cache of the binaries.
     for phase in [Phase::None, Phase::NetScope(Mode::Run)] {
         run(phase, units / 5)?;
@@ -302,12 +324,19 @@ fn baseline_object() -> Result<PathBuf, String> {
     Ok(path)
 }
 
+/// What NetScope's phases attach and read with: the classifier on lo or not, and the flow
+/// table the ring reader fills.
+struct Reader {
+    table: Arc<Mutex<FlowTable>>,
+    tc: bool,
+}
+
 fn run_phase(
     phase: Phase,
     workload: Workload,
     units: usize,
     payload: usize,
-    tc: bool,
+    reader: &Reader,
     tcplife: Option<&Path>,
 ) -> Result<PhaseResult, String> {
     let _netns = BenchNetns::enter()?;
@@ -324,7 +353,7 @@ fn run_phase(
             } else {
                 Some(baseline_object()?)
             };
-            let attached = Attached::load(object, tc, mode)?;
+            let attached = Attached::load(object, reader, mode)?;
             let workload_us = run_workload(workload, units, payload);
             let (programs, agent_cpu) = attached.finish(netscope)?;
             Ok(PhaseResult {
@@ -365,11 +394,11 @@ struct Attached {
 
 impl Attached {
     /// `object`: `None` for NetScope's embedded programs, the baseline object's path otherwise.
-    fn load(object: Option<PathBuf>, tc: bool, mode: Mode) -> Result<Self, String> {
+    fn load(object: Option<PathBuf>, with: &Reader, mode: Mode) -> Result<Self, String> {
         let options = ProbeOptions {
             object,
             per_message_hooks: mode.per_message_hooks(),
-            tc_interfaces: if tc {
+            tc_interfaces: if with.tc {
                 vec!["lo".to_owned()]
             } else {
                 Vec::new()
@@ -381,12 +410,12 @@ impl Attached {
         let counted = probe.live_bytes().counted_calls();
         let stop = Arc::new(AtomicBool::new(false));
         let stopped = Arc::clone(&stop);
+        let table = Arc::clone(&with.table);
         // Named, so that a profile can single it out (`perf report --comm ring-reader`).
         let reader = thread::Builder::new()
             .name("ring-reader".into())
             .spawn(move || {
                 pin(Some(READER_CPU));
-                let table = Arc::new(Mutex::new(FlowTable::new(100_000, 60_000_000_000)));
                 let flows = FlowPipeline::new(table, Arc::new(BroadcastBus::new(4_096)))
                     .counting_calls(counted);
                 let started = thread_cpu_ns();

@@ -1,8 +1,80 @@
 //! What NetScope knows about one outbound TCP connection.
 
-use std::net::SocketAddr;
+use std::{fmt, net::SocketAddr};
 
 use serde::Serialize;
+
+/// A task's command name as the kernel keeps it (`TASK_COMM_LEN`: at most 15 bytes and a NUL),
+/// held inline: a flow is built from every kernel event, and a `String` here was an allocation
+/// and a free per event on the ring reader's path.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct Comm {
+    bytes: [u8; Self::CAPACITY],
+    len: u8,
+}
+
+impl Comm {
+    const CAPACITY: usize = 16;
+
+    /// The kernel's `comm` field: up to its first NUL. A name that is not UTF-8 gets U+FFFD
+    /// for its bad bytes, cut to 16 bytes at a character boundary.
+    pub fn from_kernel(raw: &[u8; 16]) -> Self {
+        let end = raw.iter().position(|&b| b == 0).unwrap_or(raw.len());
+        Self::from(String::from_utf8_lossy(&raw[..end]).as_ref())
+    }
+
+    pub fn as_str(&self) -> &str {
+        // `from` only stores whole characters of a `str`.
+        std::str::from_utf8(&self.bytes[..usize::from(self.len)]).unwrap_or_default()
+    }
+}
+
+/// The longest prefix of `name` that fits, cut at a character boundary.
+impl From<&str> for Comm {
+    fn from(name: &str) -> Self {
+        let mut len = name.len().min(Self::CAPACITY);
+        while !name.is_char_boundary(len) {
+            len -= 1;
+        }
+        let mut bytes = [0; Self::CAPACITY];
+        bytes[..len].copy_from_slice(&name.as_bytes()[..len]);
+        Self {
+            bytes,
+            // len ≤ CAPACITY = 16.
+            len: len as u8,
+        }
+    }
+}
+
+impl fmt::Display for Comm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl fmt::Debug for Comm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self.as_str(), f)
+    }
+}
+
+impl PartialEq<str> for Comm {
+    fn eq(&self, other: &str) -> bool {
+        self.as_str() == other
+    }
+}
+
+impl PartialEq<&str> for Comm {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
+impl Serialize for Comm {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
 
 /// Identity of a connection: the kernel reuses socket addresses, so the start time is part of it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
@@ -116,7 +188,7 @@ pub struct Flow {
     /// Process (tgid) and thread that called `connect()`, and its command name.
     pub pid: u32,
     pub tid: u32,
-    pub comm: String,
+    pub comm: Comm,
     pub cgroup_id: u64,
     pub local: SocketAddr,
     pub remote: SocketAddr,
@@ -271,5 +343,28 @@ mod tests {
             FlowOutcome::TimedOut
         );
         assert_eq!(FlowOutcome::of_close(None, 0, 0), FlowOutcome::Closed);
+    }
+
+    #[test]
+    fn a_command_name_is_read_up_to_its_nul_or_all_sixteen_bytes() {
+        assert_eq!(Comm::from_kernel(b"curl\0\0\0\0\0\0\0\0\0\0\0\0"), "curl");
+        assert_eq!(Comm::from_kernel(b"abcdefghijklmnop"), "abcdefghijklmnop");
+        assert_eq!(Comm::from_kernel(&[0; 16]), "");
+    }
+
+    #[test]
+    fn a_command_name_that_is_not_utf8_keeps_whole_characters_only() {
+        // 0xff is no UTF-8: each becomes U+FFFD (3 bytes); 16 bytes hold "a" and five of them.
+        let comm = Comm::from_kernel(&[
+            b'a', 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+        ]);
+        assert_eq!(comm, "a\u{fffd}\u{fffd}\u{fffd}\u{fffd}\u{fffd}");
+        assert_eq!(Comm::from("ééééééééé").as_str().len(), 16);
+    }
+
+    #[test]
+    fn a_command_name_serializes_as_a_json_string() {
+        let json = serde_json::to_string(&Comm::from("java")).unwrap();
+        assert_eq!(json, "\"java\"");
     }
 }

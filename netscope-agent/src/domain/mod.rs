@@ -17,7 +17,9 @@ pub use call::{
     CallRequest, HttpMethod, OutboundRequest, RequestContext, RouteName, SpanId, TargetName,
     TraceId,
 };
-pub use flow::{Flow, FlowId, FlowOutcome, FlowState, FlowUpdate, FlowUpdateKind, Turn, WireStats};
+pub use flow::{
+    Comm, Flow, FlowId, FlowOutcome, FlowState, FlowUpdate, FlowUpdateKind, Turn, WireStats,
+};
 pub use job::{Job, RecordRef};
 pub use net::{Cidr, DestGroups};
 pub use ports::{

@@ -228,7 +228,7 @@ mod tests {
         assert!(!net.matches(&f), "sample flows go to 127.0.0.1");
         let open = FlowFilter {
             outcome: Some(FlowOutcomeFilter::Open),
-            comm: Some(f.comm.clone()),
+            comm: Some(f.comm.to_string()),
             ..Default::default()
         };
         assert_eq!(open.matches(&f), f.state == FlowState::Established);

@@ -7,7 +7,7 @@ use netscope_common::{
 };
 
 use crate::clock::MonoClock;
-use crate::domain::{Flow, FlowId, FlowOutcome, FlowState, FlowUpdateKind, Turn, WireStats};
+use crate::domain::{Comm, Flow, FlowId, FlowOutcome, FlowState, FlowUpdateKind, Turn, WireStats};
 
 fn ip(family: u16, bytes: &[u8; 16]) -> IpAddr {
     if family == AF_INET {
@@ -24,11 +24,6 @@ pub fn endpoints(tuple: &FlowTuple) -> (SocketAddr, SocketAddr) {
         SocketAddr::new(ip(tuple.family, &tuple.saddr), tuple.sport),
         SocketAddr::new(ip(tuple.family, &tuple.daddr), tuple.dport),
     )
-}
-
-fn comm(raw: &[u8; 16]) -> String {
-    let end = raw.iter().position(|&b| b == 0).unwrap_or(raw.len());
-    String::from_utf8_lossy(&raw[..end]).into_owned()
 }
 
 fn wire(w: &WireCounters) -> Option<WireStats> {
@@ -113,7 +108,7 @@ pub fn flow_from_event(
         outcome,
         pid: ev.header.tgid,
         tid: ev.header.pid,
-        comm: comm(&ev.comm),
+        comm: Comm::from_kernel(&ev.comm),
         cgroup_id: ev.header.cgroup_id,
         local,
         remote,

@@ -130,7 +130,7 @@ impl FlowMetrics {
             .find(|l| &***l == group)
             .map_or_else(|| Arc::from(group), Arc::clone);
         let mut st = self.lock();
-        let comm = self.comm_label(&mut st, &f.comm, now);
+        let comm = self.comm_label(&mut st, f.comm.as_str(), now);
         let s = st
             .series
             .entry((dest, comm))

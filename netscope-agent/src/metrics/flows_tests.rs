@@ -14,7 +14,7 @@ fn labels(comm_budget: usize) -> FlowLabels {
 
 fn update(kind: FlowUpdateKind, port: u16, comm: &str) -> FlowUpdate {
     let mut flow = sample_flow(u64::from(port), port);
-    flow.comm = comm.to_owned();
+    flow.comm = comm.into();
     flow.state = match kind {
         FlowUpdateKind::Established => FlowState::Established,
         FlowUpdateKind::Closed => FlowState::Closed,
