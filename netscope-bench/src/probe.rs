@@ -107,21 +107,28 @@ const RETENTION_NS: u64 = 60_000_000_000;
 
 pub fn bench(b: &ProbeBench) -> Result<(), String> {
     let tcplife = tcplife_path()?;
-    // One flow table for the whole bench, as the agent keeps one for its lifetime: a fresh
-    // table per phase would charge each phase's connections with growing it from empty (hash
-    // table doubling into newly faulted pages), which a running agent paid once.
-    let table = Arc::new(Mutex::new(FlowTable::new(MAX_FLOWS, RETENTION_NS)));
+    // One flow table per configuration for the whole bench, as the agent keeps one for its
+    // lifetime: a fresh table per phase would charge each phase's connections with growing it
+    // from empty (hash table doubling into newly faulted pages), which a running agent paid
+    // once. `probe` correlates no request, so its table has no endpoint index, as the agent's.
+    let tables = Mode::BOTH.map(|mode| {
+        let table = FlowTable::new(MAX_FLOWS, RETENTION_NS);
+        Arc::new(Mutex::new(match mode {
+            Mode::Probe => table.without_endpoint_index(),
+            Mode::Run => table,
+        }))
+    });
     let churn = measure(
         b,
-        &table,
+        &tables,
         Workload::Churn,
         b.connections,
         Some(&tcplife),
         false,
     )?;
-    let keepalive = measure(b, &table, Workload::Keepalive, b.requests, None, false)?;
+    let keepalive = measure(b, &tables, Workload::Keepalive, b.requests, None, false)?;
     if b.tc {
-        let with_tc = measure(b, &table, Workload::Churn, b.connections, None, true)?;
+        let with_tc = measure(b, &tables, Workload::Churn, b.connections, None, true)?;
         println!(
             "with TC on lo: ns_ratio={:.2} run_ns_ratio={:.2}",
             with_tc.modes[0].ns_ratio, with_tc.modes[1].ns_ratio
@@ -159,7 +166,7 @@ struct Summary {
 
 fn measure(
     b: &ProbeBench,
-    table: &Arc<Mutex<FlowTable>>,
+    tables: &[Arc<Mutex<FlowTable>>; 2],
     workload: Workload,
     units: usize,
     tcplife: Option<&Path>,
@@ -173,7 +180,7 @@ fn measure(
     );
     let run = |phase, units| {
         let reader = Reader {
-            table: Arc::clone(table),
+            tables: tables.clone(),
             tc,
         };
         run_phase(phase, workload, units, b.payload, &reader, tcplife)
@@ -325,9 +332,9 @@ fn baseline_object() -> Result<PathBuf, String> {
 }
 
 /// What NetScope's phases attach and read with: the classifier on lo or not, and the flow
-/// table the ring reader fills.
+/// table the ring reader fills (per configuration, in [`Mode::BOTH`]'s order).
 struct Reader {
-    table: Arc<Mutex<FlowTable>>,
+    tables: [Arc<Mutex<FlowTable>>; 2],
     tc: bool,
 }
 
@@ -410,7 +417,7 @@ impl Attached {
         let counted = probe.live_bytes().counted_calls();
         let stop = Arc::new(AtomicBool::new(false));
         let stopped = Arc::clone(&stop);
-        let table = Arc::clone(&with.table);
+        let table = Arc::clone(&with.tables[mode as usize]);
         // Named, so that a profile can single it out (`perf report --comm ring-reader`).
         let reader = thread::Builder::new()
             .name("ring-reader".into())

@@ -42,7 +42,8 @@ pub struct EventHeader {
     pub kind: u32,
     /// Size in bytes of the whole event, header included; lets the reader reject torn records.
     pub len: u32,
-    /// CLOCK_MONOTONIC nanoseconds at which the kernel saw the transition.
+    /// CLOCK_MONOTONIC nanoseconds at which the kernel saw the transition (for `Closed`: to
+    /// CLOSE, or the socket's destruction when it was not seen closing).
     pub ts_ns: u64,
     /// Process (thread group) that called `connect()`.
     pub tgid: u32,

@@ -53,15 +53,19 @@ pub enum AppError {
 }
 
 /// The flow table the probe's settings size: `max_flows` flows, finished ones kept for
-/// `retention`.
+/// `retention`; indexed by endpoints only when requests are `correlated` with flows.
 fn flow_table(
     ps: &crate::config::ProbeSettings,
+    correlated: bool,
 ) -> std::sync::Arc<std::sync::Mutex<crate::flows::FlowTable>> {
     let retention_ns = u64::try_from(ps.retention.as_nanos()).unwrap_or(u64::MAX);
-    std::sync::Arc::new(std::sync::Mutex::new(crate::flows::FlowTable::new(
-        ps.max_flows,
-        retention_ns,
-    )))
+    let table = crate::flows::FlowTable::new(ps.max_flows, retention_ns);
+    let table = if correlated {
+        table
+    } else {
+        table.without_endpoint_index()
+    };
+    std::sync::Arc::new(std::sync::Mutex::new(table))
 }
 
 /// Turns SIGINT/SIGTERM into `true` on `stop`.

@@ -76,7 +76,7 @@ pub async fn run_probe(
     );
 
     let bus = BroadcastBus::new(65_536);
-    let table = super::flow_table(&settings);
+    let table = super::flow_table(&settings, false);
     let mut metrics = MetricsBuilder::new();
     let recorder = Recorder::register(&mut metrics, Some(api.flow_labels()));
     let pipeline = FlowPipeline::new(Arc::clone(&table), Arc::new(bus.clone()))

@@ -264,7 +264,7 @@ fn attach_probe(
     stop: watch::Receiver<bool>,
 ) -> Result<Attached, AppError> {
     let mut probe = Probe::load(&ProbeOptions::from_settings(ps))?;
-    let table = super::flow_table(ps);
+    let table = super::flow_table(ps, true);
     let flows = Arc::new(
         FlowPipeline::new(Arc::clone(&table), Arc::new(bus.clone()))
             .with_recorder(recorder)

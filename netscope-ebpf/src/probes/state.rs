@@ -9,7 +9,8 @@
 //! - anything else → CLOSE: note the time and the state left. Nothing is emitted yet: after a
 //!   half-close the application may still read buffered data.
 //!
-//! `tcp:tcp_destroy_sock`: the socket is gone, its counters final: emit `Closed`, forget it.
+//! `tcp:tcp_destroy_sock`: the socket is gone, its counters final: emit `Closed` (at the time
+//! of the CLOSE transition when there was one), forget it.
 
 use aya_ebpf::{
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
@@ -102,10 +103,16 @@ fn try_destroy(ctx: &TracePointContext) -> Result<(), Error> {
         return Ok(());
     };
     // SAFETY: `state` points into a live SOCKS value.
-    let old = unsafe { (*state).close_from_state };
+    let (old, closed) = unsafe { ((*state).close_from_state, (*state).closed_ns) };
     let wire = take_wire(state);
-    // SAFETY: helper without arguments.
-    let now = unsafe { bpf_ktime_get_ns() };
+    // The event's time is the transition to CLOSE, whose time is already read (usually
+    // microseconds before); only a socket destroyed without one reads the clock here.
+    let now = if closed != 0 {
+        closed
+    } else {
+        // SAFETY: helper without arguments.
+        unsafe { bpf_ktime_get_ns() }
+    };
     let emitted = emit(EventKind::Closed, now, sk, state, Some(&wire), old);
     let _ = SOCKS.remove(&sk);
     emitted
