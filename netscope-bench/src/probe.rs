@@ -107,28 +107,10 @@ const RETENTION_NS: u64 = 60_000_000_000;
 
 pub fn bench(b: &ProbeBench) -> Result<(), String> {
     let tcplife = tcplife_path()?;
-    // One flow table per configuration for the whole bench, as the agent keeps one for its
-    // lifetime: a fresh table per phase would charge each phase's connections with growing it
-    // from empty (hash table doubling into newly faulted pages), which a running agent paid
-    // once. `probe` correlates no request, so its table has no endpoint index, as the agent's.
-    let tables = Mode::BOTH.map(|mode| {
-        let table = FlowTable::new(MAX_FLOWS, RETENTION_NS);
-        Arc::new(Mutex::new(match mode {
-            Mode::Probe => table.without_endpoint_index(),
-            Mode::Run => table,
-        }))
-    });
-    let churn = measure(
-        b,
-        &tables,
-        Workload::Churn,
-        b.connections,
-        Some(&tcplife),
-        false,
-    )?;
-    let keepalive = measure(b, &tables, Workload::Keepalive, b.requests, None, false)?;
+    let churn = measure(b, Workload::Churn, b.connections, Some(&tcplife), false)?;
+    let keepalive = measure(b, Workload::Keepalive, b.requests, None, false)?;
     if b.tc {
-        let with_tc = measure(b, &tables, Workload::Churn, b.connections, None, true)?;
+        let with_tc = measure(b, Workload::Churn, b.connections, None, true)?;
         println!(
             "with TC on lo: ns_ratio={:.2} run_ns_ratio={:.2}",
             with_tc.modes[0].ns_ratio, with_tc.modes[1].ns_ratio
@@ -166,12 +148,24 @@ struct Summary {
 
 fn measure(
     b: &ProbeBench,
-    tables: &[Arc<Mutex<FlowTable>>; 2],
     workload: Workload,
     units: usize,
     tcplife: Option<&Path>,
     tc: bool,
 ) -> Result<Summary, String> {
+    // One flow table per configuration for the whole workload, as the agent keeps one for its
+    // lifetime: a fresh table per phase would charge each phase's connections with growing it
+    // from empty (hash table doubling into newly faulted pages), which a running agent paid
+    // once, and one shared with the other workload would charge its requests with expiring
+    // the churn's connections. `probe` correlates no request, so its table has no endpoint
+    // index, as the agent's.
+    let tables = Mode::BOTH.map(|mode| {
+        let table = FlowTable::new(MAX_FLOWS, RETENTION_NS);
+        Arc::new(Mutex::new(match mode {
+            Mode::Probe => table.without_endpoint_index(),
+            Mode::Run => table,
+        }))
+    });
     let unit = workload.unit();
     let setting = if tc { " (TC on lo)" } else { "" };
     println!(

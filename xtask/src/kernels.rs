@@ -182,8 +182,24 @@ try_attach() {
     [ -n "$result" ] || result="no verdict after ${i} s: $(tail -n 2 /tmp/caps.log)"
   fi
   echo "NETSCOPE-GUEST: $1: $result"
-  kill $pid 2>/dev/null; wait $pid 2>/dev/null
+  # SIGTERM must end it promptly (a DaemonSet pod's termination); a hang is shown, then killed.
+  kill $pid 2>/dev/null
+  i=0
+  while [ $i -lt 30 ] && kill -0 $pid 2>/dev/null; do
+    sleep 1; i=$((i + 1))
+  done
+  if kill -0 $pid 2>/dev/null; then
+    exited=FAILED
+    echo "NETSCOPE-GUEST: $1: still running 30 s after SIGTERM; its threads (name state wchan):"
+    for t in /proc/$pid/task/*; do
+      echo "NETSCOPE-GUEST:   $(cat $t/comm) $(cut -d' ' -f3 $t/stat) $(cat $t/wchan 2>/dev/null)"
+    done
+    tail -n 5 /tmp/caps.log | sed 's/^/NETSCOPE-GUEST:   log: /'
+    kill -9 $pid 2>/dev/null
+  fi
+  wait $pid 2>/dev/null
 }
+exited=ok
 daemonset="+bpf,+perfmon,+net_admin,+sys_resource"
 paranoid=$(cat /proc/sys/kernel/perf_event_paranoid)
 echo "NETSCOPE-GUEST: kernel.perf_event_paranoid is $paranoid"
@@ -206,6 +222,7 @@ case "$result" in
   *) v="unknown (info)" ;;
 esac
 echo "test capabilities: CAP_SYS_RESOURCE is needed ... $v"
+echo "test capabilities: the agent exits on SIGTERM ... $exited"
 echo "$paranoid" > /proc/sys/kernel/perf_event_paranoid
 NETSCOPE_REQUIRE_KERNEL_TESTS=1 NETSCOPE_BURST_CONNECTIONS=@BURST@ \
   NETSCOPE_LATENCY_FLOOR_US=@FLOOR@ RUST_BACKTRACE=1 \
@@ -413,14 +430,27 @@ pub fn test_kernels(args: &[String]) -> Result<(), String> {
     }
     let table = matrix(&columns);
     print!("{table}");
-    let failed = columns
-        .iter()
-        .any(|(_, r)| r.is_empty() || r.values().any(|v| v != "ok" && !v.ends_with("(info)")));
-    if failed {
+    if failed(&columns) {
         Err("some kernel tests failed (matrix above; serial logs in target/kernels/)".into())
     } else {
         Ok(())
     }
+}
+
+/// A column failed when a test in it did not pass, when it ran nothing, or when it lacks a
+/// kernel test another column ran (a guest killed at its time limit, or a test binary that
+/// stopped early). The host runs no `capabilities:` lines.
+fn failed(columns: &[(String, BTreeMap<String, String>)]) -> bool {
+    let kernel_tests: std::collections::BTreeSet<&String> = columns
+        .iter()
+        .flat_map(|(_, r)| r.keys())
+        .filter(|t| !t.starts_with("capabilities:"))
+        .collect();
+    columns.iter().any(|(_, r)| {
+        r.is_empty()
+            || r.values().any(|v| v != "ok" && !v.ends_with("(info)"))
+            || kernel_tests.iter().any(|t| !r.contains_key(*t))
+    })
 }
 
 /// test × kernel → verdict.
@@ -451,4 +481,36 @@ fn matrix(columns: &[(String, BTreeMap<String, String>)]) -> String {
         }
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn column(name: &str, results: &[(&str, &str)]) -> (String, BTreeMap<String, String>) {
+        let r = results
+            .iter()
+            .map(|(t, v)| ((*t).to_owned(), (*v).to_owned()))
+            .collect();
+        (name.to_owned(), r)
+    }
+
+    #[test]
+    fn a_kernel_that_misses_a_test_another_ran_fails_the_matrix() {
+        let full = column("6.1", &[("bytes", "ok"), ("capabilities: x", "ok")]);
+        let host = column("host", &[("bytes", "ok")]);
+        assert!(
+            !failed(&[full.clone(), host.clone()]),
+            "the host runs no capabilities lines"
+        );
+        let killed = column("6.12", &[("capabilities: x", "ok")]);
+        assert!(failed(&[full.clone(), killed, host.clone()]));
+        let info = column(
+            "5.10",
+            &[("bytes", "ok"), ("capabilities: x", "yes (info)")],
+        );
+        assert!(!failed(&[full.clone(), info, host.clone()]));
+        let bad = column("7.3", &[("bytes", "FAILED"), ("capabilities: x", "ok")]);
+        assert!(failed(&[full, bad, host]));
+    }
 }

@@ -65,6 +65,12 @@ pub async fn run_probe(
     settings: ProbeSettings,
     api: ApiSettings,
 ) -> Result<ProbeSummary, AppError> {
+    // Signals first, before the probe says it is attached: whoever waits for that line may
+    // stop it at once (the kernel matrix's least-privilege check does; once, on a slow guest,
+    // an agent ran on after that SIGTERM — not reproduced since). One during the load stops
+    // the probe right after it.
+    let (stop_tx, stop_rx) = watch::channel(false);
+    shutdown_signal(stop_tx)?;
     let mut probe = Probe::load(&ProbeOptions::from_settings(&settings))?;
     let reader = probe.take_events()?;
     let offsets = probe.kernel_offsets();
@@ -84,9 +90,6 @@ pub async fn run_probe(
         .counting_calls(probe.live_bytes().counted_calls());
 
     let printer = tokio::spawn(print_flows(bus.subscribe(), settings.print_established));
-
-    let (stop_tx, stop_rx) = watch::channel(false);
-    shutdown_signal(stop_tx)?;
 
     let parts = ViewParts {
         probe: &probe,
