@@ -10,6 +10,14 @@ mod decode;
 #[cfg(feature = "user")]
 pub use decode::DecodeError;
 
+/// Compile-time guard: these fields sit at offsets that are multiples of 8, because the kernel
+/// programs move them 8 bytes at a time (`netscope-ebpf`'s `words`).
+macro_rules! word_aligned {
+    ($ty:ty: $($field:ident),+) => {
+        const _: () = assert!($(core::mem::offset_of!($ty, $field) % 8 == 0)&&+);
+    };
+}
+
 /// Kinds of events on the ring buffer. Numbers are stable: never reuse or renumber one.
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -74,6 +82,7 @@ pub struct FlowTuple {
     pub daddr: [u8; 16],
 }
 const _: () = assert!(size_of::<FlowTuple>() == 40);
+word_aligned!(FlowTuple: saddr, daddr);
 
 /// Packets and bytes the TC classifier saw on the wire for one flow (`skb->len`, L2 included;
 /// a GSO/GRO aggregate counts as one packet, as tcpdump shows it).
@@ -140,13 +149,7 @@ pub struct SockState {
     pub copied_seq_base: u32,
 }
 const _: () = assert!(size_of::<SockState>() == 248);
-// The kernel moves these fields 8 bytes at a time (`netscope-ebpf`'s `words`).
-const _: () = assert!(
-    core::mem::offset_of!(SockState, tuple) % 8 == 0
-        && core::mem::offset_of!(SockState, comm) % 8 == 0
-        && core::mem::offset_of!(SockState, turn) % 8 == 0
-        && core::mem::offset_of!(SockState, prev_turn) % 8 == 0
-);
+word_aligned!(SockState: tuple, comm, turn, prev_turn);
 
 /// The one event type on the ring buffer: the connection's identity and, for `Closed` and
 /// `ConnectFailed`, its final counters (zero for `Established`).
@@ -183,12 +186,7 @@ pub struct ConnEvent {
     pub prev_turn: Turn,
 }
 const _: () = assert!(size_of::<ConnEvent>() == 272);
-const _: () = assert!(
-    core::mem::offset_of!(ConnEvent, tuple) % 8 == 0
-        && core::mem::offset_of!(ConnEvent, comm) % 8 == 0
-        && core::mem::offset_of!(ConnEvent, turn) % 8 == 0
-        && core::mem::offset_of!(ConnEvent, prev_turn) % 8 == 0
-);
+word_aligned!(ConnEvent: tuple, comm, turn, prev_turn);
 
 /// Value of an unknown `srtt_us`.
 pub const SRTT_UNKNOWN: u32 = u32::MAX;
@@ -233,6 +231,7 @@ pub struct SetStateRecord {
     pub daddr_v6: [u8; 16],
 }
 const _: () = assert!(size_of::<SetStateRecord>() == 64);
+word_aligned!(SetStateRecord: saddr_v6, daddr_v6);
 
 /// Offsets of `sock:sock_send_length` / `sock:sock_recv_length` records.
 #[repr(C)]

@@ -102,9 +102,7 @@ impl Target {
             .find(|r| path.starts_with(&r.path_prefix))
             .map_or_else(|| RouteName("default".to_owned()), |r| r.name.clone())
     }
-}
 
-impl Target {
     /// The local demo upstream (127.0.0.1:18080) as target `demo`, with routes `orders` and
     /// `payments`: what tests and benchmarks start from.
     pub fn example() -> Self {

@@ -262,8 +262,8 @@ fn on_close(sk: u64, old: u32) -> Result<(), Error> {
 /// `dst` points into a live map value, 8-byte aligned.
 #[inline(always)]
 unsafe fn write_tuple(dst: *mut FlowTuple, rec: &SetStateRecord) {
-    // SAFETY: the caller's contract; `saddr` and `daddr` sit at offsets 8 and 24 of the tuple
-    // and at 32 and 48 of the record.
+    // SAFETY: the caller's contract; the addresses sit at 8-byte offsets of both the tuple and
+    // the record (asserted in `netscope_common`).
     unsafe {
         words::zero(dst);
         (*dst).family = rec.family;
