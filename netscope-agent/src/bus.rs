@@ -116,10 +116,10 @@ mod tests {
     use crate::domain::{FlowUpdate, FlowUpdateKind, flow::sample_flow};
 
     fn update(n: u64) -> BusEvent {
-        BusEvent::Flow(Arc::new(FlowUpdate {
+        BusEvent::Flow(FlowUpdate {
             kind: FlowUpdateKind::Closed,
-            flow: sample_flow(n, 1),
-        }))
+            flow: Arc::new(sample_flow(n, 1)),
+        })
     }
 
     fn sock(e: Option<BusEvent>) -> u64 {

@@ -787,7 +787,7 @@ fn each_exchange_on_a_kept_alive_connection_gets_its_own_bytes_even_when_asked_l
     use netscope_agent::{
         clock::{monotonic_now_ns, now_unix_ms},
         domain::{ConnectionObserver, FlowUpdateKind},
-        flows::FlowTable,
+        flows::{FlowTable, TableChanges},
         probe::correlate::Correlator,
     };
 
@@ -800,12 +800,11 @@ fn each_exchange_on_a_kept_alive_connection_gets_its_own_bytes_even_when_asked_l
     let mut probe = Harness::start(&Harness::for_dport(PORT));
     let live = probe.probe.counts_live_bytes();
     let table = Arc::new(Mutex::new(FlowTable::new(64, 60_000_000_000)));
-    let notify = || Arc::new(tokio::sync::Notify::new());
     let correlator = Correlator::new(
         Arc::clone(&table),
         probe.probe.take_socks().unwrap(),
-        notify(),
-        notify(),
+        Arc::new(TableChanges::default()),
+        Arc::new(tokio::sync::Notify::new()),
         Duration::from_millis(100),
     );
     let rt = tokio::runtime::Builder::new_current_thread()

@@ -1,6 +1,6 @@
 //! What NetScope knows about one outbound TCP connection.
 
-use std::{fmt, net::SocketAddr};
+use std::{fmt, net::SocketAddr, sync::Arc};
 
 use serde::Serialize;
 
@@ -250,11 +250,12 @@ pub enum FlowUpdateKind {
     Failed,
 }
 
-/// A change to a flow, as published on the [`super::EventBus`].
+/// A change to a flow, as published on the [`super::EventBus`]. The flow is shared with the
+/// flow table that keeps it: one allocation per kernel event, no copy.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct FlowUpdate {
     pub kind: FlowUpdateKind,
-    pub flow: Flow,
+    pub flow: Arc<Flow>,
 }
 
 /// A closed loopback flow from `local_port` to port 80, for tests.

@@ -12,7 +12,7 @@ use super::{
 #[derive(Clone, Debug)]
 pub enum BusEvent {
     /// The kernel saw a connection open, fail or close.
-    Flow(Arc<FlowUpdate>),
+    Flow(FlowUpdate),
     /// A call finished.
     Call(Arc<OutboundResult>),
 }

@@ -10,6 +10,6 @@ pub mod table;
 
 pub use self::{
     deltas::{AttemptSpan, CallDeltas, ConnectionView, Counters},
-    pipeline::FlowPipeline,
+    pipeline::{FlowPipeline, TableChanges},
     table::{FlowTable, FlowTableStats},
 };

@@ -4,7 +4,7 @@
 use std::{
     collections::{HashMap, VecDeque},
     net::SocketAddr,
-    sync::{Mutex, PoisonError},
+    sync::{Arc, Mutex, PoisonError},
 };
 
 use crate::domain::{
@@ -31,11 +31,11 @@ pub struct FlowTableStats {
 type Hasher = foldhash::fast::RandomState;
 
 pub struct FlowTable {
-    /// Boxed: a flow that expires is dropped without being read. Held inline (~370 bytes a
-    /// bucket), removing one moved it out of a cold bucket — six cache lines — and the table's
-    /// buckets stayed sized for flows at 7/8 load (`bench probe`: expiry was ~40 % of the ring
-    /// reader's time per connection once the table was full).
-    flows: HashMap<FlowId, Box<Flow>, Hasher>,
+    /// Behind an `Arc` shared with the update that published it: one allocation per kernel event
+    /// and no copy of the ~370-byte flow. Held inline, removing an expired flow moved it out of
+    /// a cold bucket — six cache lines — and the buckets stayed sized for flows at 7/8 load
+    /// (`bench probe`: expiry was ~40 % of the ring reader's time once the table was full).
+    flows: HashMap<FlowId, Arc<Flow>, Hasher>,
     /// The latest flow per endpoint pair, for request correlation; `None` where nothing
     /// correlates (see [`Self::without_endpoint_index`]).
     by_endpoints: Option<HashMap<(SocketAddr, SocketAddr), FlowId, Hasher>>,
@@ -81,7 +81,7 @@ impl FlowTable {
     }
 
     pub fn get(&self, id: &FlowId) -> Option<&Flow> {
-        self.flows.get(id).map(Box::as_ref)
+        self.flows.get(id).map(Arc::as_ref)
     }
 
     /// The latest flow between these two endpoints.
@@ -107,6 +107,7 @@ impl FlowTable {
 
     /// Records what one kernel event says about a flow and returns the update to publish.
     pub fn apply(&mut self, kind: FlowUpdateKind, flow: Flow, now_unix_ns: u64) -> FlowUpdate {
+        let flow = Arc::new(flow);
         let id = flow.id;
         let finished = flow.is_finished();
         let endpoints = (flow.local, flow.remote);
@@ -114,11 +115,11 @@ impl FlowTable {
         // 0 until the connect picks one): a close does not index them again.
         let indexed = if let Some(slot) = self.flows.get_mut(&id) {
             let same = (slot.local, slot.remote) == endpoints;
-            **slot = flow.clone();
+            *slot = Arc::clone(&flow);
             self.stats.updated += 1;
             same
         } else if self.make_room(now_unix_ns) {
-            self.flows.insert(id, Box::new(flow.clone()));
+            self.flows.insert(id, Arc::clone(&flow));
             self.stats.inserted += 1;
             false
         } else {
@@ -190,7 +191,7 @@ impl FlowQuery for Mutex<FlowTable> {
         let mut hits: Vec<(FlowCursor, &Flow)> = table
             .flows
             .values()
-            .map(Box::as_ref)
+            .map(Arc::as_ref)
             .filter(|f| filter.matches(f))
             .map(|f| (FlowCursor::of(f), f))
             .filter(|(c, _)| after.is_none_or(|a| *c < a))

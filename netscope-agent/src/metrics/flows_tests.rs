@@ -20,7 +20,10 @@ fn update(kind: FlowUpdateKind, port: u16, comm: &str) -> FlowUpdate {
         FlowUpdateKind::Closed => FlowState::Closed,
         FlowUpdateKind::Failed => FlowState::Failed,
     };
-    FlowUpdate { kind, flow }
+    FlowUpdate {
+        kind,
+        flow: Arc::new(flow),
+    }
 }
 
 #[test]

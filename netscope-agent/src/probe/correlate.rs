@@ -22,14 +22,16 @@ use crate::{
         ConnectionObserver, Flow, FlowState,
         outcome::{BoxFuture, NetworkFacts},
     },
-    flows::{AttemptSpan, CallDeltas, ConnectionView, Counters, FlowTable, convert::turn},
+    flows::{
+        AttemptSpan, CallDeltas, ConnectionView, Counters, FlowTable, TableChanges, convert::turn,
+    },
 };
 
 pub struct Correlator {
     table: Arc<Mutex<FlowTable>>,
     socks: Mutex<BpfHashMap<MapData, u64, SockState>>,
-    /// Notified whenever the flow table changes.
-    updated: Arc<Notify>,
+    /// Told whenever the flow table changes.
+    updated: Arc<TableChanges>,
     /// Pokes the ring reader to drain now.
     kick: Arc<Notify>,
     deltas: Mutex<CallDeltas>,
@@ -40,7 +42,7 @@ impl Correlator {
     pub fn new(
         table: Arc<Mutex<FlowTable>>,
         socks: BpfHashMap<MapData, u64, SockState>,
-        updated: Arc<Notify>,
+        updated: Arc<TableChanges>,
         kick: Arc<Notify>,
         wait: Duration,
     ) -> Self {
@@ -95,6 +97,7 @@ impl Correlator {
     /// Waits (bounded) until `find` sees something, poking the ring reader meanwhile.
     async fn wait_for<T>(&self, find: impl Fn(&Self) -> Option<T>) -> Option<T> {
         let deadline = Instant::now() + self.wait;
+        let _waiting = self.updated.waiting();
         loop {
             let changed = self.updated.notified();
             if let Some(found) = find(self) {
