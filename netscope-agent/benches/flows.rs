@@ -36,7 +36,7 @@ fn ring_records(n: u32) -> Vec<Vec<u8>> {
             let event = ConnEvent {
                 header: EventHeader {
                     kind: kind as u32,
-                    len: size_of::<ConnEvent>() as u32,
+                    len: kind.record_len() as u32,
                     ts_ns: 10_000 + u64::from(i),
                     tgid: 10,
                     pid: 11,

@@ -2,7 +2,10 @@
 
 use core::{fmt, mem::size_of};
 
-use crate::{ConnEvent, EventKind, FlowTuple, ProbeConfig, SockState, WireCounters};
+use crate::{
+    ConnEvent, EventHeader, EventKind, FlowTuple, ProbeConfig, SK_ERR_UNKNOWN, SockState,
+    WireCounters, tcp_state,
+};
 
 // SAFETY: all of these are `#[repr(C)]`, made only of integers and integer arrays, with explicit
 // padding fields and size assertions; every bit pattern is a valid value.
@@ -40,43 +43,63 @@ impl fmt::Display for DecodeError {
 impl std::error::Error for DecodeError {}
 
 impl ConnEvent {
-    /// Decodes one ring-buffer record, checking its size, kind and announced length.
+    /// Decodes one ring-buffer record, checking its size, kind and announced length (an
+    /// `Established` record is the event's first [`ESTABLISHED_LEN`] bytes; the rest takes its
+    /// "not yet" values).
     pub fn from_bytes(bytes: &[u8]) -> Result<(EventKind, Self), DecodeError> {
-        let expected = size_of::<Self>();
+        let header_len = size_of::<EventHeader>();
+        if bytes.len() < header_len {
+            return Err(DecodeError::Size {
+                expected: header_len,
+                actual: bytes.len(),
+            });
+        }
+        // SAFETY: at least a header's bytes (checked above); `EventHeader` is plain integers, so
+        // any bytes are a valid value, and `read_unaligned` makes no alignment assumption about
+        // the ring's memory.
+        let header = unsafe { bytes.as_ptr().cast::<EventHeader>().read_unaligned() };
+        let kind = EventKind::from_u32(header.kind).ok_or(DecodeError::UnknownKind(header.kind))?;
+        let expected = kind.record_len();
         if bytes.len() != expected {
             return Err(DecodeError::Size {
                 expected,
                 actual: bytes.len(),
             });
         }
-        // SAFETY: length checked above; `ConnEvent` is Pod, so any bytes are a valid value, and
-        // `read_unaligned` makes no alignment assumption about the ring's memory.
-        let event = unsafe { bytes.as_ptr().cast::<Self>().read_unaligned() };
-        let kind = EventKind::from_u32(event.header.kind)
-            .ok_or(DecodeError::UnknownKind(event.header.kind))?;
-        if event.header.len as usize != expected {
+        if header.len as usize != expected {
             return Err(DecodeError::HeaderLen {
-                kind: event.header.kind,
-                len: event.header.len,
+                kind: header.kind,
+                len: header.len,
             });
+        }
+        let mut event = Self {
+            sk_err: SK_ERR_UNKNOWN,
+            old_state: tcp_state::SYN_SENT,
+            ..Self::default()
+        };
+        // SAFETY: `expected` ≤ size_of::<Self>() bytes of a `#[repr(C)]` Pod value, copied from a
+        // slice of exactly that length; every bit pattern of its fields is valid.
+        unsafe {
+            core::ptr::copy_nonoverlapping(bytes.as_ptr(), (&raw mut event).cast::<u8>(), expected);
         }
         Ok((kind, event))
     }
 
-    /// The event's bytes exactly as the kernel writes them.
+    /// The event's record exactly as the kernel writes it for its header's kind (all of the
+    /// event for an unknown kind).
     pub fn as_bytes(&self) -> &[u8] {
+        let len =
+            EventKind::from_u32(self.header.kind).map_or(size_of::<Self>(), EventKind::record_len);
         // SAFETY: `ConnEvent` is `#[repr(C)]` with no implicit padding (size asserted), so every
-        // byte of it is initialised.
-        unsafe {
-            core::slice::from_raw_parts((self as *const Self).cast::<u8>(), size_of::<Self>())
-        }
+        // byte of it is initialised; `len` ≤ its size.
+        unsafe { core::slice::from_raw_parts((self as *const Self).cast::<u8>(), len) }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{AF_INET6, EventHeader};
+    use crate::{AF_INET6, ESTABLISHED_LEN};
 
     fn sample() -> ConnEvent {
         ConnEvent {
@@ -116,7 +139,7 @@ mod tests {
             resets_received: 13,
             srtt_us: 14,
             sk_err: 104,
-            old_state: crate::tcp_state::FIN_WAIT2,
+            old_state: tcp_state::FIN_WAIT2,
             turn: crate::Turn {
                 start_ns: 9,
                 sent: 10,
@@ -177,6 +200,53 @@ mod tests {
         assert_eq!(
             ConnEvent::from_bytes(event.as_bytes()),
             Err(DecodeError::HeaderLen { kind: 3, len: 12 })
+        );
+    }
+
+    #[test]
+    fn an_established_record_is_the_events_first_120_bytes_and_the_rest_reads_as_not_yet_known() {
+        let full = sample();
+        let mut event = full;
+        event.header.kind = EventKind::Established as u32;
+        event.header.len = ESTABLISHED_LEN as u32;
+        let bytes = event.as_bytes();
+        assert_eq!(bytes.len(), 120);
+        let (kind, decoded) = ConnEvent::from_bytes(bytes).unwrap();
+        assert_eq!(kind, EventKind::Established);
+        let expected = ConnEvent {
+            header: event.header,
+            tuple: full.tuple,
+            comm: full.comm,
+            start_ns: full.start_ns,
+            established_ns: full.established_ns,
+            srtt_us: full.srtt_us,
+            retransmits: full.retransmits,
+            sk_err: SK_ERR_UNKNOWN,
+            old_state: tcp_state::SYN_SENT,
+            ..ConnEvent::default()
+        };
+        assert_eq!(decoded, expected);
+    }
+
+    #[test]
+    fn an_established_record_of_a_closed_events_length_is_rejected() {
+        let mut event = sample();
+        event.header.kind = EventKind::Established as u32;
+        let whole = {
+            let p = (&raw const event).cast::<u8>();
+            // SAFETY: the whole Pod event's bytes.
+            unsafe { core::slice::from_raw_parts(p, size_of::<ConnEvent>()) }
+        };
+        assert_eq!(
+            ConnEvent::from_bytes(whole),
+            Err(DecodeError::Size {
+                expected: 120,
+                actual: 272
+            })
+        );
+        assert_eq!(
+            ConnEvent::from_bytes(event.as_bytes()),
+            Err(DecodeError::HeaderLen { kind: 1, len: 272 })
         );
     }
 

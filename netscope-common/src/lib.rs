@@ -152,7 +152,13 @@ const _: () = assert!(size_of::<SockState>() == 248);
 word_aligned!(SockState: tuple, comm, turn, prev_turn);
 
 /// The one event type on the ring buffer: the connection's identity and, for `Closed` and
-/// `ConnectFailed`, its final counters (zero for `Established`).
+/// `ConnectFailed`, its final counters.
+///
+/// An `Established` record is only the first [`ESTABLISHED_LEN`] bytes: what is known when a
+/// connect completes (identity, times, SRTT, SYN retransmits). What follows is only known at
+/// the end, and the decoder gives it its "not yet" values for an `Established` event: zeros,
+/// `sk_err` [`SK_ERR_UNKNOWN`], `old_state` SYN_SENT. (120 bytes instead of 272: fewer cache
+/// lines written by the kernel and read by the agent, twice the connects in the same ring.)
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ConnEvent {
@@ -163,6 +169,10 @@ pub struct ConnEvent {
     pub start_ns: u64,
     /// CLOCK_MONOTONIC ns of SYN_SENT → ESTABLISHED; 0 if never established.
     pub established_ns: u64,
+    /// Smoothed RTT in µs at the time of the event; `u32::MAX` when the kernel offset is unknown.
+    pub srtt_us: u32,
+    pub retransmits: u32,
+    // ---- end of an `Established` record (ESTABLISHED_LEN) ----
     /// CLOCK_MONOTONIC ns of the transition to CLOSE.
     pub closed_ns: u64,
     pub bytes_sent: u64,
@@ -170,11 +180,8 @@ pub struct ConnEvent {
     pub send_calls: u64,
     pub recv_calls: u64,
     pub wire: WireCounters,
-    pub retransmits: u32,
     pub resets_sent: u32,
     pub resets_received: u32,
-    /// Smoothed RTT in µs at the time of the event; `u32::MAX` when the kernel offset is unknown.
-    pub srtt_us: u32,
     /// `sk->sk_err` (positive errno) at the time of the event; `-1` when unknown.
     pub sk_err: i32,
     /// TCP state the socket left for CLOSE (`TCP_*` numbering of the kernel); for
@@ -186,7 +193,21 @@ pub struct ConnEvent {
     pub prev_turn: Turn,
 }
 const _: () = assert!(size_of::<ConnEvent>() == 272);
-word_aligned!(ConnEvent: tuple, comm, turn, prev_turn);
+word_aligned!(ConnEvent: tuple, comm, closed_ns, wire, turn, prev_turn);
+
+/// Bytes of an `Established` record: the fields of [`ConnEvent`] before `closed_ns`.
+pub const ESTABLISHED_LEN: usize = core::mem::offset_of!(ConnEvent, closed_ns);
+const _: () = assert!(ESTABLISHED_LEN == 120);
+
+impl EventKind {
+    /// Bytes of this kind's record on the ring.
+    pub const fn record_len(self) -> usize {
+        match self {
+            Self::Established => ESTABLISHED_LEN,
+            Self::ConnectFailed | Self::Closed => size_of::<ConnEvent>(),
+        }
+    }
+}
 
 /// Value of an unknown `srtt_us`.
 pub const SRTT_UNKNOWN: u32 = u32::MAX;

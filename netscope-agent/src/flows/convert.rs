@@ -154,7 +154,7 @@ mod tests {
         ConnEvent {
             header: EventHeader {
                 kind: kind as u32,
-                len: size_of::<ConnEvent>() as u32,
+                len: kind.record_len() as u32,
                 ts_ns: 5_000,
                 tgid: 10,
                 pid: 11,

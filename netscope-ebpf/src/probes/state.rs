@@ -20,9 +20,9 @@ use aya_ebpf::{
     programs::TracePointContext,
 };
 use netscope_common::{
-    AF_INET, AF_INET6, ConnEvent, EventHeader, EventKind, FILTER_CGROUP, FILTER_DPORT, FILTER_DST,
-    FILTER_TGID, FlowTuple, SK_ERR_UNKNOWN, SRTT_UNKNOWN, SetStateRecord, SockState, WireCounters,
-    counter, tcp_state,
+    AF_INET, AF_INET6, ConnEvent, ESTABLISHED_LEN, EventHeader, EventKind, FILTER_CGROUP,
+    FILTER_DPORT, FILTER_DST, FILTER_TGID, FlowTuple, SK_ERR_UNKNOWN, SRTT_UNKNOWN, SetStateRecord,
+    SockState, WireCounters, counter, tcp_state,
 };
 
 use super::{Error, field, read_kernel};
@@ -113,7 +113,7 @@ fn try_destroy(ctx: &TracePointContext) -> Result<(), Error> {
         // SAFETY: helper without arguments.
         unsafe { bpf_ktime_get_ns() }
     };
-    let emitted = emit(EventKind::Closed, now, sk, state, Some(&wire), old);
+    let emitted = emit(EventKind::Closed, now, sk, state, &wire, old);
     let _ = SOCKS.remove(&sk);
     emitted
 }
@@ -208,14 +208,7 @@ fn on_established(rec: &SetStateRecord) -> Result<(), Error> {
         (*state).write_seq_base = write_seq;
         (*state).copied_seq_base = copied_seq;
     }
-    emit(
-        EventKind::Established,
-        now,
-        sk,
-        state,
-        None,
-        tcp_state::SYN_SENT,
-    )
+    emit_established(now, sk, state)
 }
 
 fn on_connect_failed(rec: &SetStateRecord) -> Result<(), Error> {
@@ -238,7 +231,7 @@ fn on_connect_failed(rec: &SetStateRecord) -> Result<(), Error> {
         now,
         sk,
         state,
-        Some(&wire),
+        &wire,
         tcp_state::SYN_SENT,
     );
     let _ = SOCKS.remove(&sk);
@@ -322,15 +315,31 @@ fn tcp_totals(sk: u64, close_from: u32) -> (u64, u64) {
     )
 }
 
-/// `wire`: the flow's wire counters, `None` for zeros (an `Established` event). Inlined: a
-/// BPF call passes at most five arguments in registers.
+/// An `Established` record: the first `ESTABLISHED_LEN` bytes of a `ConnEvent` (see
+/// `netscope_common`), what is known when the connect completes.
+fn emit_established(now: u64, sk: u64, state: *const SockState) -> Result<(), Error> {
+    let Some(mut entry) = EVENTS.reserve::<[u64; ESTABLISHED_LEN / 8]>(0) else {
+        return Err(Error::RingFull);
+    };
+    let ev = entry.as_mut_ptr().cast::<ConnEvent>();
+    // SAFETY: `state` points into a live SOCKS value; `ev` points to the reservation, 8-byte
+    // aligned and `ESTABLISHED_LEN` bytes long, and `write_opening` writes only the fields that
+    // lie before that length, each once, before the record is submitted.
+    unsafe { write_opening(ev, EventKind::Established, now, sk, &*state) };
+    entry.submit(wake_flags());
+    bump(counter::EVENTS_EMITTED);
+    Ok(())
+}
+
+/// The end of a connection (`Closed`, `ConnectFailed`): the whole `ConnEvent`, with `wire` the
+/// flow's wire counters. Inlined: a BPF call passes at most five arguments in registers.
 #[inline(always)]
 fn emit(
     kind: EventKind,
     now: u64,
     sk: u64,
     state: *const SockState,
-    wire: Option<&WireCounters>,
+    wire: &WireCounters,
     old: u32,
 ) -> Result<(), Error> {
     let Some(mut entry) = EVENTS.reserve::<ConnEvent>(0) else {
@@ -338,27 +347,49 @@ fn emit(
     };
     // SAFETY: `state` points into a live SOCKS value; the reservation is exclusively ours.
     let st = unsafe { &*state };
-    let srtt = read_kernel::<u32>(sk, config!(tcp_srtt_us)).map_or(SRTT_UNKNOWN, |v| v >> 3);
-    let (bytes_sent, bytes_received) = match kind {
-        EventKind::Closed if config!(length_hooks) == 0 => tcp_totals(sk, st.close_from_state),
-        _ => (st.bytes_sent, st.bytes_received),
+    let (bytes_sent, bytes_received) = if config!(length_hooks) == 0 {
+        tcp_totals(sk, st.close_from_state)
+    } else {
+        (st.bytes_sent, st.bytes_received)
     };
-    // sk_err only says something once the connection has ended.
-    let sk_err = match kind {
-        EventKind::Established => SK_ERR_UNKNOWN,
-        EventKind::ConnectFailed | EventKind::Closed => {
-            read_kernel::<i32>(sk, config!(sock_sk_err)).unwrap_or(SK_ERR_UNKNOWN)
-        }
-    };
+    let sk_err = read_kernel::<i32>(sk, config!(sock_sk_err)).unwrap_or(SK_ERR_UNKNOWN);
     // Field by field into the reservation: a whole `ConnEvent` built on the stack first would
     // not fit the 512-byte BPF stack next to the rest of `ns_set_state`.
     let ev: *mut ConnEvent = entry.as_mut_ptr();
     // SAFETY: `ev` points to the reservation, sized for one `ConnEvent`, written once below
     // before it is submitted; every field is plain data.
     unsafe {
+        write_opening(ev, kind, now, sk, st);
+        (*ev).closed_ns = st.closed_ns;
+        (*ev).bytes_sent = bytes_sent;
+        (*ev).bytes_received = bytes_received;
+        (*ev).send_calls = st.send_calls;
+        (*ev).recv_calls = st.recv_calls;
+        (*ev).wire = *wire;
+        (*ev).resets_sent = st.resets_sent;
+        (*ev).resets_received = st.resets_received;
+        (*ev).sk_err = sk_err;
+        (*ev).old_state = old;
+        words::copy(&raw mut (*ev).turn, &raw const st.turn);
+        words::copy(&raw mut (*ev).prev_turn, &raw const st.prev_turn);
+    }
+    entry.submit(wake_flags());
+    bump(counter::EVENTS_EMITTED);
+    Ok(())
+}
+
+/// Writes the fields every record carries: those before `closed_ns`.
+///
+/// # Safety
+/// `ev` points to a ring reservation at least `kind.record_len()` bytes long, 8-byte aligned.
+#[inline(always)]
+unsafe fn write_opening(ev: *mut ConnEvent, kind: EventKind, now: u64, sk: u64, st: &SockState) {
+    let srtt = read_kernel::<u32>(sk, config!(tcp_srtt_us)).map_or(SRTT_UNKNOWN, |v| v >> 3);
+    // SAFETY: the caller's contract; every field written lies before `ESTABLISHED_LEN`.
+    unsafe {
         (*ev).header = EventHeader {
             kind: kind as u32,
-            len: size_of::<ConnEvent>() as u32,
+            len: kind.record_len() as u32,
             ts_ns: now,
             tgid: (st.pid_tgid >> 32) as u32,
             pid: st.pid_tgid as u32,
@@ -369,32 +400,19 @@ fn emit(
         words::copy(&raw mut (*ev).comm, &raw const st.comm);
         (*ev).start_ns = st.start_ns;
         (*ev).established_ns = st.established_ns;
-        (*ev).closed_ns = st.closed_ns;
-        (*ev).bytes_sent = bytes_sent;
-        (*ev).bytes_received = bytes_received;
-        (*ev).send_calls = st.send_calls;
-        (*ev).recv_calls = st.recv_calls;
-        match wire {
-            Some(wire) => (*ev).wire = *wire,
-            None => words::zero(&raw mut (*ev).wire),
-        }
-        (*ev).retransmits = st.retransmits;
-        (*ev).resets_sent = st.resets_sent;
-        (*ev).resets_received = st.resets_received;
         (*ev).srtt_us = srtt;
-        (*ev).sk_err = sk_err;
-        (*ev).old_state = old;
-        words::copy(&raw mut (*ev).turn, &raw const st.turn);
-        words::copy(&raw mut (*ev).prev_turn, &raw const st.prev_turn);
+        (*ev).retransmits = st.retransmits;
     }
-    // Wake user space only when enough is waiting; otherwise it polls on a timer.
+}
+
+/// Wake user space only when enough is waiting; otherwise it polls on a timer.
+#[inline(always)]
+fn wake_flags() -> u64 {
     let waiting = EVENTS.query(BPF_RB_AVAIL_DATA as u64);
     let flags = if waiting >= config!(wakeup_bytes) {
         BPF_RB_FORCE_WAKEUP
     } else {
         BPF_RB_NO_WAKEUP
     };
-    entry.submit(flags as u64);
-    bump(counter::EVENTS_EMITTED);
-    Ok(())
+    flags as u64
 }
