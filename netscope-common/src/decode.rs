@@ -3,8 +3,8 @@
 use core::{fmt, mem::size_of};
 
 use crate::{
-    ConnEvent, EventHeader, EventKind, FlowTuple, ProbeConfig, SK_ERR_UNKNOWN, SockState,
-    WireCounters, tcp_state,
+    ConnEvent, ESTABLISHED_LEN, EventHeader, EventKind, FlowTuple, ProbeConfig, SK_ERR_UNKNOWN,
+    SockState, WireCounters, tcp_state,
 };
 
 // SAFETY: all of these are `#[repr(C)]`, made only of integers and integer arrays, with explicit
@@ -72,16 +72,29 @@ impl ConnEvent {
                 len: header.len,
             });
         }
-        let mut event = Self {
-            sk_err: SK_ERR_UNKNOWN,
-            old_state: tcp_state::SYN_SENT,
-            ..Self::default()
+        let event = match kind {
+            // SAFETY (both arms): the slice holds exactly `expected` bytes (checked above) of a
+            // `#[repr(C)]` Pod value; every bit pattern of its fields is valid, and neither read
+            // assumes the ring's memory is aligned.
+            EventKind::Established => {
+                let mut event = Self {
+                    sk_err: SK_ERR_UNKNOWN,
+                    old_state: tcp_state::SYN_SENT,
+                    ..Self::default()
+                };
+                unsafe {
+                    core::ptr::copy_nonoverlapping(
+                        bytes.as_ptr(),
+                        (&raw mut event).cast::<u8>(),
+                        ESTABLISHED_LEN,
+                    );
+                }
+                event
+            }
+            EventKind::ConnectFailed | EventKind::Closed => unsafe {
+                bytes.as_ptr().cast::<Self>().read_unaligned()
+            },
         };
-        // SAFETY: `expected` ≤ size_of::<Self>() bytes of a `#[repr(C)]` Pod value, copied from a
-        // slice of exactly that length; every bit pattern of its fields is valid.
-        unsafe {
-            core::ptr::copy_nonoverlapping(bytes.as_ptr(), (&raw mut event).cast::<u8>(), expected);
-        }
         Ok((kind, event))
     }
 
@@ -99,7 +112,7 @@ impl ConnEvent {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{AF_INET6, ESTABLISHED_LEN};
+    use crate::AF_INET6;
 
     fn sample() -> ConnEvent {
         ConnEvent {
