@@ -19,6 +19,22 @@ impl Comm {
     /// The kernel's `comm` field: up to its first NUL. A name that is not UTF-8 gets U+FFFD
     /// for its bad bytes, cut to 16 bytes at a character boundary.
     pub fn from_kernel(raw: &[u8; 16]) -> Self {
+        // Once per kernel event: ASCII names (nearly all) are taken as one 16-byte word.
+        const LOW: u128 = u128::MAX / 255; // 0x0101…01
+        const HIGH: u128 = LOW << 7; // 0x8080…80
+        let word = u128::from_le_bytes(*raw);
+        if word & HIGH == 0 {
+            // Every byte is < 0x80, so `b - 1` borrows from the next byte only where b == 0:
+            // the lowest flagged byte is the first NUL (none flagged: 16 bytes long).
+            let nul = word.wrapping_sub(LOW) & !word & HIGH;
+            let len = nul.trailing_zeros() / 8;
+            let kept = u128::MAX.checked_shr(128 - 8 * len).unwrap_or(0);
+            return Self {
+                bytes: (word & kept).to_le_bytes(),
+                // len ≤ 16.
+                len: len as u8,
+            };
+        }
         let end = raw.iter().position(|&b| b == 0).unwrap_or(raw.len());
         Self::from(String::from_utf8_lossy(&raw[..end]).as_ref())
     }
@@ -351,6 +367,15 @@ mod tests {
         assert_eq!(Comm::from_kernel(b"curl\0\0\0\0\0\0\0\0\0\0\0\0"), "curl");
         assert_eq!(Comm::from_kernel(b"abcdefghijklmnop"), "abcdefghijklmnop");
         assert_eq!(Comm::from_kernel(&[0; 16]), "");
+    }
+
+    #[test]
+    fn bytes_after_the_nul_are_not_part_of_the_name() {
+        let comm = Comm::from_kernel(b"ab\0zzzz\0\x7f\x01yyyyyy");
+        assert_eq!(comm, "ab");
+        assert_eq!(comm, Comm::from("ab"), "stale bytes kept past the name");
+        assert_eq!(Comm::from_kernel(b"\0bcdefghijklmnop"), Comm::default());
+        assert_eq!(Comm::from_kernel(b"abcdefghijklmno\0"), "abcdefghijklmno");
     }
 
     #[test]
