@@ -38,6 +38,8 @@ tasks:
   bench probe [ARGS…]   the probe's CPU cost (churn, keep-alive; cgroup cpu.stat) and its
                         kernel ns vs empty programs and vs tcplife (root)
   bench pipeline [ARGS…]  pipeline throughput and latency vs a bare reqwest loop (starts Kafka)
+  bench ring-instructions  the ring reader's per-event path under cachegrind (valgrind):
+                        instructions per event for probe's table and run's, unmoved by VM noise
   bench api [ARGS…]     the live view and /metrics under the pipeline's load: 50 WebSocket
                         clients (one never reading), scrape time at the label budget (starts Kafka)
   bench audit [ARGS…]   events/s into RGW, PUTs per 10,000 events, request-path latency with
@@ -434,6 +436,70 @@ fn soak(rest: &[String]) -> Result<(), String> {
     bench_bin("soak", rest)
 }
 
+/// The ring reader's per-event path (`netscope-agent/examples/ring_path.rs`) under cachegrind,
+/// for `probe`'s table and `run`'s: instructions per event, a count this VM's noise does not
+/// move (a change to that path is compared by this, its time by `bench flows`/`bench probe`).
+fn ring_instructions() -> Result<(), String> {
+    run(
+        "cargo",
+        &[
+            "build",
+            "--release",
+            "-p",
+            "netscope-agent",
+            "--example",
+            "ring_path",
+        ],
+        &[],
+    )?;
+    let out_dir = workspace().join("target/cachegrind");
+    std::fs::create_dir_all(&out_dir).map_err(|e| format!("{}: {e}", out_dir.display()))?;
+    let mut figures = Vec::new();
+    for (name, args) in [("probe", &[][..]), ("run", &["--endpoint-index"][..])] {
+        let out_file = out_dir.join(format!("ring_path-{name}.out"));
+        let output = Command::new("valgrind")
+            .args(["--tool=cachegrind", "--cache-sim=yes"])
+            .arg(format!("--cachegrind-out-file={}", out_file.display()))
+            .arg("target/release/examples/ring_path")
+            .args(args)
+            .current_dir(workspace())
+            .output()
+            .map_err(|e| format!("cannot run valgrind (Debian package `valgrind`): {e}"))?;
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        if !output.status.success() {
+            return Err(format!("ring_path under cachegrind failed: {stderr}"));
+        }
+        let events: f64 = stdout
+            .lines()
+            .find_map(|l| l.strip_prefix("events="))
+            .and_then(|v| v.trim().parse().ok())
+            .ok_or_else(|| format!("ring_path printed no event count: {stdout}"))?;
+        // "==PID== I   refs:      79,926,519" and "==PID== D1  misses:  383,154  (…)".
+        let count = |label: &str| {
+            stderr
+                .lines()
+                .find_map(|l| l.split_once(label).map(|(_, rest)| rest))
+                .and_then(|rest| rest.split_whitespace().next())
+                .and_then(|n| n.replace(',', "").parse::<f64>().ok())
+                .ok_or_else(|| format!("no `{label}` in cachegrind's summary: {stderr}"))
+        };
+        let instructions = count("I   refs:")?;
+        let d1_misses = count("D1  misses:")?;
+        eprintln!(
+            "{name}: {instructions} instructions, {d1_misses} D1 misses (simulated) for {events} events; {}",
+            out_file.display()
+        );
+        figures.push(format!(
+            "{name}_instructions_per_event={:.0} {name}_d1_misses_per_event={:.2}",
+            instructions / events,
+            d1_misses / events
+        ));
+    }
+    println!("bench ring: {}", figures.join(" "));
+    Ok(())
+}
+
 /// `netscope-bench <which> <rest…>`, built in release.
 fn bench_bin(which: &str, rest: &[String]) -> Result<(), String> {
     let mut full = vec!["run", "--release", "-p", "netscope-bench", "--", which];
@@ -473,6 +539,7 @@ fn bench(args: &[String]) -> Result<(), String> {
             memory(&[])
         }
         "memory" => memory(rest),
+        "ring-instructions" => ring_instructions(),
         other => Err(format!("bench: unknown benchmark `{other}`\n{USAGE}")),
     }
 }
