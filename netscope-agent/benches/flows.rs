@@ -21,48 +21,18 @@ use netscope_agent::{
         convert::{CountedCalls, flow_from_event},
     },
 };
-use netscope_common::{AF_INET, ConnEvent, EventHeader, EventKind, FlowTuple, SRTT_UNKNOWN};
+use netscope_common::{ConnEvent, EventKind};
+
+#[path = "support/records.rs"]
+mod records;
 
 /// The records of `n` connections' lives as the ring holds them: each one's `Established`,
 /// then its `Closed`.
 fn ring_records(n: u32) -> Vec<Vec<u8>> {
-    let mut records = Vec::with_capacity(2 * n as usize);
-    for kind in [EventKind::Established, EventKind::Closed] {
-        for i in 0..n {
-            let mut saddr = [0u8; 16];
-            saddr[..4].copy_from_slice(&[10, 0, (i >> 8) as u8, i as u8]);
-            let mut daddr = [0u8; 16];
-            daddr[..4].copy_from_slice(&[10, 1, 0, 1]);
-            let event = ConnEvent {
-                header: EventHeader {
-                    kind: kind as u32,
-                    len: kind.record_len() as u32,
-                    ts_ns: 10_000 + u64::from(i),
-                    tgid: 10,
-                    pid: 11,
-                    cgroup_id: 1,
-                    sock_id: 0xffff_0000_0000 + u64::from(i) * 0x100,
-                },
-                tuple: FlowTuple {
-                    family: AF_INET,
-                    sport: 20_000 + (i % 40_000) as u16,
-                    dport: 443,
-                    _pad: 0,
-                    saddr,
-                    daddr,
-                },
-                comm: *b"curl\0\0\0\0\0\0\0\0\0\0\0\0",
-                start_ns: 1_000 + u64::from(i),
-                established_ns: 1_250 + u64::from(i),
-                srtt_us: SRTT_UNKNOWN,
-                bytes_sent: 4096,
-                bytes_received: 8192,
-                ..ConnEvent::default()
-            };
-            records.push(event.as_bytes().to_vec());
-        }
-    }
-    records
+    [EventKind::Established, EventKind::Closed]
+        .into_iter()
+        .flat_map(|kind| (0..n).map(move |i| records::record(kind, i).as_bytes().to_vec()))
+        .collect()
 }
 
 fn decode_and_apply(c: &mut Criterion) {

@@ -397,16 +397,14 @@ fn agent(command: &[&str], args: &[String]) -> Result<(), String> {
 
 /// `cargo build --release` of the agent binary (what the benches, the soak and the image run).
 fn build_release_agent() -> Result<(), String> {
+    build_release_agent_target("--bin", "netscope-agent")
+}
+
+/// `cargo build --release -p netscope-agent <kind> <name>` (`--bin`, `--example`).
+fn build_release_agent_target(kind: &str, name: &str) -> Result<(), String> {
     run(
         "cargo",
-        &[
-            "build",
-            "--release",
-            "-p",
-            "netscope-agent",
-            "--bin",
-            "netscope-agent",
-        ],
+        &["build", "--release", "-p", "netscope-agent", kind, name],
         &[],
     )
 }
@@ -440,18 +438,7 @@ fn soak(rest: &[String]) -> Result<(), String> {
 /// for `probe`'s table and `run`'s: instructions per event, a count this VM's noise does not
 /// move (a change to that path is compared by this, its time by `bench flows`/`bench probe`).
 fn ring_instructions() -> Result<(), String> {
-    run(
-        "cargo",
-        &[
-            "build",
-            "--release",
-            "-p",
-            "netscope-agent",
-            "--example",
-            "ring_path",
-        ],
-        &[],
-    )?;
+    build_release_agent_target("--example", "ring_path")?;
     let out_dir = workspace().join("target/cachegrind");
     std::fs::create_dir_all(&out_dir).map_err(|e| format!("{}: {e}", out_dir.display()))?;
     let mut figures = Vec::new();
