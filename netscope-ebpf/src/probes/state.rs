@@ -347,10 +347,11 @@ fn emit(
     };
     // SAFETY: `state` points into a live SOCKS value; the reservation is exclusively ours.
     let st = unsafe { &*state };
-    let (bytes_sent, bytes_received) = if config!(length_hooks) == 0 {
-        tcp_totals(sk, st.close_from_state)
-    } else {
-        (st.bytes_sent, st.bytes_received)
+    // TCP's own totals only for a connection that was established: a failed connect sent
+    // and received nothing to count.
+    let (bytes_sent, bytes_received) = match kind {
+        EventKind::Closed if config!(length_hooks) == 0 => tcp_totals(sk, st.close_from_state),
+        _ => (st.bytes_sent, st.bytes_received),
     };
     let sk_err = read_kernel::<i32>(sk, config!(sock_sk_err)).unwrap_or(SK_ERR_UNKNOWN);
     // Field by field into the reservation: a whole `ConnEvent` built on the stack first would
