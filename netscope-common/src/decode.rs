@@ -201,6 +201,25 @@ mod tests {
     }
 
     #[test]
+    fn a_record_shorter_than_a_header_is_rejected_before_its_kind_is_read() {
+        let event = sample();
+        assert_eq!(
+            ConnEvent::from_bytes(&event.as_bytes()[..12]),
+            Err(DecodeError::Size {
+                expected: size_of::<EventHeader>(),
+                actual: 12
+            })
+        );
+        assert_eq!(
+            ConnEvent::from_bytes(&[]),
+            Err(DecodeError::Size {
+                expected: 40,
+                actual: 0
+            })
+        );
+    }
+
+    #[test]
     fn rejects_unknown_kind_and_bad_len() {
         let mut event = sample();
         event.header.kind = 99;
