@@ -114,7 +114,7 @@ impl FlowTable {
         // A flow's endpoints are indexed when they first appear or change (the source port is
         // 0 until the connect picks one): a close does not index them again.
         let indexed = if let Some(slot) = self.flows.get_mut(&id) {
-            let same = Endpoints::of(slot.local, slot.remote) == endpoints;
+            let same = (slot.local, slot.remote) == (flow.local, flow.remote);
             *slot = Arc::clone(&flow);
             self.stats.updated += 1;
             same
