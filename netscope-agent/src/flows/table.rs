@@ -107,24 +107,33 @@ impl FlowTable {
 
     /// Records what one kernel event says about a flow and returns the update to publish.
     pub fn apply(&mut self, kind: FlowUpdateKind, flow: Flow, now_unix_ns: u64) -> FlowUpdate {
-        let flow = Arc::new(flow);
         let id = flow.id;
         let finished = flow.is_finished();
         let endpoints = Endpoints::of(flow.local, flow.remote);
         // A flow's endpoints are indexed when they first appear or change (the source port is
         // 0 until the connect picks one): a close does not index them again.
-        let indexed = if let Some(slot) = self.flows.get_mut(&id) {
+        let (flow, indexed) = if let Some(slot) = self.flows.get_mut(&id) {
             let same = (slot.local, slot.remote) == (flow.local, flow.remote);
-            *slot = Arc::clone(&flow);
+            // Nobody else holds the previous version (no bus subscriber kept its update, no
+            // reader is looking at it): overwritten where it is, without a new allocation.
+            // Otherwise those holders keep theirs unchanged and the table takes a new one.
+            match Arc::get_mut(slot) {
+                Some(kept) => *kept = flow,
+                None => *slot = Arc::new(flow),
+            }
             self.stats.updated += 1;
-            same
+            (Arc::clone(slot), same)
         } else if self.make_room(now_unix_ns) {
+            let flow = Arc::new(flow);
             self.flows.insert(id, Arc::clone(&flow));
             self.stats.inserted += 1;
-            false
+            (flow, false)
         } else {
             self.stats.rejected_full += 1;
-            return FlowUpdate { kind, flow };
+            return FlowUpdate {
+                kind,
+                flow: Arc::new(flow),
+            };
         };
         if !indexed && let Some(index) = &mut self.by_endpoints {
             index.insert(endpoints, id);
@@ -297,6 +306,27 @@ mod tests {
         assert_eq!((f.state, f.bytes_sent), (FlowState::Closed, 42));
         assert_eq!(t.stats().inserted, 1);
         assert_eq!(t.stats().updated, 1);
+    }
+
+    #[test]
+    fn a_close_overwrites_a_flow_nobody_holds_and_leaves_a_held_one_as_it_was() {
+        let mut t = FlowTable::new(10, 1_000);
+        let established = |sock| flow(sock, 5000, FlowState::Established, None);
+        let closed = |sock| flow(sock, 5000, FlowState::Closed, Some(10));
+
+        // Nobody kept the update of flow 1: its close reuses the table's allocation.
+        t.apply(FlowUpdateKind::Established, established(1), 0);
+        let before: *const Flow = t.get(&established(1).id).unwrap();
+        let update = t.apply(FlowUpdateKind::Closed, closed(1), 10);
+        assert!(std::ptr::eq(before, Arc::as_ptr(&update.flow)));
+        assert_eq!(update.flow.state, FlowState::Closed);
+
+        // A subscriber still holds flow 2's update: it keeps seeing it established.
+        let held = t.apply(FlowUpdateKind::Established, established(2), 0);
+        let update = t.apply(FlowUpdateKind::Closed, closed(2), 10);
+        assert_eq!(held.flow.state, FlowState::Established);
+        assert!(!Arc::ptr_eq(&held.flow, &update.flow));
+        assert_eq!(t.get(&closed(2).id).unwrap().state, FlowState::Closed);
     }
 
     #[test]
