@@ -7,7 +7,10 @@ use std::sync::{
     atomic::{AtomicU64, Ordering},
 };
 
-use tokio::sync::broadcast::{self, error::RecvError};
+use tokio::sync::broadcast::{
+    self,
+    error::{RecvError, TryRecvError},
+};
 
 use crate::domain::{BusEvent, CounterSource, EventBus, Sample};
 
@@ -108,6 +111,21 @@ impl BusSubscriber {
             }
         }
     }
+
+    /// The next update if one is already waiting; `None` when none is (or every publisher is
+    /// gone: the next [`Self::recv`] says which). Lag is counted and skipped, as by `recv`.
+    pub fn try_recv(&mut self) -> Option<BusEvent> {
+        loop {
+            match self.rx.try_recv() {
+                Ok(update) => return Some(update),
+                Err(TryRecvError::Lagged(n)) => {
+                    self.counters.lagged.fetch_add(n, Ordering::Relaxed);
+                    tracing::warn!(missed = n, "bus subscriber fell behind");
+                }
+                Err(TryRecvError::Empty | TryRecvError::Closed) => return None,
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -141,6 +159,23 @@ mod tests {
         assert_eq!(bus.published(), 5);
         drop(bus);
         assert_eq!(sock(sub.recv().await), 4);
+        assert!(sub.recv().await.is_none());
+    }
+
+    #[tokio::test]
+    async fn try_recv_takes_what_is_waiting_counts_lag_and_never_waits() {
+        let bus = BroadcastBus::new(2);
+        let mut sub = bus.subscribe();
+        assert!(sub.try_recv().is_none());
+        for n in 0..4 {
+            bus.publish(update(n));
+        }
+        assert_eq!(sock(sub.try_recv()), 2);
+        assert_eq!(sock(sub.try_recv()), 3);
+        assert!(sub.try_recv().is_none());
+        assert_eq!(bus.lagged(), 2);
+        drop(bus);
+        assert!(sub.try_recv().is_none());
         assert!(sub.recv().await.is_none());
     }
 }

@@ -47,15 +47,16 @@ struct FlowLine<'a> {
     duration_ns: Option<u64>,
 }
 
-fn print_line(out: &mut impl std::io::Write, update: &FlowUpdate) -> std::io::Result<()> {
+/// Appends one JSON line for `update` to `out`.
+fn print_line(out: &mut Vec<u8>, update: &FlowUpdate) -> serde_json::Result<()> {
     let line = FlowLine {
         event: update.kind,
         flow: &update.flow,
         duration_ns: update.flow.duration_ns(),
     };
     serde_json::to_writer(&mut *out, &line)?;
-    out.write_all(b"\n")?;
-    out.flush()
+    out.push(b'\n');
+    Ok(())
 }
 
 /// `netscope-agent probe`: attach, serve the API, print one JSON line per closed or failed
@@ -195,25 +196,45 @@ fn report(
 
 /// Prints one JSON line per closed or failed flow (and opened ones when asked) until the bus
 /// closes; returns (lines printed, updates the subscriber missed).
+///
+/// Lines are written in batches: every update already waiting on the bus (up to
+/// [`PRINT_BATCH_BYTES`] of output) goes out in one `write`, and a batch ends as soon as
+/// nothing more is waiting, so a line is never held back for a later one. One `write` per
+/// line, through stdout's line buffering, was three quarters of `probe`'s CPU under
+/// connection churn (`perf`: ~4 µs per connection, against ~1 µs for the ring reader).
 async fn print_flows(
     mut subscriber: BusSubscriber,
     print_established: bool,
 ) -> std::io::Result<(u64, u64)> {
     let stdout = std::io::stdout();
     let mut printed = 0u64;
-    while let Some(event) = subscriber.recv().await {
-        let BusEvent::Flow(update) = event else {
-            continue;
-        };
-        if update.kind == FlowUpdateKind::Established && !print_established {
-            continue;
+    let mut batch = Vec::with_capacity(PRINT_BATCH_BYTES + 4096);
+    while let Some(first) = subscriber.recv().await {
+        let mut next = Some(first);
+        while let Some(event) = next {
+            if let BusEvent::Flow(update) = event
+                && (update.kind != FlowUpdateKind::Established || print_established)
+            {
+                print_line(&mut batch, &update)?;
+                printed += 1;
+            }
+            next = if batch.len() < PRINT_BATCH_BYTES {
+                subscriber.try_recv()
+            } else {
+                None
+            };
         }
-        print_line(&mut stdout.lock(), &update)?;
-        printed += 1;
+        let mut out = stdout.lock();
+        out.write_all(&batch)?;
+        out.flush()?;
+        batch.clear();
     }
     // Read after the last receive: lag is counted as the subscriber catches up.
     Ok((printed, subscriber.lagged()))
 }
+
+/// Output gathered before one `write` (a line is ~600 bytes).
+const PRINT_BATCH_BYTES: usize = 64 * 1024;
 
 fn print_summary(summary: &ProbeSummary) -> Result<(), AppError> {
     let mut out = std::io::stdout().lock();
