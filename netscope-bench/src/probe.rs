@@ -10,9 +10,18 @@
 //! The tracepoints NetScope attaches run in the workload's context, so they are charged to its
 //! cgroup (`cpu.stat` `usage_usec`). A raw with/without difference of that figure is too noisy
 //! on a shared VM to resolve a few per cent, so the overhead is estimated from exact counters:
-//! (NetScope's programs' run time per unit from `bpf_stats` + the agent's ring reader's CPU
-//! per unit) ÷ the workload's CPU per unit without the probe (median of interleaved rounds).
-//! The raw difference is printed beside it as the check.
+//! (NetScope's programs' run time per unit from `bpf_stats` + the agent's CPU per unit) ÷ the
+//! workload's CPU per unit without the probe (median of interleaved rounds). The raw
+//! difference is printed beside it as the check.
+//!
+//! The agent's CPU: for `probe`'s configuration, the real `netscope-agent probe` process,
+//! started for the phase in a cgroup of its own (`AgentProcess`): everything it does per
+//! connection — ring reader, flow table, flow metrics, the JSON line it prints (to /dev/null
+//! here) — and its idle timers. Each phase starts a fresh agent, so its flow table grows from
+//! empty (page faults a long-running agent no longer pays): a slight overstatement. For
+//! `run`'s configuration (the pipeline's agent, which needs Kafka), the ring reader the
+//! pipeline runs, in this process: decode, flow table with the endpoint index, bus, flow
+//! metrics.
 //!
 //! NetScope is measured in its two configurations ([`Mode`]): as `probe` attaches it (the node's
 //! view: connection events only, a connection's bytes read from `tcp_sock` at close) and as
@@ -40,7 +49,10 @@ use std::{
 
 use netscope_agent::{
     bus::BroadcastBus,
+    config::ApiArgs,
+    domain::MetricsRecorder,
     flows::{FlowPipeline, FlowTable},
+    metrics::{MetricsBuilder, Recorder},
     probe::{
         Probe, ProbeOptions, ProgramStats,
         stats::{LoadedProgram, RunTimeStats, loaded_programs},
@@ -48,8 +60,9 @@ use netscope_agent::{
 };
 
 use crate::{
+    memory::agent_binary,
     stats::Sample,
-    workload::{BenchNetns, Workload, pin, run_workload},
+    workload::{BenchNetns, Cgroup, Workload, pin, run_workload},
 };
 
 pub struct ProbeBench {
@@ -93,12 +106,14 @@ struct PhaseResult {
     workload_us: f64,
     /// Programs' run time, ns per unit (bpf_stats on only).
     kernel_ns: f64,
-    /// The ring reader's CPU time, ns per unit (NetScope only).
+    /// The agent's CPU time, ns per unit (NetScope only): the `probe` process's, or `run`'s
+    /// ring reader's.
     agent_ns: f64,
     programs: Vec<ProgramStats>,
 }
 
-/// The ring reader's CPU; the workload runs on the other one (`workload::WORKLOAD_CPU`).
+/// The agent's CPU (its process, or `run`'s ring reader); the workload runs on the other one
+/// (`workload::WORKLOAD_CPU`).
 const READER_CPU: usize = 1;
 
 /// The agent's defaults (`--max-flows`, `--retention-secs`).
@@ -347,6 +362,25 @@ fn run_phase(
             workload_us: run_workload(workload, units, payload)?,
             ..PhaseResult::default()
         }),
+        // `probe`'s configuration is the real agent: its CPU is all of the process's, the
+        // line it prints per connection included.
+        Phase::NetScope(Mode::Probe) if !reader.tc => {
+            let agent = AgentProcess::start()?;
+            let before = agent.snapshot()?;
+            let workload_us = run_workload(workload, units, payload);
+            // The agent reads its ring every 50 ms: let it read the last records (its idle
+            // CPU meanwhile is counted, as it is while the workload runs).
+            thread::sleep(Duration::from_millis(100));
+            let after = agent.snapshot()?;
+            agent.stop()?;
+            let programs = delta(&before.programs, &after.programs, None);
+            Ok(PhaseResult {
+                workload_us: workload_us?,
+                kernel_ns: per_unit(programs.iter().map(|p| p.run_time_ns).sum()),
+                agent_ns: per_unit(1_000 * (after.cpu_us - before.cpu_us)),
+                programs,
+            })
+        }
         Phase::NetScope(mode) | Phase::Empty(mode) => {
             let netscope = matches!(phase, Phase::NetScope(_));
             let object = if netscope {
@@ -374,7 +408,8 @@ fn run_phase(
             if seen < units {
                 return Err(format!("tcplife printed {seen} connections of {units}"));
             }
-            let programs = delta(&before, &after);
+            // All of tcplife's programs under one name (they are summed over rounds).
+            let programs = delta(&before, &after, Some("tcplife (all)"));
             Ok(PhaseResult {
                 workload_us: workload_us?,
                 kernel_ns: per_unit(programs.iter().map(|p| p.run_time_ns).sum()),
@@ -385,8 +420,8 @@ fn run_phase(
     }
 }
 
-/// NetScope's (or the empty) programs, attached, with a ring reader that does what the agent
-/// does with each record (decode, flow table, bus) on the other CPU.
+/// NetScope's (or the empty) programs, attached, with a ring reader that does what `run`'s
+/// does with each record (decode, flow table, flow metrics, bus) on the other CPU.
 struct Attached {
     probe: Probe,
     stop: Arc<AtomicBool>,
@@ -412,12 +447,14 @@ impl Attached {
         let stop = Arc::new(AtomicBool::new(false));
         let stopped = Arc::clone(&stop);
         let table = Arc::clone(&with.tables[mode as usize]);
+        let recorder = flow_recorder()?;
         // Named, so that a profile can single it out (`perf report --comm ring-reader`).
         let reader = thread::Builder::new()
             .name("ring-reader".into())
             .spawn(move || {
                 pin(Some(READER_CPU));
                 let flows = FlowPipeline::new(table, Arc::new(BroadcastBus::new(4_096)))
+                    .with_recorder(recorder)
                     .counting_calls(counted);
                 let started = thread_cpu_ns();
                 let mut events = 0u64;
@@ -462,6 +499,26 @@ impl Attached {
     }
 }
 
+/// The flow metrics the agent's reader records into, labelled by its defaults.
+fn flow_recorder() -> Result<Arc<dyn MetricsRecorder>, String> {
+    #[derive(clap::Parser)]
+    struct Defaults {
+        #[command(flatten)]
+        api: ApiArgs,
+    }
+    let args = <Defaults as clap::Parser>::try_parse_from(["netscope-agent"])
+        .map_err(|e| e.to_string())?;
+    let mut errors = Vec::new();
+    let api = args
+        .api
+        .validate_into(&mut errors)
+        .ok_or_else(|| errors.join("; "))?;
+    Ok(Recorder::register(
+        &mut MetricsBuilder::new(),
+        Some(api.flow_labels()),
+    ))
+}
+
 /// libbpf-tools' tcplife (setup installs it; the bench installs nothing).
 fn tcplife_path() -> Result<PathBuf, String> {
     std::env::var_os("PATH")
@@ -485,11 +542,7 @@ struct Tcplife {
 impl Tcplife {
     /// Starts it and waits for its header, which it prints once attached.
     fn start(path: &Path) -> Result<Self, String> {
-        let existing: HashSet<u32> = loaded_programs()
-            .map_err(|e| e.to_string())?
-            .into_iter()
-            .map(|p| p.id)
-            .collect();
+        let existing = loaded_since(&HashSet::new())?;
         // Line-buffered, or the header would wait in stdio's buffer.
         let mut child = Command::new("stdbuf")
             .arg("-oL")
@@ -507,22 +560,16 @@ impl Tcplife {
             return Err(format!("tcplife did not start: {header:?}"));
         }
         let lines = thread::spawn(move || out.lines().map_while(Result::ok).count());
-        let ids = loaded_programs()
-            .map_err(|e| e.to_string())?
-            .into_iter()
-            .map(|p| p.id)
-            .filter(|id| !existing.contains(id))
-            .collect();
-        Ok(Self { child, ids, lines })
+        Ok(Self {
+            child,
+            ids: loaded_since(&existing)?,
+            lines,
+        })
     }
 
     /// tcplife's own programs (loaded after it started) with their stats now.
     fn programs(&self) -> Result<Vec<LoadedProgram>, String> {
-        Ok(loaded_programs()
-            .map_err(|e| e.to_string())?
-            .into_iter()
-            .filter(|p| self.ids.contains(&p.id))
-            .collect())
+        programs_of(&self.ids)
     }
 
     /// Stops it (SIGINT, as a user would) and returns how many connections it printed.
@@ -539,20 +586,133 @@ impl Tcplife {
     }
 }
 
-/// Per-program differences between two snapshots of the same programs.
-fn delta(before: &[LoadedProgram], after: &[LoadedProgram]) -> Vec<ProgramStats> {
+/// Per-program differences between two snapshots of the same programs, under `label` or, with
+/// `None`, each under its own name.
+fn delta(
+    before: &[LoadedProgram],
+    after: &[LoadedProgram],
+    label: Option<&'static str>,
+) -> Vec<ProgramStats> {
     after
         .iter()
         .map(|a| {
             let b = before.iter().find(|b| b.id == a.id);
             ProgramStats {
-                // All of tcplife's programs under one name (they are summed over rounds).
-                program: "tcplife (all)",
+                // A few names per run of the bench, kept for its printout.
+                program: label.unwrap_or_else(|| String::leak(a.name.clone())),
                 run_count: a.run_count - b.map_or(0, |b| b.run_count),
                 run_time_ns: a.run_time_ns - b.map_or(0, |b| b.run_time_ns),
             }
         })
         .collect()
+}
+
+/// Programs loaded since `existing` was listed.
+fn loaded_since(existing: &HashSet<u32>) -> Result<HashSet<u32>, String> {
+    Ok(loaded_programs()
+        .map_err(|e| e.to_string())?
+        .into_iter()
+        .map(|p| p.id)
+        .filter(|id| !existing.contains(id))
+        .collect())
+}
+
+/// These programs with their stats now.
+fn programs_of(ids: &HashSet<u32>) -> Result<Vec<LoadedProgram>, String> {
+    Ok(loaded_programs()
+        .map_err(|e| e.to_string())?
+        .into_iter()
+        .filter(|p| ids.contains(&p.id))
+        .collect())
+}
+
+/// `netscope-agent probe` (the binary beside this one, default settings, its lines to
+/// /dev/null) in a cgroup of its own, pinned to the ring reader's CPU: the agent an SRE runs,
+/// whose CPU is the cgroup's — ring reader, flow table, metrics, the JSON line it prints per
+/// connection, its timers — and whose programs are the ones it loaded.
+struct AgentProcess {
+    child: Child,
+    cgroup: Cgroup,
+    ids: HashSet<u32>,
+    log: thread::JoinHandle<Vec<String>>,
+}
+
+/// The agent's programs' stats and its CPU time at one instant.
+struct AgentSnapshot {
+    programs: Vec<LoadedProgram>,
+    cpu_us: u64,
+}
+
+impl AgentProcess {
+    /// Starts it, waits until it serves, then lets it settle: what a running agent costs is
+    /// measured, not its start.
+    fn start() -> Result<Self, String> {
+        let existing = loaded_since(&HashSet::new())?;
+        let cgroup = Cgroup::create("agent")?;
+        let mut child = Command::new("taskset")
+            .args(["-c", &READER_CPU.to_string()])
+            .arg(agent_binary()?)
+            .args(["probe", "--listen", "127.0.0.1:0"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("netscope-agent probe (through taskset): {e}"))?;
+        let stderr = child.stderr.take().ok_or("the agent: no stderr")?;
+        let adopted = cgroup.adopt(child.id());
+        let mut lines = BufReader::new(stderr).lines().map_while(Result::ok);
+        let mut log = Vec::new();
+        let attached = adopted.is_ok()
+            && lines.any(|l| {
+                // Its last startup line: the probe is attached and everything serves.
+                let found = l.contains("HTTP server listening");
+                log.push(l);
+                found
+            });
+        if !attached {
+            let _ = child.kill();
+            let _ = child.wait();
+            adopted?;
+            return Err(format!("the agent did not attach: {}", log.join("\n")));
+        }
+        // Its log is read to the end (a full pipe would stop it) and kept for an error.
+        let log = thread::spawn(move || lines.collect());
+        thread::sleep(Duration::from_millis(500));
+        Ok(Self {
+            child,
+            cgroup,
+            ids: loaded_since(&existing)?,
+            log,
+        })
+    }
+
+    fn snapshot(&self) -> Result<AgentSnapshot, String> {
+        Ok(AgentSnapshot {
+            programs: programs_of(&self.ids)?,
+            cpu_us: self.cgroup.usage_usec()?,
+        })
+    }
+
+    /// Stops it as a user would (SIGINT); it exits with 0 only when every record the kernel
+    /// emitted was read, none dropped.
+    fn stop(mut self) -> Result<(), String> {
+        let pid = libc::pid_t::try_from(self.child.id()).map_err(|e| e.to_string())?;
+        // SAFETY: signalling our own child, which has not been waited for yet.
+        unsafe { libc::kill(pid, libc::SIGINT) };
+        let status = self.child.wait().map_err(|e| format!("the agent: {e}"))?;
+        let log = self.log.join().unwrap_or_default();
+        if !status.success() {
+            return Err(format!(
+                "the agent exited with {status}: {}",
+                log.iter()
+                    .rev()
+                    .take(5)
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// Sums per-program stats over rounds, in program order.

@@ -37,7 +37,7 @@ impl Workload {
 /// Runs the workload in a child process inside a cgroup of its own; returns its CPU time in µs
 /// per unit.
 pub fn run_workload(workload: Workload, units: usize, payload: usize) -> Result<f64, String> {
-    let cgroup = Cgroup::create()?;
+    let cgroup = Cgroup::create("workload")?;
     let exe = crate::child::this_exe()?;
     let kind = match workload {
         Workload::Churn => "churn",
@@ -56,13 +56,14 @@ pub fn run_workload(workload: Workload, units: usize, payload: usize) -> Result<
     Ok(cgroup.usage_usec()? as f64 / units.max(1) as f64)
 }
 
-/// A cgroup v2 of its own, removed on drop (once its one process has exited).
-struct Cgroup {
+/// A cgroup v2 of its own, removed on drop (once its processes have exited).
+pub struct Cgroup {
     path: PathBuf,
 }
 
 impl Cgroup {
-    fn create() -> Result<Self, String> {
+    /// `netscope-bench-<this pid>-<name>` at the root of the cgroup v2 hierarchy.
+    pub fn create(name: &str) -> Result<Self, String> {
         let mounts = std::fs::read_to_string("/proc/self/mounts").map_err(|e| e.to_string())?;
         let root = mounts
             .lines()
@@ -70,12 +71,19 @@ impl Cgroup {
             .find(|f| f.get(2) == Some(&"cgroup2"))
             .and_then(|f| f.get(1).map(PathBuf::from))
             .ok_or("no cgroup v2 hierarchy is mounted")?;
-        let path = root.join(format!("netscope-bench-{}", std::process::id()));
+        let path = root.join(format!("netscope-bench-{}-{name}", std::process::id()));
         std::fs::create_dir(&path).map_err(|e| format!("{}: {e}", path.display()))?;
         Ok(Self { path })
     }
 
-    fn usage_usec(&self) -> Result<u64, String> {
+    /// Moves a process (all its threads) into this cgroup.
+    pub fn adopt(&self, pid: u32) -> Result<(), String> {
+        std::fs::write(self.path.join("cgroup.procs"), pid.to_string())
+            .map_err(|e| format!("moving {pid} into {}: {e}", self.path.display()))
+    }
+
+    /// CPU time of everything that ran in it, µs.
+    pub fn usage_usec(&self) -> Result<u64, String> {
         let stat = std::fs::read_to_string(self.path.join("cpu.stat"))
             .map_err(|e| format!("cpu.stat: {e}"))?;
         stat.lines()
