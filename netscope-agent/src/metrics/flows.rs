@@ -6,6 +6,7 @@
 //! open, is removed, and its name gives its slot back.
 
 use std::{
+    cell::Cell,
     collections::HashMap,
     fmt,
     sync::{Arc, Mutex, PoisonError},
@@ -60,10 +61,15 @@ impl Series {
 
 type Key = (Arc<str>, Arc<str>);
 
+/// Keys are short strings looked up once or twice per flow update: a fast seeded hash, not
+/// SipHash.
+type Hasher = foldhash::fast::RandomState;
+
 struct State {
-    series: HashMap<Key, Series>,
-    /// Process names with series of their own, and when each was last seen.
-    comms: HashMap<Arc<str>, Instant>,
+    series: HashMap<Key, Series, Hasher>,
+    /// Process names with series of their own, and when each was last seen (a `Cell`: one
+    /// lookup both finds the name and marks it seen).
+    comms: HashMap<Arc<str>, Cell<Instant>, Hasher>,
     /// Flow updates counted under `~other` because the budget was full.
     overflowed: u64,
     removed: u64,
@@ -103,8 +109,8 @@ impl FlowMetrics {
             comm_budget: labels.comm_budget,
             ttl: labels.ttl,
             state: Mutex::new(State {
-                series: HashMap::new(),
-                comms: HashMap::new(),
+                series: HashMap::default(),
+                comms: HashMap::default(),
                 overflowed: 0,
                 removed: 0,
             }),
@@ -162,11 +168,9 @@ impl FlowMetrics {
 
     /// The process name's label: its own while within budget, else `~other`.
     fn comm_label(&self, st: &mut State, comm: &str, now: Instant) -> Arc<str> {
-        if let Some(seen) = st.comms.get_mut(comm) {
-            *seen = now;
-            if let Some((name, _)) = st.comms.get_key_value(comm) {
-                return Arc::clone(name);
-            }
+        if let Some((name, seen)) = st.comms.get_key_value(comm) {
+            seen.set(now);
+            return Arc::clone(name);
         }
         if st.comms.len() >= self.comm_budget {
             self.expire(st, now);
@@ -176,7 +180,7 @@ impl FlowMetrics {
             return Arc::from(OTHER_COMM);
         }
         let name: Arc<str> = Arc::from(comm);
-        st.comms.insert(Arc::clone(&name), now);
+        st.comms.insert(Arc::clone(&name), Cell::new(now));
         name
     }
 
@@ -189,7 +193,7 @@ impl FlowMetrics {
         st.removed += (before - st.series.len()) as u64;
         let State { series, comms, .. } = st;
         comms.retain(|name, seen| {
-            now.duration_since(*seen) < ttl || series.keys().any(|(_, c)| c == name)
+            now.duration_since(seen.get()) < ttl || series.keys().any(|(_, c)| c == name)
         });
     }
 
@@ -283,7 +287,7 @@ impl Family {
     fn encode(
         &self,
         encoder: &mut DescriptorEncoder,
-        series: &HashMap<Key, Series>,
+        series: &HashMap<Key, Series, Hasher>,
     ) -> fmt::Result {
         let mut metric = encoder.encode_descriptor(
             self.name,
