@@ -499,7 +499,8 @@ fn bench(args: &[String]) -> Result<(), String> {
         return Err(format!("bench: which one?\n{USAGE}"));
     };
     match which.as_str() {
-        "probe" => bench_bin("probe", rest),
+        // `probe`'s configuration is measured as the real agent process, beside the bench.
+        "probe" => build_release_agent().and_then(|()| bench_bin("probe", rest)),
         "pipeline" => {
             run("bash", &["scripts/kafka.sh", "start"], &[])?;
             bench_bin("pipeline", rest)
