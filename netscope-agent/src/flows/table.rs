@@ -109,7 +109,6 @@ impl FlowTable {
     pub fn apply(&mut self, kind: FlowUpdateKind, flow: Flow, now_unix_ns: u64) -> FlowUpdate {
         let id = flow.id;
         let finished = flow.is_finished();
-        let endpoints = Endpoints::of(flow.local, flow.remote);
         // A flow's endpoints are indexed when they first appear or change (the source port is
         // 0 until the connect picks one): a close does not index them again.
         let (flow, indexed) = if let Some(slot) = self.flows.get_mut(&id) {
@@ -136,7 +135,7 @@ impl FlowTable {
             };
         };
         if !indexed && let Some(index) = &mut self.by_endpoints {
-            index.insert(endpoints, id);
+            index.insert(Endpoints::of(flow.local, flow.remote), id);
         }
         if finished {
             let end = flow.end_unix_ns.unwrap_or(now_unix_ns);
