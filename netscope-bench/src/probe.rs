@@ -181,6 +181,8 @@ fn measure(
             Mode::Run => table,
         }))
     });
+    // Likewise one set of flow metrics, whose series the agent creates once per process name.
+    let recorder = flow_recorder()?;
     let unit = workload.unit();
     let setting = if tc { " (TC on lo)" } else { "" };
     println!(
@@ -190,6 +192,7 @@ fn measure(
     let run = |phase, units| {
         let reader = Reader {
             tables: tables.clone(),
+            recorder: Arc::clone(&recorder),
             tc,
         };
         run_phase(phase, workload, units, b.payload, &reader, tcplife)
@@ -340,10 +343,12 @@ fn baseline_object() -> Result<PathBuf, String> {
     Ok(path)
 }
 
-/// What NetScope's phases attach and read with: the classifier on lo or not, and the flow
-/// table the ring reader fills (per configuration, in [`Mode::BOTH`]'s order).
+/// What NetScope's phases attach and read with: the classifier on lo or not, the flow table
+/// the ring reader fills (per configuration, in [`Mode::BOTH`]'s order) and the flow metrics
+/// it records into.
 struct Reader {
     tables: [Arc<Mutex<FlowTable>>; 2],
+    recorder: Arc<dyn MetricsRecorder>,
     tc: bool,
 }
 
@@ -447,7 +452,7 @@ impl Attached {
         let stop = Arc::new(AtomicBool::new(false));
         let stopped = Arc::clone(&stop);
         let table = Arc::clone(&with.tables[mode as usize]);
-        let recorder = flow_recorder()?;
+        let recorder = Arc::clone(&with.recorder);
         // Named, so that a profile can single it out (`perf report --comm ring-reader`).
         let reader = thread::Builder::new()
             .name("ring-reader".into())
@@ -634,7 +639,18 @@ struct AgentProcess {
     child: Child,
     cgroup: Cgroup,
     ids: HashSet<u32>,
-    log: thread::JoinHandle<Vec<String>>,
+    /// Taken by `stop`.
+    log: Option<thread::JoinHandle<Vec<String>>>,
+}
+
+/// An agent left running by an error between its start and [`AgentProcess::stop`] would stay
+/// attached to the machine's tracepoints: it is killed. After `stop` it has been reaped, and
+/// this does nothing.
+impl Drop for AgentProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 /// The agent's programs' stats and its CPU time at one instant.
@@ -681,7 +697,7 @@ impl AgentProcess {
             child,
             cgroup,
             ids: loaded_since(&existing)?,
-            log,
+            log: Some(log),
         })
     }
 
@@ -699,7 +715,11 @@ impl AgentProcess {
         // SAFETY: signalling our own child, which has not been waited for yet.
         unsafe { libc::kill(pid, libc::SIGINT) };
         let status = self.child.wait().map_err(|e| format!("the agent: {e}"))?;
-        let log = self.log.join().unwrap_or_default();
+        let log = self
+            .log
+            .take()
+            .and_then(|l| l.join().ok())
+            .unwrap_or_default();
         if !status.success() {
             return Err(format!(
                 "the agent exited with {status}: {}",
