@@ -2,7 +2,7 @@
 //! events and deadlines carry), CLOCK_MONOTONIC (the kernel's `bpf_ktime_get_ns`), and the
 //! conversion between the two — kernel timestamps are monotonic; people and logs want wall time.
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// `t` in milliseconds since the Unix epoch (0 before it, saturated far after it).
 pub fn unix_ms(t: SystemTime) -> u64 {
@@ -43,6 +43,13 @@ pub fn monotonic_now_ns() -> u64 {
     u64::try_from(clock_ns(libc::CLOCK_MONOTONIC)).unwrap_or(0)
 }
 
+/// CLOCK_MONOTONIC_COARSE now, as time since boot: the last tick's time (a few ms old), read
+/// without touching the TSC — for timestamps that only ever compare against minutes.
+pub fn coarse_monotonic() -> Duration {
+    let ns = clock_ns(libc::CLOCK_MONOTONIC_COARSE);
+    Duration::from_nanos(u64::try_from(ns).unwrap_or(0))
+}
+
 impl MonoClock {
     pub fn new() -> Self {
         Self {
@@ -72,9 +79,9 @@ mod tests {
 
     #[test]
     fn unix_times_count_from_the_epoch() {
-        let t = UNIX_EPOCH + std::time::Duration::from_millis(1_500);
+        let t = UNIX_EPOCH + Duration::from_millis(1_500);
         assert_eq!((unix_ms(t), unix_ns(t)), (1_500, 1_500_000_000));
-        assert_eq!(unix_ms(UNIX_EPOCH - std::time::Duration::from_secs(1)), 0);
+        assert_eq!(unix_ms(UNIX_EPOCH - Duration::from_secs(1)), 0);
     }
 
     #[test]
@@ -84,5 +91,16 @@ mod tests {
         let mapped = i128::from(clock.to_unix_ns(monotonic_now_ns()));
         assert!((mapped - wall).abs() < 1_000_000_000, "{mapped} vs {wall}");
         assert_eq!(MonoClock::with_offset(10).to_unix_ns(5), 15);
+    }
+
+    #[test]
+    fn the_coarse_clock_trails_the_precise_one_by_at_most_a_tick() {
+        let coarse = coarse_monotonic();
+        let precise = Duration::from_nanos(monotonic_now_ns());
+        assert!(coarse <= precise, "{coarse:?} after {precise:?}");
+        assert!(
+            precise - coarse < Duration::from_millis(100),
+            "{coarse:?} vs {precise:?}"
+        );
     }
 }

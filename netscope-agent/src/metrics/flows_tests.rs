@@ -30,7 +30,7 @@ fn update(kind: FlowUpdateKind, port: u16, comm: &str) -> FlowUpdate {
 fn names_past_the_budget_go_to_other_and_ports_never_become_labels() {
     let mut b = MetricsBuilder::new();
     let m = FlowMetrics::register(b.registry(), labels(3));
-    let now = Instant::now();
+    let now = crate::clock::coarse_monotonic();
     for i in 0..1000u16 {
         let comm = format!("proc-{}", i % 10);
         m.record_at(&update(FlowUpdateKind::Established, 10_000 + i, &comm), now);
@@ -56,7 +56,7 @@ fn names_past_the_budget_go_to_other_and_ports_never_become_labels() {
 #[test]
 fn idle_series_expire_and_give_their_name_slot_back() {
     let m = FlowMetrics::register(&mut Registry::default(), labels(1));
-    let t0 = Instant::now();
+    let t0 = crate::clock::coarse_monotonic();
     m.record_at(&update(FlowUpdateKind::Closed, 1, "old"), t0);
     m.record_at(&update(FlowUpdateKind::Established, 2, "open"), t0);
     assert_eq!(m.series(), 2, "`open` went to ~other: budget 1");
