@@ -102,8 +102,52 @@ pub struct FlowId {
     pub start_mono_ns: u64,
 }
 
+/// `0x…`, lower-case, without leading zeros (`{:#x}`), formatted on the stack: every printed
+/// line, page and live message carries one, and `fmt` machinery was a tenth of `probe`'s printer.
 fn hex_u64<S: serde::Serializer>(v: &u64, s: S) -> Result<S::Ok, S::Error> {
-    s.collect_str(&format_args!("{v:#x}"))
+    let mut buf = [0u8; 18];
+    let digits = ((64 - v.leading_zeros()).max(1)).div_ceil(4) as usize;
+    buf[..2].copy_from_slice(b"0x");
+    for i in 0..digits {
+        let nibble = (v >> (4 * (digits - 1 - i))) & 0xf;
+        buf[2 + i] = b"0123456789abcdef"[nibble as usize];
+    }
+    s.serialize_str(std::str::from_utf8(&buf[..2 + digits]).map_err(serde::ser::Error::custom)?)
+}
+
+/// Writes `value` in decimal at `buf[at..]`; returns the end.
+fn put_decimal(buf: &mut [u8], at: usize, value: u16) -> usize {
+    let mut digits = [0u8; 5];
+    let (mut len, mut v) = (0, value);
+    loop {
+        digits[len] = b'0' + (v % 10) as u8;
+        len += 1;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    for (i, d) in digits[..len].iter().rev().enumerate() {
+        buf[at + i] = *d;
+    }
+    at + len
+}
+
+/// A socket address as std's `Display` writes it; IPv4 (nearly every flow) formatted on the
+/// stack, IPv6 through `Display` (its zero compression is not worth repeating).
+fn socket_addr<S: serde::Serializer>(a: &SocketAddr, s: S) -> Result<S::Ok, S::Error> {
+    let SocketAddr::V4(v4) = a else {
+        return s.collect_str(a);
+    };
+    let mut buf = [0u8; 21];
+    let mut n = 0;
+    for (i, octet) in v4.ip().octets().into_iter().enumerate() {
+        n = put_decimal(&mut buf, n, u16::from(octet));
+        buf[n] = if i == 3 { b':' } else { b'.' };
+        n += 1;
+    }
+    n = put_decimal(&mut buf, n, v4.port());
+    s.serialize_str(std::str::from_utf8(&buf[..n]).map_err(serde::ser::Error::custom)?)
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -206,7 +250,9 @@ pub struct Flow {
     pub tid: u32,
     pub comm: Comm,
     pub cgroup_id: u64,
+    #[serde(serialize_with = "socket_addr")]
     pub local: SocketAddr,
+    #[serde(serialize_with = "socket_addr")]
     pub remote: SocketAddr,
     /// Wall-clock time of the `connect()`, ns since the Unix epoch.
     pub start_unix_ns: u64,
@@ -310,6 +356,32 @@ pub(crate) fn sample_flow(sock_id: u64, local_port: u16) -> Flow {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ids_and_addresses_serialise_as_std_formats_them() {
+        for sock_id in [0, 1, 0xf, 0x10, 0xffff_8881_2345_6780, u64::MAX] {
+            let id = FlowId {
+                sock_id,
+                start_mono_ns: 7,
+            };
+            let expected = format!("{{\"sock_id\":\"{sock_id:#x}\",\"start_mono_ns\":7}}");
+            assert_eq!(serde_json::to_string(&id).unwrap(), expected);
+        }
+        let addresses: [SocketAddr; 5] = [
+            ([0, 0, 0, 0], 0).into(),
+            ([255, 255, 255, 255], 65_535).into(),
+            ([10, 0, 12, 7], 8080).into(),
+            ([0x2001, 0xdb8, 0, 0, 0, 0, 0, 1], 443).into(),
+            "[::ffff:10.0.0.1]:80".parse().unwrap(),
+        ];
+        for addr in addresses {
+            let mut flow = sample_flow(1, 1);
+            (flow.local, flow.remote) = (addr, addr);
+            let json: serde_json::Value = serde_json::to_value(&flow).unwrap();
+            assert_eq!(json["local"], addr.to_string(), "{addr}");
+            assert_eq!(json["remote"], addr.to_string(), "{addr}");
+        }
+    }
 
     #[test]
     fn failed_connect_outcomes_follow_errno() {
