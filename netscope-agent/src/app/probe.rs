@@ -203,7 +203,6 @@ async fn print_flows(
     mut subscriber: BusSubscriber,
     print_established: bool,
 ) -> std::io::Result<(u64, u64)> {
-    let stdout = std::io::stdout();
     let mut printed = 0u64;
     let mut batch = Vec::with_capacity(PRINT_BATCH_BYTES + 4096);
     while let Some(first) = subscriber.recv().await {
@@ -221,13 +220,25 @@ async fn print_flows(
                 None
             };
         }
-        let mut out = stdout.lock();
-        out.write_all(&batch)?;
-        out.flush()?;
-        batch.clear();
+        batch = write_out(batch).await?;
     }
     // Read after the last receive: lag is counted as the subscriber catches up.
     Ok((printed, subscriber.lagged()))
+}
+
+/// Writes `batch` to stdout from the blocking pool and gives it back emptied: a reader of stdout
+/// that stalls holds up the printer only (the bus then counts what it misses), never the
+/// runtime's one thread and the ring pump on it.
+async fn write_out(mut batch: Vec<u8>) -> std::io::Result<Vec<u8>> {
+    tokio::task::spawn_blocking(move || {
+        let mut out = std::io::stdout().lock();
+        out.write_all(&batch)?;
+        out.flush()?;
+        batch.clear();
+        Ok(batch)
+    })
+    .await
+    .map_err(std::io::Error::other)?
 }
 
 /// Output gathered before one `write` (a line is ~600 bytes).
