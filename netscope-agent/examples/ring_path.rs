@@ -6,14 +6,17 @@
 //! decoded and applied through `FlowPipeline::on_event` to a table of 10,000 flows that keeps
 //! finished ones 10 ms (one connection per µs of kernel time): after the first 10,000, every
 //! connection also expires one, as the agent's table does in steady state.
-//! `--endpoint-index`: `run`'s table (indexed by endpoints for request correlation).
+//! `--endpoint-index`: `run`'s path — its table (indexed by endpoints for request correlation)
+//! and its flow metrics (the agent's default label budget: 100 process names, 600 s TTL).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::sync::{Arc, Mutex};
 
 use netscope_agent::{
     bus::BroadcastBus,
+    domain::DestGroups,
     flows::{FlowPipeline, FlowTable},
+    metrics::{MetricsBuilder, Recorder, flows::FlowLabels},
 };
 use netscope_common::{ConnEvent, EventKind};
 
@@ -34,6 +37,16 @@ fn main() {
         Arc::new(Mutex::new(table)),
         Arc::new(BroadcastBus::new(4_096)),
     );
+    let flows = if indexed {
+        let labels = FlowLabels {
+            dest: DestGroups::default(),
+            comm_budget: 100,
+            ttl: std::time::Duration::from_secs(600),
+        };
+        flows.with_recorder(Recorder::register(&mut MetricsBuilder::new(), Some(labels)))
+    } else {
+        flows
+    };
     let mut bytes = Vec::with_capacity(size_of::<ConnEvent>());
     for i in 0..CONNECTIONS {
         for kind in [EventKind::Established, EventKind::Closed] {

@@ -39,7 +39,8 @@ tasks:
                         kernel ns vs empty programs and vs tcplife (root)
   bench pipeline [ARGS…]  pipeline throughput and latency vs a bare reqwest loop (starts Kafka)
   bench ring-instructions  the ring reader's per-event path under cachegrind (valgrind):
-                        instructions per event for probe's table and run's, unmoved by VM noise
+                        instructions per event for probe's table and run's (table + flow metrics),
+                        unmoved by VM noise
   bench api [ARGS…]     the live view and /metrics under the pipeline's load: 50 WebSocket
                         clients (one never reading), scrape time at the label budget (starts Kafka)
   bench audit [ARGS…]   events/s into RGW, PUTs per 10,000 events, request-path latency with

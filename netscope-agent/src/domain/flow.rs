@@ -40,8 +40,12 @@ impl Comm {
     }
 
     pub fn as_str(&self) -> &str {
-        // `from` only stores whole characters of a `str`.
-        std::str::from_utf8(&self.bytes[..usize::from(self.len)]).unwrap_or_default()
+        let bytes = &self.bytes[..usize::from(self.len)];
+        // SAFETY: `bytes` is UTF-8: `from_kernel` keeps ASCII bytes as they are and gives
+        // anything else to `from`, which stores a `str`'s prefix cut at a character boundary;
+        // nothing else writes `bytes` or `len`. (Checking it again cost ~70 instructions on
+        // every flow update's metrics and every serialised flow.)
+        unsafe { std::str::from_utf8_unchecked(bytes) }
     }
 }
 

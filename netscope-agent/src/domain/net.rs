@@ -107,19 +107,29 @@ impl DestGroups {
     }
 
     pub fn group_of(&self, ip: IpAddr) -> &str {
-        if let Some((name, _)) = self
+        let index = self.index_of(ip);
+        match self.groups.get(index) {
+            Some((name, _)) => name,
+            None if index == self.groups.len() => "internal",
+            None => "external",
+        }
+    }
+
+    /// The position of `ip`'s group in [`Self::names`].
+    pub fn index_of(&self, ip: IpAddr) -> usize {
+        if let Some(index) = self
             .groups
             .iter()
-            .find(|(_, cidrs)| cidrs.iter().any(|c| c.contains(ip)))
+            .position(|(_, cidrs)| cidrs.iter().any(|c| c.contains(ip)))
         {
-            return name;
+            return index;
         }
         let ip = match ip {
             IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
             v4 => v4,
         };
         let internal = INTERNAL.iter().any(|c| c.contains(ip));
-        if internal { "internal" } else { "external" }
+        self.groups.len() + usize::from(!internal)
     }
 
     /// Every value `group_of` can return.
@@ -142,6 +152,16 @@ mod tests {
             ("all-ten".into(), vec!["10.0.0.0/8".parse().unwrap()]),
         ]);
         assert_eq!(g.group_of("10.1.2.3".parse().unwrap()), "db");
+        for ip in [
+            "10.1.2.3",
+            "10.9.2.3",
+            "192.168.1.1",
+            "8.8.8.8",
+            "::ffff:10.1.0.1",
+        ] {
+            let ip = ip.parse().unwrap();
+            assert_eq!(g.names().nth(g.index_of(ip)), Some(g.group_of(ip)), "{ip}");
+        }
         assert_eq!(g.group_of("10.9.2.3".parse().unwrap()), "all-ten");
         assert_eq!(g.group_of("192.168.1.1".parse().unwrap()), "internal");
         assert_eq!(g.group_of("::ffff:127.0.0.1".parse().unwrap()), "internal");

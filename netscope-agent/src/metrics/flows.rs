@@ -6,7 +6,6 @@
 //! open, is removed, and its name gives its slot back.
 
 use std::{
-    cell::Cell,
     collections::HashMap,
     fmt,
     sync::{Arc, Mutex, PoisonError},
@@ -21,7 +20,7 @@ use prometheus_client::{
 };
 use strum::{EnumCount as _, IntoEnumIterator as _};
 
-use crate::domain::{DestGroups, FlowOutcome, FlowUpdate, FlowUpdateKind, SampleKind};
+use crate::domain::{Comm, DestGroups, FlowOutcome, FlowUpdate, FlowUpdateKind, SampleKind};
 
 /// The `comm` label of flows whose process name is past the budget.
 pub const OTHER_COMM: &str = "~other";
@@ -59,20 +58,53 @@ impl Series {
     }
 }
 
-type Key = (Arc<str>, Arc<str>);
+/// A process name's series: one per destination group, at the group's index in
+/// [`DestGroups::names`], created when a flow of that group first shows.
+struct CommSeries {
+    seen: Duration,
+    by_dest: Vec<Option<Series>>,
+}
 
-/// Keys are short strings looked up once or twice per flow update: a fast seeded hash, not
-/// SipHash.
+impl CommSeries {
+    fn new(groups: usize, now: Duration) -> Self {
+        Self {
+            seen: now,
+            by_dest: (0..groups).map(|_| None).collect(),
+        }
+    }
+}
+
+/// Process names are looked up once per flow update (~ one per kernel event): keyed by the
+/// kernel's inline name itself, with a fast seeded hash, not SipHash.
 type Hasher = foldhash::fast::RandomState;
 
 struct State {
-    series: HashMap<Key, Series, Hasher>,
-    /// Process names with series of their own, and when each was last seen (a `Cell`: one
-    /// lookup both finds the name and marks it seen).
-    comms: HashMap<Arc<str>, Cell<Duration>, Hasher>,
+    /// Process names with series of their own (at most `comm_budget`).
+    comms: HashMap<Comm, CommSeries, Hasher>,
+    /// The series of names past the budget, labelled `~other`.
+    other: CommSeries,
     /// Flow updates counted under `~other` because the budget was full.
     overflowed: u64,
     removed: u64,
+}
+
+impl State {
+    /// Every series with its (destination group, process name) labels.
+    fn labelled<'a>(
+        &'a self,
+        dest_labels: &'a [String],
+    ) -> impl Iterator<Item = (&'a str, &'a str, &'a Series)> {
+        self.comms
+            .iter()
+            .map(|(comm, slot)| (comm.as_str(), slot))
+            .chain([(OTHER_COMM, &self.other)])
+            .flat_map(move |(comm, slot)| {
+                slot.by_dest
+                    .iter()
+                    .zip(dest_labels)
+                    .filter_map(move |(s, dest)| s.as_ref().map(|s| (dest.as_str(), comm, s)))
+            })
+    }
 }
 
 /// How flows are labelled: by destination group, and by process name within a budget; idle
@@ -86,8 +118,8 @@ pub struct FlowLabels {
 
 pub struct FlowMetrics {
     dest: DestGroups,
-    /// Every destination group's label, allocated once.
-    dest_labels: Vec<Arc<str>>,
+    /// Every destination group's label, in `DestGroups::names` order.
+    dest_labels: Vec<String>,
     comm_budget: usize,
     ttl: Duration,
     state: Mutex<State>,
@@ -103,17 +135,18 @@ impl fmt::Debug for FlowMetrics {
 
 impl FlowMetrics {
     pub fn register(registry: &mut Registry, labels: FlowLabels) -> Arc<Self> {
+        let dest_labels: Vec<String> = labels.dest.names().map(String::from).collect();
         let m = Arc::new(Self {
-            dest_labels: labels.dest.names().map(Arc::from).collect(),
-            dest: labels.dest,
-            comm_budget: labels.comm_budget,
-            ttl: labels.ttl,
             state: Mutex::new(State {
-                series: HashMap::default(),
                 comms: HashMap::default(),
+                other: CommSeries::new(dest_labels.len(), Duration::ZERO),
                 overflowed: 0,
                 removed: 0,
             }),
+            dest_labels,
+            dest: labels.dest,
+            comm_budget: labels.comm_budget,
+            ttl: labels.ttl,
         });
         registry.register_collector(Box::new(Arc::clone(&m)));
         m
@@ -131,18 +164,14 @@ impl FlowMetrics {
 
     fn record_at(&self, update: &FlowUpdate, now: Duration) {
         let f = &update.flow;
-        let group = self.dest.group_of(f.remote.ip());
-        let dest = self
-            .dest_labels
-            .iter()
-            .find(|l| &***l == group)
-            .map_or_else(|| Arc::from(group), Arc::clone);
+        let dest = self.dest.index_of(f.remote.ip());
         let mut st = self.lock();
-        let comm = self.comm_label(&mut st, f.comm.as_str(), now);
-        let s = st
-            .series
-            .entry((dest, comm))
-            .or_insert_with(|| Series::new(now));
+        let slot = self.comm_slot(&mut st, f.comm, now);
+        slot.seen = now;
+        let Some(s) = slot.by_dest.get_mut(dest) else {
+            return; // not a group of `dest`: cannot happen, `by_dest` has one per group
+        };
+        let s = s.get_or_insert_with(|| Series::new(now));
         s.touched = now;
         match update.kind {
             FlowUpdateKind::Established => {
@@ -168,40 +197,47 @@ impl FlowMetrics {
         }
     }
 
-    /// The process name's label: its own while within budget, else `~other`.
-    fn comm_label(&self, st: &mut State, comm: &str, now: Duration) -> Arc<str> {
-        if let Some((name, seen)) = st.comms.get_key_value(comm) {
-            seen.set(now);
-            return Arc::clone(name);
-        }
-        if st.comms.len() >= self.comm_budget {
+    /// The process name's series: its own while within budget, else `~other`'s. A name not
+    /// seen before takes a free slot, after expiry when the budget is full.
+    fn comm_slot<'s>(&self, st: &'s mut State, comm: Comm, now: Duration) -> &'s mut CommSeries {
+        if st.comms.len() >= self.comm_budget && !st.comms.contains_key(&comm) {
             self.expire(st, now);
+            if st.comms.len() >= self.comm_budget {
+                st.overflowed += 1;
+                return &mut st.other;
+            }
         }
-        if st.comms.len() >= self.comm_budget {
-            st.overflowed += 1;
-            return Arc::from(OTHER_COMM);
-        }
-        let name: Arc<str> = Arc::from(comm);
-        st.comms.insert(Arc::clone(&name), Cell::new(now));
-        name
+        let groups = self.dest_labels.len();
+        st.comms
+            .entry(comm)
+            .or_insert_with(|| CommSeries::new(groups, now))
     }
 
-    /// Removes series idle past the TTL with nothing open, and frees their names' slots.
+    /// Removes series idle past the TTL with nothing open, and the names left with no series
+    /// and not seen within the TTL (their budget slots are free again).
     fn expire(&self, st: &mut State, now: Duration) {
         let ttl = self.ttl;
-        let before = st.series.len();
-        st.series
-            .retain(|_, s| s.active > 0 || now.saturating_sub(s.touched) < ttl);
-        st.removed += (before - st.series.len()) as u64;
-        let State { series, comms, .. } = st;
-        comms.retain(|name, seen| {
-            now.saturating_sub(seen.get()) < ttl || series.keys().any(|(_, c)| c == name)
-        });
+        let mut removed = 0;
+        let mut prune = |slot: &mut CommSeries| {
+            for series in &mut slot.by_dest {
+                if series
+                    .as_ref()
+                    .is_some_and(|s| s.active == 0 && now.saturating_sub(s.touched) >= ttl)
+                {
+                    *series = None;
+                    removed += 1;
+                }
+            }
+            slot.by_dest.iter().any(Option::is_some) || now.saturating_sub(slot.seen) < ttl
+        };
+        st.comms.retain(|_, slot| prune(slot));
+        prune(&mut st.other);
+        st.removed += removed;
     }
 
     /// Series (destination group × process name) now.
     pub fn series(&self) -> usize {
-        self.lock().series.len()
+        self.lock().labelled(&self.dest_labels).count()
     }
 }
 
@@ -289,7 +325,7 @@ impl Family {
     fn encode(
         &self,
         encoder: &mut DescriptorEncoder,
-        series: &HashMap<Key, Series, Hasher>,
+        series: &[(&str, &str, &Series)],
     ) -> fmt::Result {
         let mut metric = encoder.encode_descriptor(
             self.name,
@@ -297,9 +333,9 @@ impl Family {
             self.unit.as_ref(),
             super::metric_type(self.kind),
         )?;
-        for ((dest, comm), s) in series {
+        for &(dest, comm, s) in series {
             for (extra, v) in (self.values)(s) {
-                let labels: Vec<(&str, &str)> = [("dest", &**dest), ("comm", &**comm)]
+                let labels: Vec<(&str, &str)> = [("dest", dest), ("comm", comm)]
                     .into_iter()
                     .chain(extra)
                     .collect();
@@ -314,10 +350,10 @@ impl Collector for FlowMetrics {
     fn encode(&self, mut encoder: DescriptorEncoder) -> fmt::Result {
         let mut st = self.lock();
         self.expire(&mut st, crate::clock::coarse_monotonic());
-        let series = &st.series;
+        let series: Vec<_> = st.labelled(&self.dest_labels).collect();
         let e = &mut encoder;
         for family in &FAMILIES {
-            family.encode(e, series)?;
+            family.encode(e, &series)?;
         }
         let mut m = e.encode_descriptor(
             "flow_connect_duration",
@@ -325,9 +361,9 @@ impl Collector for FlowMetrics {
             Some(&Unit::Seconds),
             MetricType::Histogram,
         )?;
-        for ((dest, comm), s) in series {
+        for &(dest, comm, s) in &series {
             s.connect
-                .encode(m.encode_family(&[("dest", &**dest), ("comm", &**comm)])?)?;
+                .encode(m.encode_family(&[("dest", dest), ("comm", comm)])?)?;
         }
         let overflow = ConstCounter::new(st.overflowed);
         overflow.encode(e.encode_descriptor(

@@ -63,7 +63,7 @@ fn idle_series_expire_and_give_their_name_slot_back() {
     let later = t0 + Duration::from_secs(61);
     m.record_at(&update(FlowUpdateKind::Established, 3, "new"), later);
     let st = m.lock();
-    let names: Vec<&str> = st.series.keys().map(|(_, c)| &**c).collect();
+    let names: Vec<&str> = st.labelled(&m.dest_labels).map(|(_, c, _)| c).collect();
     assert!(names.contains(&"new"), "{names:?}");
     assert!(!names.contains(&"old"), "idle `old` expired: {names:?}");
     assert!(
