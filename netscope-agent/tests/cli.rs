@@ -223,7 +223,11 @@ fn probe_check_says_which_hook_serves_each_fact_here() {
         .unwrap();
     let report: Value = serde_json::from_slice(&json.stdout).unwrap();
     assert_eq!(report["facts"][0]["fact"], "connect latency");
-    assert!(report["facts"][0]["hook"].is_string(), "{report}");
+    // With BTF giving the socket fields, connections are followed by a BTF tracepoint.
+    assert_eq!(
+        report["facts"][0]["hook"], "BTF tracepoint inet_sock_set_state (tp_btf)",
+        "{report}"
+    );
 }
 
 #[test]
@@ -467,8 +471,9 @@ fn a_full_socket_table_is_said_by_the_kernel_program_in_the_agents_log() {
     let line: Value = serde_json::from_str(logged.last().unwrap()).unwrap();
     assert_eq!(line["level"], "WARN", "{line}");
     let message = line["fields"]["message"].as_str().unwrap();
+    // The BTF tracepoint's program on this kernel (ns_set_state where the classic one runs).
     assert!(
-        message.starts_with("ns_set_state: the socket table is full"),
+        message.starts_with("ns_set_state_btf: the socket table is full"),
         "{message}"
     );
     assert!(message.contains("--max-connections"), "{message}");

@@ -16,7 +16,7 @@ use std::{
 
 use netscope_agent::{
     domain::{FlowOutcome, FlowState},
-    probe::{LiveBytes, ProbeOptions},
+    probe::{LiveBytes, ProbeOptions, StateHooks},
 };
 use netscope_common::{EventKind, counter};
 use support::{Harness, NetNs, kernel_test};
@@ -200,8 +200,11 @@ fn helper_reads_give_the_same_facts_as_direct_context_loads() {
     let ns = NetNs::new("fields");
     let _in = ns.enter();
     let mut options = Harness::for_dport(PORT);
+    // The classic tracepoints' records, every field through bpf_probe_read.
     options.helper_reads_only = true;
+    options.classic_tracepoints = true;
     let probe = Harness::start(&options);
+    assert_eq!(probe.probe.state_hooks(), StateHooks::Classic);
     let listener = TcpListener::bind(("127.0.0.1", PORT)).unwrap();
     let mut client = TcpStream::connect(("127.0.0.1", PORT)).unwrap();
     let (mut server, _) = listener.accept().unwrap();
@@ -347,6 +350,9 @@ fn refused_and_reset_connections_have_the_right_outcome() {
     assert_eq!(refused.errno, Some(libc::ECONNREFUSED));
     assert_eq!(refused.connect_latency_ns, None);
     assert_eq!(refused.remote.port(), CLOSED);
+    // The port connect() bound, though the kernel has put it back when the socket closes.
+    assert_eq!(refused.local.ip().to_string(), "127.0.0.1");
+    assert_ne!(refused.local.port(), 0, "{refused:?}");
 
     // Reset by the peer: the server closes with SO_LINGER 0.
     let listener = TcpListener::bind(("127.0.0.1", OPEN)).unwrap();
@@ -633,11 +639,23 @@ fn pid_and_cgroup_filters_track_only_the_chosen_process() {
 
 #[test]
 fn destination_filters_and_ipv6_flows() {
+    destination_filters_and_ipv6(StateHooks::Btf);
+}
+
+#[test]
+fn classic_tracepoints_give_the_same_ipv4_and_ipv6_flows_and_filters() {
+    destination_filters_and_ipv6(StateHooks::Classic);
+}
+
+fn destination_filters_and_ipv6(hooks: StateHooks) {
     let Some(_serial) = kernel_test("dst-ipv6") else {
         return;
     };
     const PORT: u16 = 7110;
-    let ns = NetNs::new("dst6");
+    let ns = NetNs::new(match hooks {
+        StateHooks::Btf => "dst6",
+        StateHooks::Classic => "dst6-classic",
+    });
     let _in = ns.enter();
     let v4 = TcpListener::bind(("0.0.0.0", PORT)).unwrap();
     let v6 = TcpListener::bind(("::1", PORT)).unwrap();
@@ -646,7 +664,10 @@ fn destination_filters_and_ipv6_flows() {
     let mut options = ProbeOptions::default();
     options.filters.destinations =
         vec!["127.0.0.2/32".parse().unwrap(), "::1/128".parse().unwrap()];
+    options.classic_tracepoints = hooks == StateHooks::Classic;
     let probe = Harness::start(&options);
+    // Where BTF gives the socket fields (every kernel of the matrix), the BTF ones load.
+    assert_eq!(probe.probe.state_hooks(), hooks);
 
     // 127.0.0.1 is outside the filter; 127.0.0.2 (also lo) and ::1 are inside.
     drop(TcpStream::connect(("127.0.0.1", PORT)).unwrap());

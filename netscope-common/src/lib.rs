@@ -334,9 +334,18 @@ pub struct ProbeConfig {
     /// below it events are submitted without wake-up and user space polls on a timer.
     pub wakeup_bytes: u64,
     pub tcp_copied_seq: u32,
-    pub _pad: u32,
+    /// Offsets of `sk_protocol` in `struct sock` and of `skc_v6_daddr`, `skc_v6_rcv_saddr` in
+    /// `struct sock_common` (kernel BTF), or `OFFSET_NONE`: the BTF tracepoints read a
+    /// connection's protocol and IPv6 addresses from its socket (see [`sock_head`]).
+    pub sock_protocol: u32,
+    pub sock_v6_daddr: u32,
+    pub sock_v6_rcv_saddr: u32,
+    /// Offset of `inet_sport` (`__be16`) in `struct inet_sock` (kernel BTF), or `OFFSET_NONE`:
+    /// the local port as the classic tracepoint reports it (`skc_num` is already 0 when a
+    /// failed connect's socket reaches CLOSE: its port went back first).
+    pub inet_sport: u32,
 }
-const _: () = assert!(size_of::<ProbeConfig>() == 152);
+const _: () = assert!(size_of::<ProbeConfig>() == 168);
 const _: () = assert!(core::mem::offset_of!(ProbeConfig, wakeup_bytes) == 136);
 
 impl ProbeConfig {
@@ -385,8 +394,28 @@ impl ProbeConfig {
         tcp_write_seq: OFFSET_NONE,
         wakeup_bytes: 0,
         tcp_copied_seq: OFFSET_NONE,
-        _pad: 0,
+        sock_protocol: OFFSET_NONE,
+        sock_v6_daddr: OFFSET_NONE,
+        sock_v6_rcv_saddr: OFFSET_NONE,
+        inet_sport: OFFSET_NONE,
     };
+}
+
+/// The head of `struct sock_common` (at offset 0 of `struct sock`), as every kernel NetScope
+/// supports lays it out: the BTF tracepoint programs read these 24 bytes in one helper call
+/// and take the IPv4 tuple from them. The agent loads those programs only when the kernel's
+/// BTF puts each field at the offset given here. (The local port is read from `inet_sock`.)
+pub mod sock_head {
+    /// Bytes read (three words).
+    pub const LEN: usize = 24;
+    /// `skc_daddr`, `__be32`.
+    pub const DADDR: u32 = 0;
+    /// `skc_rcv_saddr`, `__be32`.
+    pub const RCV_SADDR: u32 = 4;
+    /// `skc_dport`, `__be16`.
+    pub const DPORT: u32 = 12;
+    /// `skc_family`, `unsigned short`.
+    pub const FAMILY: u32 = 16;
 }
 
 /// Indexes of the per-CPU kernel counters (map `COUNTERS`).

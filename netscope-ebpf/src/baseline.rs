@@ -15,12 +15,17 @@ mod object;
 
 use aya_ebpf::{
     bindings::TC_ACT_UNSPEC,
-    macros::{classifier, kprobe, tracepoint},
-    programs::{ProbeContext, TcContext, TracePointContext},
+    macros::{btf_tracepoint, classifier, kprobe, tracepoint},
+    programs::{BtfTracePointContext, ProbeContext, TcContext, TracePointContext},
 };
 
 #[tracepoint(category = "sock", name = "inet_sock_set_state")]
 pub fn ns_set_state(_ctx: TracePointContext) -> u32 {
+    0
+}
+
+#[btf_tracepoint(function = "inet_sock_set_state")]
+pub fn ns_set_state_btf(_ctx: BtfTracePointContext) -> u32 {
     0
 }
 
@@ -61,6 +66,11 @@ pub fn ns_recv_reset(_ctx: TracePointContext) -> u32 {
 
 #[tracepoint(category = "tcp", name = "tcp_destroy_sock")]
 pub fn ns_destroy_sock(_ctx: TracePointContext) -> u32 {
+    0
+}
+
+#[btf_tracepoint(function = "tcp_destroy_sock")]
+pub fn ns_destroy_sock_btf(_ctx: BtfTracePointContext) -> u32 {
     0
 }
 

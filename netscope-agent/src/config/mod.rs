@@ -107,6 +107,11 @@ pub struct ProbeArgs {
     /// unknown (null). `run` always hooks them: a call's bytes on a pooled connection need them.
     #[arg(long, env = "NETSCOPE_PER_MESSAGE_HOOKS")]
     pub per_message_hooks: bool,
+    /// Attach the connection-state hooks as classic tracepoints even where kernel BTF allows
+    /// BTF tracepoints (which skip the record the kernel builds for every socket state change;
+    /// the probe falls back to classic ones by itself when they do not load).
+    #[arg(long, env = "NETSCOPE_CLASSIC_TRACEPOINTS")]
+    pub classic_tracepoints: bool,
     /// Also print a line when a connection is established (default: closed and failed only).
     #[arg(long)]
     pub established: bool,
@@ -130,6 +135,8 @@ pub struct ProbeSettings {
     pub print_established: bool,
     /// Hook every send and receive (see [`ProbeArgs::per_message_hooks`]).
     pub per_message_hooks: bool,
+    /// See [`ProbeArgs::classic_tracepoints`].
+    pub classic_tracepoints: bool,
 }
 
 const MAX_RING_BYTES: u64 = 1 << 30;
@@ -175,6 +182,7 @@ impl ProbeArgs {
             ebpf_object: self.ebpf_object.clone(),
             print_established: self.established,
             per_message_hooks: self.per_message_hooks,
+            classic_tracepoints: self.classic_tracepoints,
         })
     }
 

@@ -1,15 +1,17 @@
 //! Which program attaches where, and the attaching: tracepoints (the list below is the one
-//! attach table), TC classifiers (TCX from Linux 6.6, a clsact qdisc before), and the
+//! attach table; the connection-state ones as BTF tracepoints where they load, see
+//! `BTF_TWINS`), TC classifiers (TCX from Linux 6.6, a clsact qdisc before), and the
 //! `tcp_sendmsg`/`tcp_cleanup_rbuf` kprobes where the length tracepoints are missing.
 
 use std::{ffi::CString, path::Path};
 
 use aya::{
-    programs::{KProbe, SchedClassifier, TcAttachType, TracePoint, tc},
+    Btf,
+    programs::{BtfTracePoint, KProbe, SchedClassifier, TcAttachType, TracePoint, tc},
     util::KernelVersion,
 };
 
-use super::{LiveBytes, Probe, ProbeError, ProbeOptions};
+use super::{LiveBytes, Probe, ProbeError, ProbeOptions, StateHooks};
 
 struct TracepointSpec {
     program: &'static str,
@@ -55,6 +57,15 @@ const TRACEPOINTS: [TracepointSpec; 7] = [
     },
 ];
 
+/// The hooks that run for every connection (ten state changes and two destroys for a
+/// connection between two local sockets), as BTF tracepoints: (tracepoint, classic program,
+/// BTF program). A BTF tracepoint hands the program the kernel's own arguments; a classic one
+/// first builds a record of the event in a per-CPU buffer, for every socket's every transition.
+const BTF_TWINS: [(&str, &str, &str); 2] = [
+    ("inet_sock_set_state", "ns_set_state", "ns_set_state_btf"),
+    ("tcp_destroy_sock", "ns_destroy_sock", "ns_destroy_sock_btf"),
+];
+
 /// Without the length tracepoints (Linux < 6.4), live bytes and turns come from kprobes:
 /// (program, kernel function).
 const SEQ_KPROBES: [(&str, &str); 2] = [
@@ -94,8 +105,31 @@ impl Probe {
     }
 
     /// The connection tracepoints; the length ones only where they are the live-bytes path.
+    /// The state hooks as BTF tracepoints when chosen and they load; else (said in a warning)
+    /// as classic ones.
     fn attach_tracepoints(&mut self) -> Result<(), ProbeError> {
+        if self.state_hooks == StateHooks::Btf
+            && let Err(e) = self.load_btf_twins()
+        {
+            tracing::warn!(error = %e, "BTF tracepoints did not load: using the classic ones");
+            self.state_hooks = StateHooks::Classic;
+        }
+        if self.state_hooks == StateHooks::Btf {
+            for (_, _, name) in BTF_TWINS {
+                let program: &mut BtfTracePoint = self.program_mut(name)?;
+                program.attach().map_err(|source| ProbeError::Program {
+                    program: name,
+                    source,
+                })?;
+            }
+        }
         for spec in &TRACEPOINTS {
+            let twin = BTF_TWINS
+                .iter()
+                .any(|(_, classic, _)| *classic == spec.program);
+            if twin && self.state_hooks == StateHooks::Btf {
+                continue;
+            }
             if spec.category == "sock"
                 && spec.name != "inet_sock_set_state"
                 && self.live_bytes != LiveBytes::LengthTracepoints
@@ -113,6 +147,23 @@ impl Probe {
             let program: &mut TracePoint = self.program_mut(name)?;
             program.attach(spec.category, spec.name).map_err(err)?;
         }
+        Ok(())
+    }
+
+    /// Loads both BTF tracepoint programs (neither is attached yet: a failure leaves nothing
+    /// running twice beside the classic ones).
+    fn load_btf_twins(&mut self) -> Result<(), ProbeError> {
+        let btf = Btf::from_sys_fs().map_err(|e| ProbeError::Btf(e.to_string()))?;
+        for (tracepoint, _, name) in BTF_TWINS {
+            let program: &mut BtfTracePoint = self.program_mut(name)?;
+            program
+                .load(tracepoint, &btf)
+                .map_err(|source| ProbeError::Program {
+                    program: name,
+                    source,
+                })?;
+        }
+        self.loaded.extend(BTF_TWINS.map(|(_, _, name)| name));
         Ok(())
     }
 

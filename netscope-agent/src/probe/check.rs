@@ -12,6 +12,7 @@ use aya::util::KernelVersion;
 /// and `probe` leaves the per-message hooks out unless asked.
 pub const BYTES_PER_CALL: &str = "bytes per call";
 pub const BYTES_PER_CONNECTION: &str = "bytes per connection";
+pub const CONNECT_LATENCY: &str = "connect latency";
 /// How a connection's bytes are known without the length tracepoints.
 pub const TCP_TOTALS: &str = "tcp_sock counters at close (BTF)";
 
@@ -77,12 +78,7 @@ impl Found {
         );
         let o = &self.offsets;
         vec![
-            fact(
-                "connect latency",
-                true,
-                self.tracepoint("sock", "inet_sock_set_state"),
-                None,
-            ),
+            fact(CONNECT_LATENCY, true, self.connect_latency(), None),
             fact(
                 BYTES_PER_CONNECTION,
                 true,
@@ -124,6 +120,16 @@ impl Found {
             .as_ref()
             .is_some_and(|t| t.format(category, name).is_ok())
             .then(|| format!("tracepoint {category}:{name}"))
+    }
+
+    /// The BTF tracepoint where BTF gives the socket fields it reads, else the classic one.
+    fn connect_latency(&self) -> Option<String> {
+        let classic = self.tracepoint("sock", "inet_sock_set_state")?;
+        Some(if self.offsets.has_sock_fields() {
+            super::StateHooks::Btf.describe().to_owned()
+        } else {
+            classic
+        })
     }
 
     fn bytes_per_connection(&self) -> Option<String> {

@@ -143,6 +143,9 @@ pub(super) fn probe_config(
         tcp_write_seq: offsets.tcp_sock_write_seq.unwrap_or(OFFSET_NONE),
         wakeup_bytes: options.wakeup_bytes,
         tcp_copied_seq: offsets.tcp_sock_copied_seq.unwrap_or(OFFSET_NONE),
-        _pad: 0,
+        sock_protocol: offsets.sock_protocol.unwrap_or(OFFSET_NONE),
+        sock_v6_daddr: offsets.sock_v6_daddr.unwrap_or(OFFSET_NONE),
+        sock_v6_rcv_saddr: offsets.sock_v6_rcv_saddr.unwrap_or(OFFSET_NONE),
+        inet_sport: offsets.inet_sport.unwrap_or(OFFSET_NONE),
     })
 }

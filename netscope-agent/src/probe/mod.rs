@@ -64,6 +64,8 @@ pub struct Probe {
     counters: std::sync::Arc<KernelCounterReader>,
     /// How live bytes per socket (and turns) are counted, if at all.
     live_bytes: LiveBytes,
+    /// Which tracepoints serve the connection-state hooks.
+    state_hooks: StateHooks,
     /// What this kernel offers (read once, at load).
     report: check::CheckReport,
 }
@@ -77,6 +79,34 @@ pub enum LiveBytes {
     SeqKprobes,
     /// Neither: only a closed connection's bytes are known (read from `tcp_sock` at close).
     None,
+}
+
+/// The kind of tracepoint the connection-state hooks (`inet_sock_set_state`,
+/// `tcp_destroy_sock`) attach as.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StateHooks {
+    /// BTF tracepoints (`tp_btf`): the kernel's arguments, no record built per event. Chosen
+    /// when kernel BTF gives the socket fields the programs read.
+    Btf,
+    /// Classic tracepoints: the record tracefs describes, built by the kernel per event.
+    Classic,
+}
+
+impl StateHooks {
+    fn choose(offsets: &KernelOffsets, classic_asked: bool) -> Self {
+        if !classic_asked && offsets.has_sock_fields() {
+            Self::Btf
+        } else {
+            Self::Classic
+        }
+    }
+
+    pub fn describe(self) -> &'static str {
+        match self {
+            Self::Btf => "BTF tracepoint inet_sock_set_state (tp_btf)",
+            Self::Classic => "tracepoint sock:inet_sock_set_state",
+        }
+    }
 }
 
 impl LiveBytes {
@@ -134,6 +164,7 @@ impl Probe {
             kernel_offsets,
             counters,
             live_bytes: LiveBytes::choose(&config, options.per_message_hooks),
+            state_hooks: StateHooks::choose(&kernel_offsets, options.classic_tracepoints),
             report: check::check_with(btf),
         };
         probe.fill_filters(&options.filters)?;
@@ -156,7 +187,9 @@ impl Probe {
         let taken = (self.live_bytes != LiveBytes::None).then(|| self.live_bytes.describe());
         let totals = self.kernel_offsets.has_tcp_totals();
         for f in &mut self.report.facts {
-            if f.fact == check::BYTES_PER_CALL {
+            if f.fact == check::CONNECT_LATENCY {
+                f.hook = Some(self.state_hooks.describe().to_owned());
+            } else if f.fact == check::BYTES_PER_CALL {
                 f.hook = taken.map(str::to_owned);
                 if !per_message_hooks {
                     f.note = Some(
@@ -174,6 +207,11 @@ impl Probe {
 
     pub fn kernel_offsets(&self) -> KernelOffsets {
         self.kernel_offsets
+    }
+
+    /// Which tracepoints serve the connection-state hooks.
+    pub fn state_hooks(&self) -> StateHooks {
+        self.state_hooks
     }
 
     fn map_mut<'a, T>(&'a mut self, name: &'static str) -> Result<T, ProbeError>

@@ -55,6 +55,9 @@ pub struct ProbeOptions {
     /// Read tracepoint fields with `bpf_probe_read` only, never by direct context loads (the
     /// path taken for offsets outside the usual range; exercised by the kernel tests).
     pub helper_reads_only: bool,
+    /// Attach the connection-state hooks as classic tracepoints even where the BTF ones would
+    /// load (`--classic-tracepoints`; the kernel tests exercise both).
+    pub classic_tracepoints: bool,
     /// Hook every send and receive (the length tracepoints, or the `tcp_sendmsg`/
     /// `tcp_cleanup_rbuf` kprobes): a live connection's bytes, calls and turns as they happen,
     /// which per-call deltas need. Without them only a closed connection's bytes are known
@@ -73,6 +76,7 @@ impl Default for ProbeOptions {
             tc_interfaces: Vec::new(),
             object: None,
             helper_reads_only: false,
+            classic_tracepoints: false,
             per_message_hooks: true,
         }
     }
@@ -95,6 +99,7 @@ impl ProbeOptions {
             tc_interfaces: s.tc_interfaces.clone(),
             object: s.ebpf_object.clone(),
             helper_reads_only: false,
+            classic_tracepoints: s.classic_tracepoints,
             per_message_hooks: s.per_message_hooks,
         }
     }

@@ -11,18 +11,28 @@
 //!
 //! `tcp:tcp_destroy_sock`: the socket is gone, its counters final: emit `Closed` (at the time
 //! of the CLOSE transition when there was one), forget it.
+//!
+//! Each hook has two entry points with one body: the BTF tracepoint (`tp_btf`, what the agent
+//! loads when kernel BTF confirms `sock_head`), which gets the kernel's own arguments and
+//! reads the few socket fields it needs; and the classic tracepoint, which gets a record the
+//! kernel builds field by field for every transition of every socket before the program runs
+//! (a cost `bpf_stats` does not show) — kept for kernels where the BTF ones do not load.
 
 use aya_ebpf::{
+    EbpfContext,
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
-    helpers::{bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_ktime_get_ns, generated},
-    macros::tracepoint,
+    helpers::{
+        bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_ktime_get_ns,
+        bpf_probe_read_kernel, generated,
+    },
+    macros::{btf_tracepoint, tracepoint},
     maps::lpm_trie::Key,
-    programs::TracePointContext,
+    programs::{BtfTracePointContext, TracePointContext},
 };
 use netscope_common::{
     AF_INET, AF_INET6, ConnEvent, ESTABLISHED_LEN, EventHeader, EventKind, FILTER_CGROUP,
     FILTER_DPORT, FILTER_DST, FILTER_TGID, FlowTuple, SK_ERR_UNKNOWN, SRTT_UNKNOWN, SetStateRecord,
-    SockState, WireCounters, counter, tcp_state,
+    SockState, WireCounters, counter, sock_head, tcp_state,
 };
 
 use super::{Error, field, read_kernel};
@@ -75,13 +85,49 @@ fn try_set_state(ctx: &TracePointContext) -> Result<(), Error> {
         return Ok(());
     }
     let old = field::<i32>(ctx, config!(set_state.oldstate))? as u32;
+    transition(
+        old,
+        new,
+        || field(ctx, config!(set_state.skaddr)),
+        |_| read_record(ctx),
+    )
+}
+
+/// `inet_sock_set_state(const struct sock *sk, int oldstate, int newstate)`, as BTF types it.
+#[btf_tracepoint(function = "inet_sock_set_state")]
+pub fn ns_set_state_btf(ctx: BtfTracePointContext) -> u32 {
+    if let Err(e) = try_set_state_btf(&ctx) {
+        e.report(&ctx, "ns_set_state_btf");
+    }
+    0
+}
+
+/// The states are plain arguments: a transition that matters to nobody costs two loads.
+fn try_set_state_btf(ctx: &BtfTracePointContext) -> Result<(), Error> {
+    let old: i32 = ctx.arg(1);
+    let new: i32 = ctx.arg(2);
+    transition(old as u32, new as u32, || sock_arg(ctx), sock_record)
+}
+
+/// What a transition does, whichever tracepoint reported it. `sk` and `record` are read only
+/// for the transitions that need them.
+#[inline(always)]
+fn transition(
+    old: u32,
+    new: u32,
+    sk: impl FnOnce() -> Result<u64, Error>,
+    record: impl FnOnce(u64) -> Result<SetStateRecord, Error>,
+) -> Result<(), Error> {
     match (old, new) {
         (tcp_state::CLOSE, tcp_state::SYN_SENT)
         | (tcp_state::SYN_SENT, tcp_state::ESTABLISHED | tcp_state::CLOSE) => {}
-        (_, tcp_state::CLOSE) => return on_close(field(ctx, config!(set_state.skaddr))?, old),
+        (_, tcp_state::CLOSE) => return on_close(sk()?, old),
         _ => return Ok(()),
     }
-    let rec = read_record(ctx)?;
+    let rec = record(sk()?)?;
+    if rec.protocol != IPPROTO_TCP {
+        return Ok(()); // e.g. an MPTCP socket: its TCP subflows are what is tracked
+    }
     match new {
         tcp_state::SYN_SENT => on_connect(&rec),
         tcp_state::ESTABLISHED => on_established(&rec),
@@ -89,16 +135,59 @@ fn try_set_state(ctx: &TracePointContext) -> Result<(), Error> {
     }
 }
 
+/// A BTF tracepoint's first argument, the `struct sock *`, as a plain number: read from the
+/// context with `bpf_probe_read_kernel`, because loaded directly it is a typed BTF pointer,
+/// which the verifiers of the kernels NetScope supports do not all let a program use as a map
+/// key or offset by a value known only at load time.
+#[inline(always)]
+fn sock_arg(ctx: &BtfTracePointContext) -> Result<u64, Error> {
+    // SAFETY: the context is the tracepoint's array of u64 arguments; the read faults safely.
+    unsafe { bpf_probe_read_kernel(ctx.as_ptr().cast::<u64>()) }.map_err(|_| Error::Read)
+}
+
+/// The record a classic tracepoint would have built, from the socket itself: the IPv4
+/// addresses, remote port and family in one read of `sock_head`; the local port, the protocol
+/// and (IPv6 only) the addresses at their BTF offsets. BPF is little-endian: the head's words are taken apart accordingly.
+#[inline(always)]
+fn sock_record(sk: u64) -> Result<SetStateRecord, Error> {
+    let head: [u64; sock_head::LEN / 8] = read_kernel(sk, 0).ok_or(Error::Read)?;
+    let word = |offset: u32| head[(offset / 8) as usize] >> (8 * (offset % 8));
+    let family = word(sock_head::FAMILY) as u16;
+    let mut rec = SetStateRecord {
+        skaddr: sk,
+        sport: u16::from_be(read_kernel(sk, config!(inet_sport)).ok_or(Error::NoOffset)?),
+        dport: u16::from_be(word(sock_head::DPORT) as u16),
+        family,
+        protocol: read_kernel(sk, config!(sock_protocol)).ok_or(Error::NoOffset)?,
+        saddr: (word(sock_head::RCV_SADDR) as u32).to_le_bytes(),
+        daddr: (word(sock_head::DADDR) as u32).to_le_bytes(),
+        ..SetStateRecord::default()
+    };
+    if family == AF_INET6 {
+        rec.saddr_v6 = read_kernel(sk, config!(sock_v6_rcv_saddr)).ok_or(Error::NoOffset)?;
+        rec.daddr_v6 = read_kernel(sk, config!(sock_v6_daddr)).ok_or(Error::NoOffset)?;
+    }
+    Ok(rec)
+}
+
 #[tracepoint(category = "tcp", name = "tcp_destroy_sock")]
 pub fn ns_destroy_sock(ctx: TracePointContext) -> u32 {
-    if let Err(e) = try_destroy(&ctx) {
+    if let Err(e) = field(&ctx, config!(destroy_skaddr)).and_then(destroy) {
         e.report(&ctx, "ns_destroy_sock");
     }
     0
 }
 
-fn try_destroy(ctx: &TracePointContext) -> Result<(), Error> {
-    let sk: u64 = field(ctx, config!(destroy_skaddr))?;
+/// `tcp_destroy_sock(struct sock *sk)`, as BTF types it.
+#[btf_tracepoint(function = "tcp_destroy_sock")]
+pub fn ns_destroy_sock_btf(ctx: BtfTracePointContext) -> u32 {
+    if let Err(e) = sock_arg(&ctx).and_then(destroy) {
+        e.report(&ctx, "ns_destroy_sock_btf");
+    }
+    0
+}
+
+fn destroy(sk: u64) -> Result<(), Error> {
     let Some(state) = SOCKS.get_ptr_mut(&sk) else {
         return Ok(());
     };
