@@ -16,7 +16,7 @@ use std::{
 
 use netscope_agent::{
     domain::{FlowOutcome, FlowState},
-    probe::{LiveBytes, ProbeOptions, StateHooks},
+    probe::{LiveBytes, ProbeOptions, TracepointKind},
 };
 use netscope_common::{EventKind, counter};
 use support::{Harness, NetNs, kernel_test};
@@ -204,7 +204,7 @@ fn helper_reads_give_the_same_facts_as_direct_context_loads() {
     options.helper_reads_only = true;
     options.classic_tracepoints = true;
     let probe = Harness::start(&options);
-    assert_eq!(probe.probe.state_hooks(), StateHooks::Classic);
+    assert_eq!(probe.probe.tracepoint_kind(), TracepointKind::Classic);
     let listener = TcpListener::bind(("127.0.0.1", PORT)).unwrap();
     let mut client = TcpStream::connect(("127.0.0.1", PORT)).unwrap();
     let (mut server, _) = listener.accept().unwrap();
@@ -639,22 +639,22 @@ fn pid_and_cgroup_filters_track_only_the_chosen_process() {
 
 #[test]
 fn destination_filters_and_ipv6_flows() {
-    destination_filters_and_ipv6(StateHooks::Btf);
+    destination_filters_and_ipv6(TracepointKind::Btf);
 }
 
 #[test]
 fn classic_tracepoints_give_the_same_ipv4_and_ipv6_flows_and_filters() {
-    destination_filters_and_ipv6(StateHooks::Classic);
+    destination_filters_and_ipv6(TracepointKind::Classic);
 }
 
-fn destination_filters_and_ipv6(hooks: StateHooks) {
+fn destination_filters_and_ipv6(hooks: TracepointKind) {
     let Some(_serial) = kernel_test("dst-ipv6") else {
         return;
     };
     const PORT: u16 = 7110;
     let ns = NetNs::new(match hooks {
-        StateHooks::Btf => "dst6",
-        StateHooks::Classic => "dst6-classic",
+        TracepointKind::Btf => "dst6",
+        TracepointKind::Classic => "dst6-classic",
     });
     let _in = ns.enter();
     let v4 = TcpListener::bind(("0.0.0.0", PORT)).unwrap();
@@ -664,10 +664,10 @@ fn destination_filters_and_ipv6(hooks: StateHooks) {
     let mut options = ProbeOptions::default();
     options.filters.destinations =
         vec!["127.0.0.2/32".parse().unwrap(), "::1/128".parse().unwrap()];
-    options.classic_tracepoints = hooks == StateHooks::Classic;
+    options.classic_tracepoints = hooks == TracepointKind::Classic;
     let probe = Harness::start(&options);
     // Where BTF gives the socket fields (every kernel of the matrix), the BTF ones load.
-    assert_eq!(probe.probe.state_hooks(), hooks);
+    assert_eq!(probe.probe.tracepoint_kind(), hooks);
 
     // 127.0.0.1 is outside the filter; 127.0.0.2 (also lo) and ::1 are inside.
     drop(TcpStream::connect(("127.0.0.1", PORT)).unwrap());

@@ -39,6 +39,16 @@ pub fn ns_recv_length(_ctx: TracePointContext) -> u32 {
     0
 }
 
+#[btf_tracepoint(function = "sock_send_length")]
+pub fn ns_send_length_btf(_ctx: BtfTracePointContext) -> u32 {
+    0
+}
+
+#[btf_tracepoint(function = "sock_recv_length")]
+pub fn ns_recv_length_btf(_ctx: BtfTracePointContext) -> u32 {
+    0
+}
+
 #[kprobe]
 pub fn ns_tcp_sendmsg(_ctx: ProbeContext) -> u32 {
     0

@@ -1,6 +1,5 @@
 //! Which program attaches where, and the attaching: tracepoints (the list below is the one
-//! attach table; the connection-state ones as BTF tracepoints where they load, see
-//! `BTF_TWINS`), TC classifiers (TCX from Linux 6.6, a clsact qdisc before), and the
+//! attach table; the per-connection and per-message ones as BTF tracepoints where they load), TC classifiers (TCX from Linux 6.6, a clsact qdisc before), and the
 //! `tcp_sendmsg`/`tcp_cleanup_rbuf` kprobes where the length tracepoints are missing.
 
 use std::{ffi::CString, path::Path};
@@ -11,12 +10,24 @@ use aya::{
     util::KernelVersion,
 };
 
-use super::{LiveBytes, Probe, ProbeError, ProbeOptions, StateHooks};
+use super::{LiveBytes, Probe, ProbeError, ProbeOptions, TracepointKind};
 
 struct TracepointSpec {
     program: &'static str,
     category: &'static str,
     name: &'static str,
+    /// The same program as a BTF tracepoint, for the hooks that run per connection or per
+    /// message: it gets the kernel's own arguments, where a classic tracepoint first builds a
+    /// record of the event in a per-CPU buffer (for every socket's every state change, or
+    /// every send and receive on the node).
+    btf_program: Option<&'static str>,
+}
+
+impl TracepointSpec {
+    /// The length tracepoints attach only where they are the live-bytes path.
+    fn per_message(&self) -> bool {
+        self.category == "sock" && self.name != "inet_sock_set_state"
+    }
 }
 
 const TRACEPOINTS: [TracepointSpec; 7] = [
@@ -24,46 +35,44 @@ const TRACEPOINTS: [TracepointSpec; 7] = [
         program: "ns_set_state",
         category: "sock",
         name: "inet_sock_set_state",
+        btf_program: Some("ns_set_state_btf"),
     },
     TracepointSpec {
         program: "ns_send_length",
         category: "sock",
         name: "sock_send_length",
+        btf_program: Some("ns_send_length_btf"),
     },
     TracepointSpec {
         program: "ns_recv_length",
         category: "sock",
         name: "sock_recv_length",
+        btf_program: Some("ns_recv_length_btf"),
     },
     TracepointSpec {
         program: "ns_retransmit",
         category: "tcp",
         name: "tcp_retransmit_skb",
+        btf_program: None,
     },
     TracepointSpec {
         program: "ns_send_reset",
         category: "tcp",
         name: "tcp_send_reset",
+        btf_program: None,
     },
     TracepointSpec {
         program: "ns_recv_reset",
         category: "tcp",
         name: "tcp_receive_reset",
+        btf_program: None,
     },
     TracepointSpec {
         program: "ns_destroy_sock",
         category: "tcp",
         name: "tcp_destroy_sock",
+        btf_program: Some("ns_destroy_sock_btf"),
     },
-];
-
-/// The hooks that run for every connection (ten state changes and two destroys for a
-/// connection between two local sockets), as BTF tracepoints: (tracepoint, classic program,
-/// BTF program). A BTF tracepoint hands the program the kernel's own arguments; a classic one
-/// first builds a record of the event in a per-CPU buffer, for every socket's every transition.
-const BTF_TWINS: [(&str, &str, &str); 2] = [
-    ("inet_sock_set_state", "ns_set_state", "ns_set_state_btf"),
-    ("tcp_destroy_sock", "ns_destroy_sock", "ns_destroy_sock_btf"),
 ];
 
 /// Without the length tracepoints (Linux < 6.4), live bytes and turns come from kprobes:
@@ -105,56 +114,48 @@ impl Probe {
     }
 
     /// The connection tracepoints; the length ones only where they are the live-bytes path.
-    /// The state hooks as BTF tracepoints when chosen and they load; else (said in a warning)
-    /// as classic ones.
+    /// Those with a BTF twin as BTF tracepoints when chosen and all of them load; else (said in
+    /// a warning) as classic ones.
     fn attach_tracepoints(&mut self) -> Result<(), ProbeError> {
-        if self.state_hooks == StateHooks::Btf
-            && let Err(e) = self.load_btf_twins()
+        let per_message = self.live_bytes == LiveBytes::LengthTracepoints;
+        let wanted: Vec<&TracepointSpec> = TRACEPOINTS
+            .iter()
+            .filter(|spec| per_message || !spec.per_message())
+            .collect();
+        if self.tracepoint_kind == TracepointKind::Btf
+            && let Err(e) = self.load_btf_twins(&wanted)
         {
             tracing::warn!(error = %e, "BTF tracepoints did not load: using the classic ones");
-            self.state_hooks = StateHooks::Classic;
+            self.tracepoint_kind = TracepointKind::Classic;
         }
-        if self.state_hooks == StateHooks::Btf {
-            for (_, _, name) in BTF_TWINS {
+        for spec in wanted {
+            let err = |program| move |source| ProbeError::Program { program, source };
+            if let (TracepointKind::Btf, Some(name)) = (self.tracepoint_kind, spec.btf_program) {
                 let program: &mut BtfTracePoint = self.program_mut(name)?;
-                program.attach().map_err(|source| ProbeError::Program {
-                    program: name,
-                    source,
-                })?;
-            }
-        }
-        for spec in &TRACEPOINTS {
-            let twin = BTF_TWINS
-                .iter()
-                .any(|(_, classic, _)| *classic == spec.program);
-            if twin && self.state_hooks == StateHooks::Btf {
-                continue;
-            }
-            if spec.category == "sock"
-                && spec.name != "inet_sock_set_state"
-                && self.live_bytes != LiveBytes::LengthTracepoints
-            {
+                program.attach().map_err(err(name))?;
                 continue;
             }
             let name = spec.program;
             let program: &mut TracePoint = self.program_mut(name)?;
-            let err = |source| ProbeError::Program {
-                program: name,
-                source,
-            };
-            program.load().map_err(err)?;
+            program.load().map_err(err(name))?;
             self.loaded.push(name);
             let program: &mut TracePoint = self.program_mut(name)?;
-            program.attach(spec.category, spec.name).map_err(err)?;
+            program
+                .attach(spec.category, spec.name)
+                .map_err(err(name))?;
         }
         Ok(())
     }
 
-    /// Loads both BTF tracepoint programs (neither is attached yet: a failure leaves nothing
-    /// running twice beside the classic ones).
-    fn load_btf_twins(&mut self) -> Result<(), ProbeError> {
+    /// Loads every wanted BTF twin (none is attached yet: a failure leaves nothing that would
+    /// run twice beside the classic programs).
+    fn load_btf_twins(&mut self, wanted: &[&TracepointSpec]) -> Result<(), ProbeError> {
         let btf = Btf::from_sys_fs().map_err(|e| ProbeError::Btf(e.to_string()))?;
-        for (tracepoint, _, name) in BTF_TWINS {
+        let twins: Vec<(&str, &'static str)> = wanted
+            .iter()
+            .filter_map(|spec| spec.btf_program.map(|p| (spec.name, p)))
+            .collect();
+        for &(tracepoint, name) in &twins {
             let program: &mut BtfTracePoint = self.program_mut(name)?;
             program
                 .load(tracepoint, &btf)
@@ -163,7 +164,7 @@ impl Probe {
                     source,
                 })?;
         }
-        self.loaded.extend(BTF_TWINS.map(|(_, _, name)| name));
+        self.loaded.extend(twins.into_iter().map(|(_, name)| name));
         Ok(())
     }
 

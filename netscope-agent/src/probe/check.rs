@@ -125,16 +125,28 @@ impl Found {
     /// The BTF tracepoint where BTF gives the socket fields it reads, else the classic one.
     fn connect_latency(&self) -> Option<String> {
         let classic = self.tracepoint("sock", "inet_sock_set_state")?;
-        Some(if self.offsets.has_sock_fields() {
-            super::StateHooks::Btf.describe().to_owned()
-        } else {
-            classic
+        Some(match self.kind() {
+            super::TracepointKind::Btf => super::TracepointKind::Btf.describe().to_owned(),
+            super::TracepointKind::Classic => classic,
         })
+    }
+
+    /// The kind the per-connection and per-message tracepoints would attach as.
+    fn kind(&self) -> super::TracepointKind {
+        if self.offsets.has_sock_fields() {
+            super::TracepointKind::Btf
+        } else {
+            super::TracepointKind::Classic
+        }
     }
 
     fn bytes_per_connection(&self) -> Option<String> {
         if self.length_tracepoints {
-            Some(super::LiveBytes::LengthTracepoints.describe().to_owned())
+            Some(
+                super::LiveBytes::LengthTracepoints
+                    .describe_as(self.kind())
+                    .to_owned(),
+            )
         } else {
             self.offsets.has_tcp_totals().then(|| TCP_TOTALS.to_owned())
         }
@@ -152,7 +164,7 @@ impl Found {
         } else {
             return None;
         };
-        Some(path.describe().to_owned())
+        Some(path.describe_as(self.kind()).to_owned())
     }
 
     fn resets(&self) -> Option<String> {

@@ -64,8 +64,8 @@ pub struct Probe {
     counters: std::sync::Arc<KernelCounterReader>,
     /// How live bytes per socket (and turns) are counted, if at all.
     live_bytes: LiveBytes,
-    /// Which tracepoints serve the connection-state hooks.
-    state_hooks: StateHooks,
+    /// Which kind of tracepoint serves the per-connection and per-message hooks.
+    tracepoint_kind: TracepointKind,
     /// What this kernel offers (read once, at load).
     report: check::CheckReport,
 }
@@ -81,10 +81,10 @@ pub enum LiveBytes {
     None,
 }
 
-/// The kind of tracepoint the connection-state hooks (`inet_sock_set_state`,
-/// `tcp_destroy_sock`) attach as.
+/// The kind of tracepoint the per-connection hooks (`inet_sock_set_state`, `tcp_destroy_sock`)
+/// and the per-message ones (`sock_send_length`, `sock_recv_length`) attach as.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum StateHooks {
+pub enum TracepointKind {
     /// BTF tracepoints (`tp_btf`): the kernel's arguments, no record built per event. Chosen
     /// when kernel BTF gives the socket fields the programs read.
     Btf,
@@ -92,7 +92,7 @@ pub enum StateHooks {
     Classic,
 }
 
-impl StateHooks {
+impl TracepointKind {
     fn choose(offsets: &KernelOffsets, classic_asked: bool) -> Self {
         if !classic_asked && offsets.has_sock_fields() {
             Self::Btf
@@ -133,6 +133,16 @@ impl LiveBytes {
         }
     }
 
+    /// The path with the kind of tracepoint the length hooks attach as.
+    pub fn describe_as(self, kind: TracepointKind) -> &'static str {
+        match (self, kind) {
+            (Self::LengthTracepoints, TracepointKind::Btf) => {
+                "BTF tracepoints sock_send_length/sock_recv_length (tp_btf)"
+            }
+            _ => self.describe(),
+        }
+    }
+
     pub fn describe(self) -> &'static str {
         match self {
             Self::LengthTracepoints => "tracepoints sock:sock_send_length/sock_recv_length",
@@ -164,7 +174,7 @@ impl Probe {
             kernel_offsets,
             counters,
             live_bytes: LiveBytes::choose(&config, options.per_message_hooks),
-            state_hooks: StateHooks::choose(&kernel_offsets, options.classic_tracepoints),
+            tracepoint_kind: TracepointKind::choose(&kernel_offsets, options.classic_tracepoints),
             report: check::check_with(btf),
         };
         probe.fill_filters(&options.filters)?;
@@ -184,13 +194,13 @@ impl Probe {
     /// Once attached: the per-call bytes path is the one taken (kprobes can fail to attach, and
     /// the per-message hooks may be left out), and so is the per-connection one.
     fn settle_report(&mut self, per_message_hooks: bool) {
-        let taken = (self.live_bytes != LiveBytes::None).then(|| self.live_bytes.describe());
+        let taken = (self.live_bytes != LiveBytes::None).then(|| self.per_message_hook());
         let totals = self.kernel_offsets.has_tcp_totals();
         for f in &mut self.report.facts {
             if f.fact == check::CONNECT_LATENCY {
-                f.hook = Some(self.state_hooks.describe().to_owned());
+                f.hook = Some(self.tracepoint_kind.describe().to_owned());
             } else if f.fact == check::BYTES_PER_CALL {
-                f.hook = taken.map(str::to_owned);
+                f.hook.clone_from(&taken);
                 if !per_message_hooks {
                     f.note = Some(
                         "per-message hooks off (`probe --per-message-hooks`; `run` has them)"
@@ -205,13 +215,18 @@ impl Probe {
         }
     }
 
+    /// The live-bytes path's description, with the kind of tracepoint the length hooks took.
+    fn per_message_hook(&self) -> String {
+        self.live_bytes.describe_as(self.tracepoint_kind).to_owned()
+    }
+
     pub fn kernel_offsets(&self) -> KernelOffsets {
         self.kernel_offsets
     }
 
-    /// Which tracepoints serve the connection-state hooks.
-    pub fn state_hooks(&self) -> StateHooks {
-        self.state_hooks
+    /// Which kind of tracepoint serves the per-connection and per-message hooks.
+    pub fn tracepoint_kind(&self) -> TracepointKind {
+        self.tracepoint_kind
     }
 
     fn map_mut<'a, T>(&'a mut self, name: &'static str) -> Result<T, ProbeError>

@@ -1,7 +1,11 @@
 //! `sock:sock_send_length` / `sock:sock_recv_length`: bytes and calls per tracked socket,
-//! aggregated in `SOCKS` (no ring event per call).
+//! aggregated in `SOCKS` (no ring event per call). As BTF tracepoints (their arguments are
+//! `(struct sock *sk, int ret, int flags)`) where they load, as classic ones otherwise.
 
-use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
+use aya_ebpf::{
+    macros::{btf_tracepoint, tracepoint},
+    programs::{BtfTracePointContext, TracePointContext},
+};
 use netscope_common::{SockLengthRecord, SockState};
 
 use super::{Error, field, turns};
@@ -24,6 +28,38 @@ pub fn ns_recv_length(ctx: TracePointContext) -> u32 {
         e.report(&ctx, "ns_recv_length");
     }
     0
+}
+
+#[btf_tracepoint(function = "sock_send_length")]
+pub fn ns_send_length_btf(ctx: BtfTracePointContext) -> u32 {
+    if let Err(e) = try_account_btf(&ctx, true) {
+        e.report(&ctx, "ns_send_length_btf");
+    }
+    0
+}
+
+#[btf_tracepoint(function = "sock_recv_length")]
+pub fn ns_recv_length_btf(ctx: BtfTracePointContext) -> u32 {
+    if let Err(e) = try_account_btf(&ctx, false) {
+        e.report(&ctx, "ns_recv_length_btf");
+    }
+    0
+}
+
+/// The arguments as they come: no helper call before the socket's lookup (the socket pointer
+/// is the key as it is; these hooks run at every send and receive on the node).
+#[inline(always)]
+fn try_account_btf(ctx: &BtfTracePointContext, send: bool) -> Result<(), Error> {
+    let ret: i32 = ctx.arg(1);
+    let flags: i32 = ctx.arg(2);
+    if !send && flags & MSG_PEEK != 0 {
+        return Ok(());
+    }
+    let sk: u64 = ctx.arg(0);
+    if let Some(state) = SOCKS.get_ptr_mut(&sk) {
+        account(state, ret, send);
+    }
+    Ok(())
 }
 
 /// The record, field by field at the offsets tracefs gave.
