@@ -64,13 +64,28 @@ pub fn ns_retransmit(_ctx: TracePointContext) -> u32 {
     0
 }
 
+#[btf_tracepoint(function = "tcp_retransmit_skb")]
+pub fn ns_retransmit_btf(_ctx: BtfTracePointContext) -> u32 {
+    0
+}
+
 #[tracepoint(category = "tcp", name = "tcp_send_reset")]
 pub fn ns_send_reset(_ctx: TracePointContext) -> u32 {
     0
 }
 
+#[btf_tracepoint(function = "tcp_send_reset")]
+pub fn ns_send_reset_btf(_ctx: BtfTracePointContext) -> u32 {
+    0
+}
+
 #[tracepoint(category = "tcp", name = "tcp_receive_reset")]
 pub fn ns_recv_reset(_ctx: TracePointContext) -> u32 {
+    0
+}
+
+#[btf_tracepoint(function = "tcp_receive_reset")]
+pub fn ns_recv_reset_btf(_ctx: BtfTracePointContext) -> u32 {
     0
 }
 

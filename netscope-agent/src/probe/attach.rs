@@ -16,11 +16,12 @@ struct TracepointSpec {
     program: &'static str,
     category: &'static str,
     name: &'static str,
-    /// The same program as a BTF tracepoint, for the hooks that run per connection or per
-    /// message: it gets the kernel's own arguments, where a classic tracepoint first builds a
-    /// record of the event in a per-CPU buffer (for every socket's every state change, or
-    /// every send and receive on the node).
-    btf_program: Option<&'static str>,
+    /// The same program as a BTF tracepoint: it gets the kernel's own arguments, where a
+    /// classic tracepoint first builds a record of the event in a per-CPU buffer (for every
+    /// socket's every state change, or every send and receive on the node), and runs even when
+    /// it interrupts another tracing program or a `bpf()` map call (a classic one is then
+    /// skipped: a retransmission, in softirq, went uncounted that way).
+    btf_program: &'static str,
 }
 
 impl TracepointSpec {
@@ -35,43 +36,43 @@ const TRACEPOINTS: [TracepointSpec; 7] = [
         program: "ns_set_state",
         category: "sock",
         name: "inet_sock_set_state",
-        btf_program: Some("ns_set_state_btf"),
+        btf_program: "ns_set_state_btf",
     },
     TracepointSpec {
         program: "ns_send_length",
         category: "sock",
         name: "sock_send_length",
-        btf_program: Some("ns_send_length_btf"),
+        btf_program: "ns_send_length_btf",
     },
     TracepointSpec {
         program: "ns_recv_length",
         category: "sock",
         name: "sock_recv_length",
-        btf_program: Some("ns_recv_length_btf"),
+        btf_program: "ns_recv_length_btf",
     },
     TracepointSpec {
         program: "ns_retransmit",
         category: "tcp",
         name: "tcp_retransmit_skb",
-        btf_program: None,
+        btf_program: "ns_retransmit_btf",
     },
     TracepointSpec {
         program: "ns_send_reset",
         category: "tcp",
         name: "tcp_send_reset",
-        btf_program: None,
+        btf_program: "ns_send_reset_btf",
     },
     TracepointSpec {
         program: "ns_recv_reset",
         category: "tcp",
         name: "tcp_receive_reset",
-        btf_program: None,
+        btf_program: "ns_recv_reset_btf",
     },
     TracepointSpec {
         program: "ns_destroy_sock",
         category: "tcp",
         name: "tcp_destroy_sock",
-        btf_program: Some("ns_destroy_sock_btf"),
+        btf_program: "ns_destroy_sock_btf",
     },
 ];
 
@@ -114,8 +115,8 @@ impl Probe {
     }
 
     /// The connection tracepoints; the length ones only where they are the live-bytes path.
-    /// Those with a BTF twin as BTF tracepoints when chosen and all of them load; else (said in
-    /// a warning) as classic ones.
+    /// As BTF tracepoints when chosen and all of them load; else (said in a warning) as
+    /// classic ones.
     fn attach_tracepoints(&mut self) -> Result<(), ProbeError> {
         let per_message = self.live_bytes == LiveBytes::LengthTracepoints;
         let wanted: Vec<&TracepointSpec> = TRACEPOINTS
@@ -130,7 +131,8 @@ impl Probe {
         }
         for spec in wanted {
             let err = |program| move |source| ProbeError::Program { program, source };
-            if let (TracepointKind::Btf, Some(name)) = (self.tracepoint_kind, spec.btf_program) {
+            if self.tracepoint_kind == TracepointKind::Btf {
+                let name = spec.btf_program;
                 let program: &mut BtfTracePoint = self.program_mut(name)?;
                 program.attach().map_err(err(name))?;
                 continue;
@@ -147,13 +149,13 @@ impl Probe {
         Ok(())
     }
 
-    /// Loads every wanted BTF twin (none is attached yet: a failure leaves nothing that would
+    /// Loads every wanted BTF tracepoint program (none is attached yet: a failure leaves nothing that would
     /// run twice beside the classic programs).
     fn load_btf_twins(&mut self, wanted: &[&TracepointSpec]) -> Result<(), ProbeError> {
         let btf = Btf::from_sys_fs().map_err(|e| ProbeError::Btf(e.to_string()))?;
         let twins: Vec<(&str, &'static str)> = wanted
             .iter()
-            .filter_map(|spec| spec.btf_program.map(|p| (spec.name, p)))
+            .map(|spec| (spec.name, spec.btf_program))
             .collect();
         for &(tracepoint, name) in &twins {
             let program: &mut BtfTracePoint = self.program_mut(name)?;

@@ -8,7 +8,11 @@ pub mod tc;
 pub mod tcp;
 pub mod turns;
 
-use aya_ebpf::{EbpfContext, helpers::bpf_probe_read_kernel, programs::TracePointContext};
+use aya_ebpf::{
+    EbpfContext,
+    helpers::bpf_probe_read_kernel,
+    programs::{BtfTracePointContext, TracePointContext},
+};
 use aya_log_ebpf::warn;
 use netscope_common::{OFFSET_NONE, counter};
 
@@ -172,4 +176,14 @@ pub fn read_kernel<T: Default>(base: u64, offset: u32) -> Option<T> {
     }
     // SAFETY: bpf_probe_read_kernel faults safely; `base` is a live kernel object of the hook.
     unsafe { bpf_probe_read_kernel((base + offset as u64) as *const T) }.ok()
+}
+
+/// A BTF tracepoint's first argument, the `struct sock *`, as a plain number: read from the
+/// context with `bpf_probe_read_kernel`, because loaded directly it is a typed BTF pointer,
+/// which the verifiers of the kernels NetScope supports do not all let a program use as a map
+/// key or offset by a value known only at load time.
+#[inline(always)]
+pub fn sock_arg(ctx: &BtfTracePointContext) -> Result<u64, Error> {
+    // SAFETY: the context is the tracepoint's array of u64 arguments; the read faults safely.
+    unsafe { bpf_probe_read_kernel(ctx.as_ptr().cast::<u64>()) }.map_err(|_| Error::Read)
 }

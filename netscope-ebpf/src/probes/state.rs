@@ -19,12 +19,8 @@
 //! (a cost `bpf_stats` does not show) — kept for kernels where the BTF ones do not load.
 
 use aya_ebpf::{
-    EbpfContext,
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
-    helpers::{
-        bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_ktime_get_ns,
-        bpf_probe_read_kernel, generated,
-    },
+    helpers::{bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_ktime_get_ns, generated},
     macros::{btf_tracepoint, tracepoint},
     maps::lpm_trie::Key,
     programs::{BtfTracePointContext, TracePointContext},
@@ -35,7 +31,7 @@ use netscope_common::{
     SockState, WireCounters, counter, sock_head, tcp_state,
 };
 
-use super::{Error, field, read_kernel};
+use super::{Error, field, read_kernel, sock_arg};
 use crate::{
     maps::{
         EVENTS, FILTER_CGROUP as CGROUPS, FILTER_DPORT as DPORTS, FILTER_DST_V4 as DST_V4,
@@ -133,16 +129,6 @@ fn transition(
         tcp_state::ESTABLISHED => on_established(&rec),
         _ => on_connect_failed(&rec),
     }
-}
-
-/// A BTF tracepoint's first argument, the `struct sock *`, as a plain number: read from the
-/// context with `bpf_probe_read_kernel`, because loaded directly it is a typed BTF pointer,
-/// which the verifiers of the kernels NetScope supports do not all let a program use as a map
-/// key or offset by a value known only at load time.
-#[inline(always)]
-fn sock_arg(ctx: &BtfTracePointContext) -> Result<u64, Error> {
-    // SAFETY: the context is the tracepoint's array of u64 arguments; the read faults safely.
-    unsafe { bpf_probe_read_kernel(ctx.as_ptr().cast::<u64>()) }.map_err(|_| Error::Read)
 }
 
 /// The record a classic tracepoint would have built, from the socket itself: the IPv4
