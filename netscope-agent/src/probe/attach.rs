@@ -1,6 +1,7 @@
 //! Which program attaches where, and the attaching: tracepoints (the list below is the one
-//! attach table; the per-connection and per-message ones as BTF tracepoints where they load), TC classifiers (TCX from Linux 6.6, a clsact qdisc before), and the
-//! `tcp_sendmsg`/`tcp_cleanup_rbuf` kprobes where the length tracepoints are missing.
+//! attach table; as BTF tracepoints where they all load), TC classifiers (TCX from Linux 6.6,
+//! a clsact qdisc before), and the `tcp_sendmsg`/`tcp_cleanup_rbuf` kprobes where the length
+//! tracepoints are missing.
 
 use std::{ffi::CString, path::Path};
 
@@ -149,8 +150,8 @@ impl Probe {
         Ok(())
     }
 
-    /// Loads every wanted BTF tracepoint program (none is attached yet: a failure leaves nothing that would
-    /// run twice beside the classic programs).
+    /// Loads every wanted BTF tracepoint program (none is attached yet: a failure leaves
+    /// nothing that would run twice beside the classic programs).
     fn load_btf_twins(&mut self, wanted: &[&TracepointSpec]) -> Result<(), ProbeError> {
         let btf = Btf::from_sys_fs().map_err(|e| ProbeError::Btf(e.to_string()))?;
         let twins: Vec<(&str, &'static str)> = wanted

@@ -124,20 +124,13 @@ impl Found {
 
     /// The BTF tracepoint where BTF gives the socket fields it reads, else the classic one.
     fn connect_latency(&self) -> Option<String> {
-        let classic = self.tracepoint("sock", "inet_sock_set_state")?;
-        Some(match self.kind() {
-            super::TracepointKind::Btf => super::TracepointKind::Btf.describe().to_owned(),
-            super::TracepointKind::Classic => classic,
-        })
+        self.tracepoint("sock", "inet_sock_set_state")
+            .map(|_| self.kind().describe().to_owned())
     }
 
-    /// The kind the per-connection and per-message tracepoints would attach as.
+    /// The kind the tracepoints would attach as (the probe's own choice, nothing forced).
     fn kind(&self) -> super::TracepointKind {
-        if self.offsets.has_sock_fields() {
-            super::TracepointKind::Btf
-        } else {
-            super::TracepointKind::Classic
-        }
+        super::TracepointKind::choose(&self.offsets, false)
     }
 
     fn bytes_per_connection(&self) -> Option<String> {

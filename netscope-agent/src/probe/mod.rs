@@ -64,7 +64,7 @@ pub struct Probe {
     counters: std::sync::Arc<KernelCounterReader>,
     /// How live bytes per socket (and turns) are counted, if at all.
     live_bytes: LiveBytes,
-    /// Which kind of tracepoint serves the per-connection and per-message hooks.
+    /// Which kind of tracepoint serves the hooks.
     tracepoint_kind: TracepointKind,
     /// What this kernel offers (read once, at load).
     report: check::CheckReport,
@@ -81,8 +81,8 @@ pub enum LiveBytes {
     None,
 }
 
-/// The kind of tracepoint the per-connection hooks (`inet_sock_set_state`, `tcp_destroy_sock`)
-/// and the per-message ones (`sock_send_length`, `sock_recv_length`) attach as.
+/// The kind of tracepoint every hook of the attach table (`attach.rs`'s `TRACEPOINTS`) attaches
+/// as: all BTF or all classic.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TracepointKind {
     /// BTF tracepoints (`tp_btf`): the kernel's arguments, no record built per event. Chosen
@@ -224,7 +224,7 @@ impl Probe {
         self.kernel_offsets
     }
 
-    /// Which kind of tracepoint serves the per-connection and per-message hooks.
+    /// Which kind of tracepoint serves the hooks.
     pub fn tracepoint_kind(&self) -> TracepointKind {
         self.tracepoint_kind
     }

@@ -133,7 +133,8 @@ fn transition(
 
 /// The record a classic tracepoint would have built, from the socket itself: the IPv4
 /// addresses, remote port and family in one read of `sock_head`; the local port, the protocol
-/// and (IPv6 only) the addresses at their BTF offsets. BPF is little-endian: the head's words are taken apart accordingly.
+/// and (IPv6 only) the addresses at their BTF offsets. BPF is little-endian: the head's words
+/// are taken apart accordingly.
 #[inline(always)]
 fn sock_record(sk: u64) -> Result<SetStateRecord, Error> {
     let head: [u64; sock_head::LEN / 8] = read_kernel(sk, 0).ok_or(Error::Read)?;
