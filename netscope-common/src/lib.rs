@@ -402,12 +402,10 @@ impl ProbeConfig {
 }
 
 /// The head of `struct sock_common` (at offset 0 of `struct sock`), as every kernel NetScope
-/// supports lays it out: the BTF tracepoint programs read these 24 bytes in one helper call
-/// and take the IPv4 tuple from them. The agent loads those programs only when the kernel's
-/// BTF puts each field at the offset given here. (The local port is read from `inet_sock`.)
+/// supports lays it out: the BTF tracepoint programs load the IPv4 tuple from these fields.
+/// The agent loads those programs only when the kernel's BTF puts each field at the offset
+/// given here. (The local port is read from `inet_sock`.)
 pub mod sock_head {
-    /// Bytes read (three words).
-    pub const LEN: usize = 24;
     /// `skc_daddr`, `__be32`.
     pub const DADDR: u32 = 0;
     /// `skc_rcv_saddr`, `__be32`.

@@ -28,10 +28,10 @@ use aya_ebpf::{
 use netscope_common::{
     AF_INET, AF_INET6, ConnEvent, ESTABLISHED_LEN, EventHeader, EventKind, FILTER_CGROUP,
     FILTER_DPORT, FILTER_DST, FILTER_TGID, FlowTuple, SK_ERR_UNKNOWN, SRTT_UNKNOWN, SetStateRecord,
-    SockState, WireCounters, counter, sock_head, tcp_state,
+    SockState, WireCounters, counter, tcp_state,
 };
 
-use super::{Error, field, read_kernel, sock_arg};
+use super::{Direct, Error, Probed, SockMem, field, sock_arg};
 use crate::{
     maps::{
         EVENTS, FILTER_CGROUP as CGROUPS, FILTER_DPORT as DPORTS, FILTER_DST_V4 as DST_V4,
@@ -85,7 +85,7 @@ fn try_set_state(ctx: &TracePointContext) -> Result<(), Error> {
         old,
         new,
         || field(ctx, config!(set_state.skaddr)),
-        |_| read_record(ctx),
+        |_| Ok(Some((read_record(ctx)?, Probed))),
     )
 }
 
@@ -102,17 +102,25 @@ pub fn ns_set_state_btf(ctx: BtfTracePointContext) -> u32 {
 fn try_set_state_btf(ctx: &BtfTracePointContext) -> Result<(), Error> {
     let old: i32 = ctx.arg(1);
     let new: i32 = ctx.arg(2);
-    transition(old as u32, new as u32, || sock_arg(ctx), sock_record)
+    transition(
+        old as u32,
+        new as u32,
+        || sock_arg(ctx),
+        |sk| match Direct::tcp_sock(ctx) {
+            Some(mem) => Ok(Some((sock_record(sk, mem)?, mem))),
+            None => Ok(None), // not a TCP socket
+        },
+    )
 }
 
-/// What a transition does, whichever tracepoint reported it. `sk` and `record` are read only
-/// for the transitions that need them.
+/// What a transition does, whichever tracepoint reported it. `sk` and `record` (with the way
+/// to read more of the socket) are read only for the transitions that need them.
 #[inline(always)]
-fn transition(
+fn transition<M: SockMem>(
     old: u32,
     new: u32,
     sk: impl FnOnce() -> Result<u64, Error>,
-    record: impl FnOnce(u64) -> Result<SetStateRecord, Error>,
+    record: impl FnOnce(u64) -> Result<Option<(SetStateRecord, M)>, Error>,
 ) -> Result<(), Error> {
     match (old, new) {
         (tcp_state::CLOSE, tcp_state::SYN_SENT)
@@ -120,46 +128,49 @@ fn transition(
         (_, tcp_state::CLOSE) => return on_close(sk()?, old),
         _ => return Ok(()),
     }
-    let rec = record(sk()?)?;
+    let Some((rec, mem)) = record(sk()?)? else {
+        return Ok(());
+    };
     if rec.protocol != IPPROTO_TCP {
         return Ok(()); // e.g. an MPTCP socket: its TCP subflows are what is tracked
     }
     match new {
         tcp_state::SYN_SENT => on_connect(&rec),
-        tcp_state::ESTABLISHED => on_established(&rec),
-        _ => on_connect_failed(&rec),
+        tcp_state::ESTABLISHED => on_established(&rec, mem),
+        _ => on_connect_failed(&rec, mem),
     }
 }
 
 /// The record a classic tracepoint would have built, from the socket itself: the IPv4
-/// addresses, remote port and family in one read of `sock_head`; the local port, the protocol
-/// and (IPv6 only) the addresses at their BTF offsets. BPF is little-endian: the head's words
-/// are taken apart accordingly.
+/// addresses, remote port and family from the head of `sock_common`; the local port, the
+/// protocol and (IPv6 only) the addresses at their BTF offsets.
 #[inline(always)]
-fn sock_record(sk: u64) -> Result<SetStateRecord, Error> {
-    let head: [u64; sock_head::LEN / 8] = read_kernel(sk, 0).ok_or(Error::Read)?;
-    let word = |offset: u32| head[(offset / 8) as usize] >> (8 * (offset % 8));
-    let family = word(sock_head::FAMILY) as u16;
+fn sock_record(sk: u64, mem: Direct) -> Result<SetStateRecord, Error> {
+    let head = mem.head();
     let mut rec = SetStateRecord {
         skaddr: sk,
-        sport: u16::from_be(read_kernel(sk, config!(inet_sport)).ok_or(Error::NoOffset)?),
-        dport: u16::from_be(word(sock_head::DPORT) as u16),
-        family,
-        protocol: read_kernel(sk, config!(sock_protocol)).ok_or(Error::NoOffset)?,
-        saddr: (word(sock_head::RCV_SADDR) as u32).to_le_bytes(),
-        daddr: (word(sock_head::DADDR) as u32).to_le_bytes(),
+        sport: u16::from_be(mem.read(sk, config!(inet_sport)).ok_or(Error::NoOffset)?),
+        dport: u16::from_be(head.dport_be),
+        family: head.family,
+        protocol: mem
+            .read(sk, config!(sock_protocol))
+            .ok_or(Error::NoOffset)?,
+        saddr: head.rcv_saddr,
+        daddr: head.daddr,
         ..SetStateRecord::default()
     };
-    if family == AF_INET6 {
-        rec.saddr_v6 = read_kernel(sk, config!(sock_v6_rcv_saddr)).ok_or(Error::NoOffset)?;
-        rec.daddr_v6 = read_kernel(sk, config!(sock_v6_daddr)).ok_or(Error::NoOffset)?;
+    if head.family == AF_INET6 {
+        rec.saddr_v6 = mem
+            .read_v6(config!(sock_v6_rcv_saddr))
+            .ok_or(Error::NoOffset)?;
+        rec.daddr_v6 = mem.read_v6(config!(sock_v6_daddr)).ok_or(Error::NoOffset)?;
     }
     Ok(rec)
 }
 
 #[tracepoint(category = "tcp", name = "tcp_destroy_sock")]
 pub fn ns_destroy_sock(ctx: TracePointContext) -> u32 {
-    if let Err(e) = field(&ctx, config!(destroy_skaddr)).and_then(destroy) {
+    if let Err(e) = field(&ctx, config!(destroy_skaddr)).and_then(|sk| destroy(sk, Probed)) {
         e.report(&ctx, "ns_destroy_sock");
     }
     0
@@ -168,13 +179,17 @@ pub fn ns_destroy_sock(ctx: TracePointContext) -> u32 {
 /// `tcp_destroy_sock(struct sock *sk)`, as BTF types it.
 #[btf_tracepoint(function = "tcp_destroy_sock")]
 pub fn ns_destroy_sock_btf(ctx: BtfTracePointContext) -> u32 {
-    if let Err(e) = sock_arg(&ctx).and_then(destroy) {
+    let destroyed = match Direct::tcp_sock(&ctx) {
+        Some(mem) => sock_arg(&ctx).and_then(|sk| destroy(sk, mem)),
+        None => Ok(()),
+    };
+    if let Err(e) = destroyed {
         e.report(&ctx, "ns_destroy_sock_btf");
     }
     0
 }
 
-fn destroy(sk: u64) -> Result<(), Error> {
+fn destroy(sk: u64, mem: impl SockMem) -> Result<(), Error> {
     let Some(state) = SOCKS.get_ptr_mut(&sk) else {
         return Ok(());
     };
@@ -189,7 +204,7 @@ fn destroy(sk: u64) -> Result<(), Error> {
         // SAFETY: helper without arguments.
         unsafe { bpf_ktime_get_ns() }
     };
-    let emitted = emit(EventKind::Closed, now, sk, state, &wire, old);
+    let emitted = emit(EventKind::Closed, now, (sk, mem), state, &wire, old);
     let _ = SOCKS.remove(&sk);
     emitted
 }
@@ -260,7 +275,7 @@ fn admitted(rec: &SetStateRecord, pid_tgid: u64, cgroup_id: u64) -> bool {
     true
 }
 
-fn on_established(rec: &SetStateRecord) -> Result<(), Error> {
+fn on_established(rec: &SetStateRecord, mem: impl SockMem) -> Result<(), Error> {
     let sk = rec.skaddr;
     let Some(state) = SOCKS.get_ptr_mut(&sk) else {
         return Ok(()); // not an outbound connection we track
@@ -271,8 +286,8 @@ fn on_established(rec: &SetStateRecord) -> Result<(), Error> {
     // kernel sets `copied_seq` before it moves the socket to ESTABLISHED.
     let (write_seq, copied_seq) = if config!(length_hooks) == 0 {
         (
-            read_kernel::<u32>(sk, config!(tcp_write_seq)).unwrap_or(0),
-            read_kernel::<u32>(sk, config!(tcp_copied_seq)).unwrap_or(0),
+            mem.read::<u32>(sk, config!(tcp_write_seq)).unwrap_or(0),
+            mem.read::<u32>(sk, config!(tcp_copied_seq)).unwrap_or(0),
         )
     } else {
         (0, 0)
@@ -284,10 +299,10 @@ fn on_established(rec: &SetStateRecord) -> Result<(), Error> {
         (*state).write_seq_base = write_seq;
         (*state).copied_seq_base = copied_seq;
     }
-    emit_established(now, sk, state)
+    emit_established(now, (sk, mem), state)
 }
 
-fn on_connect_failed(rec: &SetStateRecord) -> Result<(), Error> {
+fn on_connect_failed(rec: &SetStateRecord, mem: impl SockMem) -> Result<(), Error> {
     let sk = rec.skaddr;
     let Some(state) = SOCKS.get_ptr_mut(&sk) else {
         return Ok(());
@@ -305,7 +320,7 @@ fn on_connect_failed(rec: &SetStateRecord) -> Result<(), Error> {
     let emitted = emit(
         EventKind::ConnectFailed,
         now,
-        sk,
+        (sk, mem),
         state,
         &wire,
         tcp_state::SYN_SENT,
@@ -373,10 +388,12 @@ fn take_wire(state: *const SockState) -> WireCounters {
 /// counts the peer's FIN as one byte, and the FIN came in when the socket closed from a state
 /// that follows it (CLOSE_WAIT, LAST_ACK, CLOSING, FIN_WAIT2 through TIME_WAIT).
 #[inline(always)]
-fn tcp_totals(sk: u64, close_from: u32) -> (u64, u64) {
-    let sent = read_kernel::<u64>(sk, config!(tcp_bytes_sent)).unwrap_or(0);
-    let retrans = read_kernel::<u64>(sk, config!(tcp_bytes_retrans)).unwrap_or(0);
-    let received = read_kernel::<u64>(sk, config!(tcp_bytes_received)).unwrap_or(0);
+fn tcp_totals((sk, mem): (u64, impl SockMem), close_from: u32) -> (u64, u64) {
+    let sent = mem.read::<u64>(sk, config!(tcp_bytes_sent)).unwrap_or(0);
+    let retrans = mem.read::<u64>(sk, config!(tcp_bytes_retrans)).unwrap_or(0);
+    let received = mem
+        .read::<u64>(sk, config!(tcp_bytes_received))
+        .unwrap_or(0);
     let fin_in = matches!(
         close_from,
         tcp_state::CLOSE_WAIT
@@ -393,7 +410,11 @@ fn tcp_totals(sk: u64, close_from: u32) -> (u64, u64) {
 
 /// An `Established` record: the first `ESTABLISHED_LEN` bytes of a `ConnEvent` (see
 /// `netscope_common`), what is known when the connect completes.
-fn emit_established(now: u64, sk: u64, state: *const SockState) -> Result<(), Error> {
+fn emit_established(
+    now: u64,
+    sk: (u64, impl SockMem),
+    state: *const SockState,
+) -> Result<(), Error> {
     let Some(mut entry) = EVENTS.reserve::<[u64; ESTABLISHED_LEN / 8]>(0) else {
         return Err(Error::RingFull);
     };
@@ -413,7 +434,7 @@ fn emit_established(now: u64, sk: u64, state: *const SockState) -> Result<(), Er
 fn emit(
     kind: EventKind,
     now: u64,
-    sk: u64,
+    sk: (u64, impl SockMem),
     state: *const SockState,
     wire: &WireCounters,
     old: u32,
@@ -429,7 +450,9 @@ fn emit(
         EventKind::Closed if config!(length_hooks) == 0 => tcp_totals(sk, st.close_from_state),
         _ => (st.bytes_sent, st.bytes_received),
     };
-    let sk_err = read_kernel::<i32>(sk, config!(sock_sk_err)).unwrap_or(SK_ERR_UNKNOWN);
+    let sk_err =
+        sk.1.read::<i32>(sk.0, config!(sock_sk_err))
+            .unwrap_or(SK_ERR_UNKNOWN);
     // Field by field into the reservation: a whole `ConnEvent` built on the stack first would
     // not fit the 512-byte BPF stack next to the rest of `ns_set_state`.
     let ev: *mut ConnEvent = entry.as_mut_ptr();
@@ -460,8 +483,16 @@ fn emit(
 /// # Safety
 /// `ev` points to a ring reservation at least `kind.record_len()` bytes long, 8-byte aligned.
 #[inline(always)]
-unsafe fn write_opening(ev: *mut ConnEvent, kind: EventKind, now: u64, sk: u64, st: &SockState) {
-    let srtt = read_kernel::<u32>(sk, config!(tcp_srtt_us)).map_or(SRTT_UNKNOWN, |v| v >> 3);
+unsafe fn write_opening(
+    ev: *mut ConnEvent,
+    kind: EventKind,
+    now: u64,
+    (sk, mem): (u64, impl SockMem),
+    st: &SockState,
+) {
+    let srtt = mem
+        .read::<u32>(sk, config!(tcp_srtt_us))
+        .map_or(SRTT_UNKNOWN, |v| v >> 3);
     // SAFETY: the caller's contract; every field written lies before `ESTABLISHED_LEN`.
     unsafe {
         (*ev).header = EventHeader {
