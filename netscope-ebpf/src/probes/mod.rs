@@ -142,13 +142,20 @@ impl CtxField for [u8; 4] {
 impl CtxField for [u8; 16] {
     #[inline(always)]
     fn direct(ctx: &TracePointContext, offset: u32) -> Option<Self> {
-        let lo = u64::direct(ctx, offset)?;
-        let hi = u64::direct(ctx, offset + 8)?;
-        let mut out = [0u8; 16];
-        out[..8].copy_from_slice(&lo.to_le_bytes());
-        out[8..].copy_from_slice(&hi.to_le_bytes());
-        Some(out)
+        Some(v6_from_words(
+            u64::direct(ctx, offset)?,
+            u64::direct(ctx, offset + 8)?,
+        ))
     }
+}
+
+/// An IPv6 address from the two little-endian words it was loaded as.
+#[inline(always)]
+fn v6_from_words(lo: u64, hi: u64) -> [u8; 16] {
+    let mut out = [0u8; 16];
+    out[..8].copy_from_slice(&lo.to_le_bytes());
+    out[8..].copy_from_slice(&hi.to_le_bytes());
+    out
 }
 
 /// Reads a tracepoint field at `offset` (from the tracefs `format` file): by direct context
@@ -242,12 +249,7 @@ impl Direct {
         if offset == OFFSET_NONE {
             return None;
         }
-        let lo: u64 = self.load(offset);
-        let hi: u64 = self.load(offset + 8);
-        let mut out = [0u8; 16];
-        out[..8].copy_from_slice(&lo.to_le_bytes());
-        out[8..].copy_from_slice(&hi.to_le_bytes());
-        Some(out)
+        Some(v6_from_words(self.load(offset), self.load(offset + 8)))
     }
 
     /// The head of `sock_common` (see `netscope_common::sock_head`), one load per field: its
