@@ -344,8 +344,19 @@ pub struct ProbeConfig {
     /// the local port as the classic tracepoint reports it (`skc_num` is already 0 when a
     /// failed connect's socket reaches CLOSE: its port went back first).
     pub inet_sport: u32,
+    /// `skbaddr` in `tcp:tcp_retransmit_skb`.
+    pub retransmit_skbaddr: u32,
+    /// `err` in `tcp:tcp_retransmit_skb`, or `OFFSET_NONE`. Where the tracepoint has it (newer
+    /// kernels, as its third argument), it also fires for a retransmission that was not sent;
+    /// before, only for one that was. Only those sent are counted.
+    pub retransmit_err: u32,
+    /// Offset of `tcp_gso_segs` in `struct sk_buff` (its `cb`, from kernel BTF, plus the
+    /// member's place in `struct tcp_skb_cb`), or `OFFSET_NONE`: a retransmission counts the
+    /// skb's segments, as `tcpi_total_retrans` does.
+    pub skb_gso_segs: u32,
+    pub _pad: u32,
 }
-const _: () = assert!(size_of::<ProbeConfig>() == 168);
+const _: () = assert!(size_of::<ProbeConfig>() == 184);
 const _: () = assert!(core::mem::offset_of!(ProbeConfig, wakeup_bytes) == 136);
 
 impl ProbeConfig {
@@ -398,6 +409,10 @@ impl ProbeConfig {
         sock_v6_daddr: OFFSET_NONE,
         sock_v6_rcv_saddr: OFFSET_NONE,
         inet_sport: OFFSET_NONE,
+        retransmit_skbaddr: OFFSET_NONE,
+        retransmit_err: OFFSET_NONE,
+        skb_gso_segs: OFFSET_NONE,
+        _pad: 0,
     };
 }
 

@@ -1,7 +1,8 @@
 //! Offsets of the few kernel struct fields the programs read directly (`sock.sk_err`,
 //! `tcp_sock.srtt_us`, and — on kernels without the length tracepoints — `tcp_sock.bytes_sent`,
 //! `bytes_retrans`, `bytes_received`, `write_seq` and `copied_seq`; for the BTF tracepoints, the
-//! head of `sock_common`, `sk_protocol` and the IPv6 addresses), found in the running kernel's
+//! head of `sock_common`, `sk_protocol` and the IPv6 addresses; a retransmitted skb's
+//! `tcp_gso_segs`), found in the running kernel's
 //! BTF at load time. Without BTF the probe still runs; those facts are then reported
 //! as unknown.
 
@@ -35,6 +36,9 @@ pub struct KernelOffsets {
     pub sock_v6_rcv_saddr: Option<u32>,
     /// `inet_sock.inet_sport`: the local port, still set when a failed connect reaches CLOSE.
     pub inet_sport: Option<u32>,
+    /// `tcp_skb_cb.tcp_gso_segs` as an offset in `sk_buff` (`TCP_SKB_CB(skb)` is `skb->cb`):
+    /// the segments a retransmitted skb holds.
+    pub skb_gso_segs: Option<u32>,
 }
 
 impl KernelOffsets {
@@ -74,6 +78,10 @@ impl KernelOffsets {
             tcp_sock_bytes_received: btf.member_offset("tcp_sock", "bytes_received"),
             tcp_sock_write_seq: btf.member_offset("tcp_sock", "write_seq"),
             tcp_sock_copied_seq: btf.member_offset("tcp_sock", "copied_seq"),
+            skb_gso_segs: btf
+                .member_offset("sk_buff", "cb")
+                .zip(btf.member_offset("tcp_skb_cb", "tcp_gso_segs"))
+                .map(|(cb, segs)| cb + segs),
         }
     }
 
@@ -110,5 +118,10 @@ mod tests {
             offsets.inet_sport.is_some() && offsets.has_sock_fields(),
             "{offsets:?}"
         );
+        // skb->cb lies in sk_buff's first cache lines, tcp_gso_segs after seq and end_seq.
+        let segs = offsets
+            .skb_gso_segs
+            .expect("sk_buff.cb + tcp_skb_cb.tcp_gso_segs");
+        assert!((8..256).contains(&segs), "{segs}");
     }
 }

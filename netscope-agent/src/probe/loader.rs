@@ -113,6 +113,7 @@ pub(super) fn probe_config(
     options: &ProbeOptions,
 ) -> Result<ProbeConfig, ProbeError> {
     let skaddr = |category, name| tracefs.format(category, name)?.offset("skaddr", 8);
+    let retransmit = tracefs.format("tcp", "tcp_retransmit_skb")?;
     // The length tracepoints exist from Linux 6.4; before, bytes come from tcp_sock at close.
     let length = |name| match tracefs.format("sock", name) {
         Ok(format) => format.sock_length_offsets().map(Some),
@@ -127,7 +128,9 @@ pub(super) fn probe_config(
             .set_state_offsets()?,
         send_length: send_length.unwrap_or(ProbeConfig::UNSET.send_length),
         recv_length: recv_length.unwrap_or(ProbeConfig::UNSET.recv_length),
-        retransmit_skaddr: skaddr("tcp", "tcp_retransmit_skb")?,
+        retransmit_skaddr: retransmit.offset("skaddr", 8)?,
+        retransmit_skbaddr: retransmit.offset("skbaddr", 8)?,
+        retransmit_err: retransmit.optional_offset("err", 4)?.unwrap_or(OFFSET_NONE),
         send_reset_skaddr: skaddr("tcp", "tcp_send_reset")?,
         receive_reset_skaddr: skaddr("tcp", "tcp_receive_reset")?,
         destroy_skaddr: skaddr("tcp", "tcp_destroy_sock")?,
@@ -147,5 +150,7 @@ pub(super) fn probe_config(
         sock_v6_daddr: offsets.sock_v6_daddr.unwrap_or(OFFSET_NONE),
         sock_v6_rcv_saddr: offsets.sock_v6_rcv_saddr.unwrap_or(OFFSET_NONE),
         inet_sport: offsets.inet_sport.unwrap_or(OFFSET_NONE),
+        skb_gso_segs: offsets.skb_gso_segs.unwrap_or(OFFSET_NONE),
+        _pad: 0,
     })
 }

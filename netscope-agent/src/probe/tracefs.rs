@@ -90,6 +90,14 @@ impl Format {
         }
     }
 
+    /// Offset of a field that some kernels have, with exactly `size` bytes where it exists.
+    pub fn optional_offset(&self, name: &str, size: u32) -> Result<Option<u32>, ProbeError> {
+        match self.fields.get(name) {
+            None => Ok(None),
+            Some(_) => self.offset(name, size).map(Some),
+        }
+    }
+
     pub fn set_state_offsets(&self) -> Result<SetStateOffsets, ProbeError> {
         Ok(SetStateOffsets {
             skaddr: self.offset("skaddr", 8)?,
@@ -245,6 +253,17 @@ print fmt: \"family=%s protocol=%s\", REC->family, REC->protocol
             .set_state_offsets()
             .unwrap_err();
         assert!(err.to_string().contains("`skaddr` has 4 bytes"), "{err}");
+    }
+
+    #[test]
+    fn an_optional_field_is_none_where_the_kernel_lacks_it_and_checked_where_it_has_it() {
+        let older = "\tfield:const void * skbaddr;\toffset:8;\tsize:8;\tsigned:0;";
+        let newer = format!("{older}\n\tfield:int err;\toffset:76;\tsize:4;\tsigned:1;");
+        let format = |text: &str| Format::parse("tcp:tcp_retransmit_skb", text).unwrap();
+        assert_eq!(format(older).optional_offset("err", 4).unwrap(), None);
+        assert_eq!(format(&newer).optional_offset("err", 4).unwrap(), Some(76));
+        let err = format(&newer).optional_offset("err", 8).unwrap_err();
+        assert!(err.to_string().contains("`err` has 4 bytes"), "{err}");
     }
 
     #[test]

@@ -118,7 +118,7 @@ impl CtxField for u64 {
 impl CtxField for i32 {
     #[inline(always)]
     fn direct(ctx: &TracePointContext, offset: u32) -> Option<Self> {
-        ctx_load!(ctx, offset, "u32", [8 12 16 20 24 28 32 36 40 44 48 52 56 60 64 68])
+        ctx_load!(ctx, offset, "u32", [8 12 16 20 24 28 32 36 40 44 48 52 56 60 64 68 72 76])
             .map(|v| v as u32 as i32)
     }
 }

@@ -5,22 +5,39 @@
 //! `bpf_prog_active` (another kprobe or tracepoint program, or a `bpf()` map call of user
 //! space — the agent's own reads of its counters), a BTF tracepoint's only when it
 //! interrupts itself.
+//!
+//! A retransmission counts what the kernel adds to `tcp_info.tcpi_total_retrans`: the segments
+//! of the retransmitted skb (`tcp_skb_pcount`, its `tcp_gso_segs`; a GSO skb of a bulk transfer
+//! holds several), not one per tracepoint hit; and only a retransmission that was sent (on newer kernels
+//! the tracepoint carries an `err` and also fires, with it non-zero, for one that was not).
 
 use aya_ebpf::{
+    EbpfContext,
+    helpers::bpf_probe_read_kernel,
     macros::{btf_tracepoint, tracepoint},
     programs::{BtfTracePointContext, TracePointContext},
 };
-use netscope_common::SockState;
+use netscope_common::{OFFSET_NONE, SockState};
 
-use super::{Error, field, sock_arg};
+use super::{Error, field, read_kernel, sock_arg};
 use crate::maps::{SOCKS, add_u32, config};
 
 #[tracepoint(category = "tcp", name = "tcp_retransmit_skb")]
 pub fn ns_retransmit(ctx: TracePointContext) -> u32 {
-    if let Err(e) = count(&ctx, config!(retransmit_skaddr), Counter::Retransmit) {
+    if let Err(e) = try_retransmit(&ctx) {
         e.report(&ctx, "ns_retransmit");
     }
     0
+}
+
+#[inline(always)]
+fn try_retransmit(ctx: &TracePointContext) -> Result<(), Error> {
+    let err = config!(retransmit_err);
+    if err != OFFSET_NONE && field::<i32>(ctx, err)? != 0 {
+        return Ok(());
+    }
+    let skb = field(ctx, config!(retransmit_skbaddr))?;
+    count(ctx, config!(retransmit_skaddr), Counter::Retransmit { skb })
 }
 
 #[tracepoint(category = "tcp", name = "tcp_send_reset")]
@@ -41,10 +58,18 @@ pub fn ns_recv_reset(ctx: TracePointContext) -> u32 {
 
 #[btf_tracepoint(function = "tcp_retransmit_skb")]
 pub fn ns_retransmit_btf(ctx: BtfTracePointContext) -> u32 {
-    if let Err(e) = sock_arg(&ctx).and_then(|sk| count_for(sk, Counter::Retransmit)) {
+    if let Err(e) = try_retransmit_btf(&ctx) {
         e.report(&ctx, "ns_retransmit_btf");
     }
     0
+}
+
+#[inline(always)]
+fn try_retransmit_btf(ctx: &BtfTracePointContext) -> Result<(), Error> {
+    if config!(retransmit_err) != OFFSET_NONE && arg::<i32>(ctx, 2)? != 0 {
+        return Ok(());
+    }
+    count_for(sock_arg(ctx)?, Counter::Retransmit { skb: arg(ctx, 1)? })
 }
 
 #[btf_tracepoint(function = "tcp_send_reset")]
@@ -65,7 +90,10 @@ pub fn ns_recv_reset_btf(ctx: BtfTracePointContext) -> u32 {
 
 #[derive(Clone, Copy)]
 enum Counter {
-    Retransmit,
+    /// A retransmitted skb (its address): counted by its segments.
+    Retransmit {
+        skb: u64,
+    },
     ResetSent,
     ResetReceived,
 }
@@ -83,13 +111,30 @@ fn count_for(sk: u64, which: Counter) -> Result<(), Error> {
     };
     let state: *mut SockState = state;
     // SAFETY: `state` points into a live SOCKS value; fields are updated atomically.
-    let field = unsafe {
+    let (field, n) = unsafe {
         match which {
-            Counter::Retransmit => &raw mut (*state).retransmits,
-            Counter::ResetSent => &raw mut (*state).resets_sent,
-            Counter::ResetReceived => &raw mut (*state).resets_received,
+            Counter::Retransmit { skb } => (&raw mut (*state).retransmits, segs(skb)),
+            Counter::ResetSent => (&raw mut (*state).resets_sent, 1),
+            Counter::ResetReceived => (&raw mut (*state).resets_received, 1),
         }
     };
-    add_u32(field, 1);
+    add_u32(field, n);
     Ok(())
+}
+
+/// The segments a retransmitted skb holds (`tcp_skb_pcount`), at least 1: one when the kernel's
+/// BTF did not give the offset of `tcp_gso_segs` or the read faults.
+#[inline(always)]
+fn segs(skb: u64) -> u32 {
+    read_kernel::<u16>(skb, config!(skb_gso_segs)).map_or(1, |n| u32::from(n).max(1))
+}
+
+/// A BTF tracepoint's argument `n` (of `tcp_retransmit_skb`: the `struct sk_buff *` as a
+/// number, the `int err`), read as the low bytes of its 8-byte slot.
+#[inline(always)]
+fn arg<T>(ctx: &BtfTracePointContext, n: usize) -> Result<T, Error> {
+    // SAFETY: the context is the tracepoint's array of u64 arguments, `n` one of them (`err`
+    // only where the tracepoint has it); the read faults safely.
+    unsafe { bpf_probe_read_kernel(ctx.as_ptr().cast::<u64>().add(n).cast::<T>()) }
+        .map_err(|_| Error::Read)
 }
