@@ -6,10 +6,10 @@
 #![no_std]
 #![no_main]
 #![allow(internal_features)]
-#![feature(core_intrinsics, asm_experimental_arch)]
+#![feature(core_intrinsics)]
 
 // The same maps and globals as the real object; their helpers go unused here.
-#[allow(dead_code)]
+#[allow(dead_code, unused_macros, unused_imports)]
 mod maps;
 mod object;
 
