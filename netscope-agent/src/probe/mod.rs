@@ -152,6 +152,17 @@ impl LiveBytes {
     }
 }
 
+/// Loading parsed the kernel's whole BTF (aya's parser, for the BTF tracepoints: a small
+/// allocation per type) and freed it; the freed pages stay in the heap, resident, unless given
+/// back. Once, at the end of the load: ~10 MiB of the idle agent's resident set.
+fn release_load_time_heap() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only returns free heap pages to the kernel; no allocation is touched.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 impl Probe {
     /// Checks privileges and kernel support, loads the object, fills the filters and attaches.
     pub fn load(options: &ProbeOptions) -> Result<Self, ProbeError> {
@@ -180,6 +191,7 @@ impl Probe {
         probe.fill_filters(&options.filters)?;
         probe.attach(options)?;
         probe.settle_report(options.per_message_hooks);
+        release_load_time_heap();
         let report = serde_json::to_string(&probe.report).unwrap_or_default();
         tracing::info!(kernel_support = %report, "probe attached");
         Ok(probe)
