@@ -278,6 +278,16 @@ impl SockMem for Direct {
 /// key or offset by a value known only at load time.
 #[inline(always)]
 pub fn sock_arg(ctx: &BtfTracePointContext) -> Result<u64, Error> {
-    // SAFETY: the context is the tracepoint's array of u64 arguments; the read faults safely.
-    unsafe { bpf_probe_read_kernel(ctx.as_ptr().cast::<u64>()) }.map_err(|_| Error::Read)
+    arg(ctx, 0)
+}
+
+/// A BTF tracepoint's argument `n`, read with `bpf_probe_read_kernel` as the low bytes of its
+/// 8-byte slot: a pointer as a plain number, or an integer. `n` must be one of the
+/// tracepoint's arguments on this kernel.
+#[inline(always)]
+pub fn arg<T>(ctx: &BtfTracePointContext, n: usize) -> Result<T, Error> {
+    // SAFETY: the context is the tracepoint's array of u64 arguments, `n` one of them (the
+    // caller's contract); the read faults safely.
+    unsafe { bpf_probe_read_kernel(ctx.as_ptr().cast::<u64>().add(n).cast::<T>()) }
+        .map_err(|_| Error::Read)
 }

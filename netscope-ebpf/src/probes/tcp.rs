@@ -8,18 +8,17 @@
 //!
 //! A retransmission counts what the kernel adds to `tcp_info.tcpi_total_retrans`: the segments
 //! of the retransmitted skb (`tcp_skb_pcount`, its `tcp_gso_segs`; a GSO skb of a bulk transfer
-//! holds several), not one per tracepoint hit; and only a retransmission that was sent (on newer kernels
-//! the tracepoint carries an `err` and also fires, with it non-zero, for one that was not).
+//! holds several), not one per tracepoint hit; and only a retransmission that was sent (on
+//! newer kernels the tracepoint carries an `err` (its third argument) and also fires, with it
+//! non-zero, for one that was not).
 
 use aya_ebpf::{
-    EbpfContext,
-    helpers::bpf_probe_read_kernel,
     macros::{btf_tracepoint, tracepoint},
     programs::{BtfTracePointContext, TracePointContext},
 };
 use netscope_common::{OFFSET_NONE, SockState};
 
-use super::{Error, field, read_kernel, sock_arg};
+use super::{Error, arg, field, read_kernel, sock_arg};
 use crate::maps::{SOCKS, add_u32, config};
 
 #[tracepoint(category = "tcp", name = "tcp_retransmit_skb")]
@@ -66,6 +65,7 @@ pub fn ns_retransmit_btf(ctx: BtfTracePointContext) -> u32 {
 
 #[inline(always)]
 fn try_retransmit_btf(ctx: &BtfTracePointContext) -> Result<(), Error> {
+    // `err`, the third argument, exists where tracefs showed its field.
     if config!(retransmit_err) != OFFSET_NONE && arg::<i32>(ctx, 2)? != 0 {
         return Ok(());
     }
@@ -127,14 +127,4 @@ fn count_for(sk: u64, which: Counter) -> Result<(), Error> {
 #[inline(always)]
 fn segs(skb: u64) -> u32 {
     read_kernel::<u16>(skb, config!(skb_gso_segs)).map_or(1, |n| u32::from(n).max(1))
-}
-
-/// A BTF tracepoint's argument `n` (of `tcp_retransmit_skb`: the `struct sk_buff *` as a
-/// number, the `int err`), read as the low bytes of its 8-byte slot.
-#[inline(always)]
-fn arg<T>(ctx: &BtfTracePointContext, n: usize) -> Result<T, Error> {
-    // SAFETY: the context is the tracepoint's array of u64 arguments, `n` one of them (`err`
-    // only where the tracepoint has it); the read faults safely.
-    unsafe { bpf_probe_read_kernel(ctx.as_ptr().cast::<u64>().add(n).cast::<T>()) }
-        .map_err(|_| Error::Read)
 }
