@@ -14,6 +14,7 @@ use netscope_agent::{
         kafka::{
             DLQ_REASON, DLQ_SOURCE, DLQ_TRUNCATED, DLQ_TRUNCATED_BYTES, KafkaIngest, KafkaSettings,
         },
+        record::RecordHeader,
         samples,
         schema::{Limits, Normalizer},
     },
@@ -117,15 +118,18 @@ async fn every_malformed_message_lands_in_the_dlq_with_its_reason_and_offsets_ar
     let producer = kafka::producer(&brokers);
     let corpus = samples::malformed(&samples_dir()).unwrap();
     for case in &corpus {
-        let headers: [(&str, &[u8]); 1] = [("traceparent", TRACEPARENT)];
-        kafka::produce(
-            &producer,
+        let mut headers = vec![RecordHeader {
+            name: b"traceparent".to_vec(),
+            value: Some(TRACEPARENT.to_vec()),
+        }];
+        headers.extend(case.headers.iter().cloned());
+        kafka::produce_raw(
+            &brokers,
             &topic,
-            &case.name,
+            case.name.as_bytes(),
             case.payload.as_deref(),
             &headers,
-        )
-        .await;
+        );
     }
     for n in 0..3 {
         kafka::produce(

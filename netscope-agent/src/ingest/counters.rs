@@ -10,7 +10,7 @@ use super::schema::RejectReason;
 use crate::domain::{Check, CounterSource, HealthCheck, Sample};
 
 /// What ingest did.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct IngestCounters {
     pub consumed: AtomicU64,
     pub accepted: AtomicU64,
@@ -28,6 +28,28 @@ pub struct IngestCounters {
     /// The partitions are paused now.
     pub paused: AtomicBool,
     rejected: [AtomicU64; RejectReason::COUNT],
+}
+
+impl Default for IngestCounters {
+    fn default() -> Self {
+        let zero = || AtomicU64::new(0);
+        Self {
+            consumed: zero(),
+            accepted: zero(),
+            dead_lettered: zero(),
+            dead_letter_retries: zero(),
+            dead_letter_truncated: zero(),
+            traceparent_invalid: zero(),
+            request_id_generated: zero(),
+            backpressure_waits: zero(),
+            backpressure_pauses: zero(),
+            commits: zero(),
+            commit_errors: zero(),
+            paused: AtomicBool::new(false),
+            // `Default` stops at arrays of 32; there are more reasons than that.
+            rejected: std::array::from_fn(|_| zero()),
+        }
+    }
 }
 
 impl IngestCounters {

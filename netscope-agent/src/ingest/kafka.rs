@@ -15,10 +15,9 @@ use std::{
 };
 
 use rdkafka::{
-    ClientConfig, ClientContext, Message, Offset, TopicPartitionList,
+    ClientConfig, ClientContext, Offset, TopicPartitionList,
     consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer},
     error::KafkaError,
-    message::{Headers, OwnedMessage},
     producer::FutureProducer,
 };
 use tokio::sync::{mpsc, watch};
@@ -28,19 +27,18 @@ use super::{
     counters::bump,
     dead_letter,
     offsets::OffsetTracker,
+    record::ConsumedRecord,
     schema::{Incoming, Normalizer},
     trace_context::TraceParentStatus,
 };
 pub use super::{
     counters::{IngestCounters, KafkaHealth},
     dead_letter::{
-        DLQ_DETAIL, DLQ_REASON, DLQ_SOURCE, DLQ_TRUNCATED, DLQ_TRUNCATED_BYTES, dlq_producer,
+        DLQ_DETAIL, DLQ_DROPPED_HEADERS, DLQ_REASON, DLQ_SOURCE, DLQ_TRUNCATED,
+        DLQ_TRUNCATED_BYTES, dlq_producer,
     },
 };
-use crate::{
-    clock::now_unix_ms,
-    domain::{Job, RecordRef},
-};
+use crate::{clock::now_unix_ms, domain::Job};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct KafkaSettings {
@@ -233,7 +231,7 @@ impl KafkaIngest {
         let mut tick = tokio::time::interval(COMMIT_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // Records fetched before a pause took effect, handed out first, in order.
-        let mut held: VecDeque<OwnedMessage> = VecDeque::new();
+        let mut held: VecDeque<ConsumedRecord> = VecDeque::new();
         loop {
             let message = match held.pop_front() {
                 Some(m) => m,
@@ -242,7 +240,7 @@ impl KafkaIngest {
                     _ = shutdown.changed() => break,
                     _ = tick.tick() => { self.commit(CommitMode::Async); continue; }
                     m = self.consumer.recv() => match m {
-                        Ok(m) => m.detach(),
+                        Ok(m) => ConsumedRecord::from_borrowed(&m),
                         Err(e) => {
                             warn!(error = %e, "consumer error");
                             continue;
@@ -281,7 +279,7 @@ impl KafkaIngest {
         &self,
         job: Job,
         waiting: &mut Waiting<'_>,
-        held: &mut VecDeque<OwnedMessage>,
+        held: &mut VecDeque<ConsumedRecord>,
     ) -> Result<(), Stopped> {
         let job = match waiting.jobs.try_send(job) {
             Ok(()) => return Ok(()),
@@ -319,7 +317,7 @@ impl KafkaIngest {
         &self,
         n: usize,
         waiting: &mut Waiting<'q>,
-        mut held: Option<&mut VecDeque<OwnedMessage>>,
+        mut held: Option<&mut VecDeque<ConsumedRecord>>,
         limit: Option<Duration>,
     ) -> Result<Option<mpsc::PermitIterator<'q, Job>>, Stopped> {
         let jobs = waiting.jobs;
@@ -343,7 +341,7 @@ impl KafkaIngest {
                 m = self.consumer.recv(), if held.is_some() => {
                     // Fetched before the pause took effect: keep it, in order.
                     if let (Ok(m), Some(held)) = (m, held.as_deref_mut()) {
-                        held.push_back(m.detach());
+                        held.push_back(ConsumedRecord::from_borrowed(&m));
                     }
                 }
             }
@@ -352,22 +350,14 @@ impl KafkaIngest {
 
     /// Normalises one record: a valid call comes back as a job; a rejected one is dead-lettered
     /// (durably) and finished here.
-    async fn handle(&self, m: &OwnedMessage, shutdown: &watch::Receiver<bool>) -> Option<Job> {
-        let record = RecordRef {
-            topic: m.topic().to_owned(),
-            partition: m.partition(),
-            offset: m.offset(),
-        };
+    async fn handle(&self, m: &ConsumedRecord, shutdown: &watch::Receiver<bool>) -> Option<Job> {
+        let record = m.record_ref();
         lock(&self.tracker).started(&record);
         bump(&self.counters.consumed);
-        let headers: Vec<(&str, Option<&[u8]>)> = m
-            .headers()
-            .map(|h| h.iter().map(|h| (h.key, h.value)).collect())
-            .unwrap_or_default();
         let received_unix_ms = now_unix_ms();
         let incoming = Incoming {
-            payload: m.payload(),
-            headers: &headers,
+            payload: m.payload.as_deref(),
+            headers: &m.headers,
             received_unix_ms,
         };
         match self.normalizer.normalize(&incoming) {

@@ -6,6 +6,7 @@ pub mod counters;
 mod dead_letter;
 pub mod kafka;
 pub mod offsets;
+pub mod record;
 pub mod results;
 pub mod samples;
 pub mod schema;

@@ -5,6 +5,8 @@ use std::{fs, io, path::Path};
 
 use serde::Deserialize;
 
+use super::record::RecordHeader;
+
 #[derive(Deserialize)]
 struct Entry {
     file: Option<String>,
@@ -18,7 +20,22 @@ pub struct Malformed {
     pub name: String,
     /// `None`: a record without payload.
     pub payload: Option<Vec<u8>>,
+    /// Kafka record headers the message is sent with (names as bytes: some are not UTF-8).
+    pub headers: Vec<RecordHeader>,
     pub reason: String,
+}
+
+/// A valid request whose Kafka record carries hostile headers.
+fn with_headers(headers: Vec<RecordHeader>) -> (Option<Vec<u8>>, Vec<RecordHeader>) {
+    let valid = br#"{"schema_version":1,"method":"GET","url":"http://127.0.0.1:18080/orders/1"}"#;
+    (Some(valid.to_vec()), headers)
+}
+
+fn header(name: &[u8], value: &[u8]) -> RecordHeader {
+    RecordHeader {
+        name: name.to_vec(),
+        value: Some(value.to_vec()),
+    }
 }
 
 /// Reads `malformed/manifest.json` under `dir` (e.g. `samples/requests`).
@@ -28,19 +45,40 @@ pub fn malformed(dir: &Path) -> io::Result<Vec<Malformed>> {
     entries
         .into_iter()
         .map(|e| {
-            let (name, payload) = match (e.file, e.generate.as_deref()) {
-                (Some(f), _) => (f.clone(), Some(fs::read(dir.join("malformed").join(f))?)),
-                (None, Some("empty")) => ("generated: empty".to_owned(), None),
-                (None, Some("oversized")) => {
-                    ("generated: 3 MiB".to_owned(), Some(vec![b' '; 3 << 20]))
-                }
+            let no_headers = Vec::new;
+            let (name, (payload, headers)) = match (e.file, e.generate.as_deref()) {
+                (Some(f), _) => (
+                    f.clone(),
+                    (Some(fs::read(dir.join("malformed").join(f))?), no_headers()),
+                ),
+                (None, Some("empty")) => ("generated: empty".to_owned(), (None, no_headers())),
+                (None, Some("oversized")) => (
+                    "generated: 3 MiB".to_owned(),
+                    (Some(vec![b' '; 3 << 20]), no_headers()),
+                ),
+                (None, Some("header_name_not_utf8")) => (
+                    "generated: a record header name that is not UTF-8".to_owned(),
+                    with_headers(vec![header(b"x-\xff\xfe-id", b"1")]),
+                ),
+                (None, Some("thousand_headers")) => (
+                    "generated: 1,000 record headers".to_owned(),
+                    with_headers(
+                        (0..1000)
+                            .map(|i| header(format!("h{i}").as_bytes(), b"v"))
+                            .collect(),
+                    ),
+                ),
+                (None, Some("header_of_1_mib")) => (
+                    "generated: a record header of 1 MiB".to_owned(),
+                    with_headers(vec![header(b"x-big", &vec![b'a'; 1 << 20])]),
+                ),
                 (None, Some("oversized_body")) => {
                     let body = "x".repeat((1 << 20) + 1);
                     let msg = serde_json::json!({"schema_version": 1, "method": "POST",
                         "url": "http://127.0.0.1:18080/orders", "body": body});
                     (
                         "generated: 1 MiB + 1 body".to_owned(),
-                        Some(msg.to_string().into_bytes()),
+                        (Some(msg.to_string().into_bytes()), no_headers()),
                     )
                 }
                 (None, other) => {
@@ -52,6 +90,7 @@ pub fn malformed(dir: &Path) -> io::Result<Vec<Malformed>> {
             Ok(Malformed {
                 name,
                 payload,
+                headers,
                 reason: e.reason,
             })
         })

@@ -9,7 +9,10 @@ use std::{collections::BTreeMap, net::IpAddr};
 use serde::Deserialize;
 use url::Url;
 
-use super::trace_context::{self, TraceContext};
+use super::{
+    record::{RecordHeader, escape_name},
+    trace_context::{self, TraceContext},
+};
 use crate::domain::{
     CallRequest, HttpMethod, OutboundRequest, RequestContext,
     targets::{Host, Refusal, Target, Targets},
@@ -54,6 +57,10 @@ pub enum RejectReason {
     InvalidDeadline,
     InvalidIdempotencyKey,
     InvalidSourceIp,
+    /// A Kafka record header's name is not UTF-8.
+    InvalidRecordHeader,
+    /// The Kafka record carries more headers, or more header bytes, than the limits allow.
+    RecordHeadersTooLarge,
 }
 
 impl RejectReason {
@@ -87,6 +94,10 @@ pub struct Limits {
     pub max_body_bytes: usize,
     pub default_timeout_ms: u64,
     pub max_timeout_ms: u64,
+    /// Kafka record headers (not the request's own): at most this many…
+    pub max_record_headers: usize,
+    /// …and this many bytes of names and values together.
+    pub max_record_header_bytes: usize,
 }
 
 impl Default for Limits {
@@ -99,6 +110,8 @@ impl Default for Limits {
             max_body_bytes: 1 << 20,
             default_timeout_ms: 10_000,
             max_timeout_ms: 300_000,
+            max_record_headers: 64,
+            max_record_header_bytes: 64 << 10,
         }
     }
 }
@@ -142,8 +155,8 @@ struct RequestV1 {
 /// One Kafka record as the normaliser needs it.
 pub struct Incoming<'a> {
     pub payload: Option<&'a [u8]>,
-    /// Kafka headers, names as sent.
-    pub headers: &'a [(&'a str, Option<&'a [u8]>)],
+    /// Kafka headers, names and values as bytes, as sent.
+    pub headers: &'a [RecordHeader],
     pub received_unix_ms: u64,
 }
 
@@ -151,8 +164,8 @@ impl Incoming<'_> {
     fn header(&self, name: &str) -> Option<&[u8]> {
         self.headers
             .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .and_then(|(_, v)| *v)
+            .find(|h| h.name.eq_ignore_ascii_case(name.as_bytes()))
+            .and_then(|h| h.value.as_deref())
     }
 }
 
@@ -208,6 +221,7 @@ impl Normalizer {
         trace: &TraceContext,
         request_id: &str,
     ) -> Result<CallRequest, Fail> {
+        self.record_headers(msg.headers)?;
         let v1 = self.decode(msg.payload)?;
         let method = HttpMethod::parse(&v1.method).ok_or((
             RejectReason::InvalidMethod,
@@ -301,6 +315,38 @@ impl Normalizer {
             };
             fail(reason, e.to_string())
         })
+    }
+
+    /// The Kafka record's own headers: within the count and byte limits, every name UTF-8.
+    fn record_headers(&self, headers: &[RecordHeader]) -> Result<(), Fail> {
+        let bytes: usize = headers.iter().map(RecordHeader::len).sum();
+        if headers.len() > self.limits.max_record_headers
+            || bytes > self.limits.max_record_header_bytes
+        {
+            return fail(
+                RejectReason::RecordHeadersTooLarge,
+                format!(
+                    "{} record headers of {bytes} bytes, limits {} and {}",
+                    headers.len(),
+                    self.limits.max_record_headers,
+                    self.limits.max_record_header_bytes
+                ),
+            );
+        }
+        match headers
+            .iter()
+            .enumerate()
+            .find(|(_, h)| h.name_str().is_none())
+        {
+            Some((i, h)) => fail(
+                RejectReason::InvalidRecordHeader,
+                format!(
+                    "record header #{i}'s name is not UTF-8 (`{}`)",
+                    escape_name(&h.name)
+                ),
+            ),
+            None => Ok(()),
+        }
     }
 
     /// The allow-listed target the URL's host and port belong to, and the host's IP when it is

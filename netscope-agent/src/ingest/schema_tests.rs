@@ -3,7 +3,7 @@ use std::path::PathBuf;
 use super::*;
 use crate::{
     domain::targets::Target,
-    ingest::{samples, trace_context::TraceParentStatus},
+    ingest::{record::RecordHeader, samples, trace_context::TraceParentStatus},
 };
 
 const NOW: u64 = 1_800_000_000_000;
@@ -20,10 +20,18 @@ fn samples_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../samples/requests")
 }
 
-fn incoming<'a>(
-    payload: Option<&'a [u8]>,
-    headers: &'a [(&'a str, Option<&'a [u8]>)],
-) -> Incoming<'a> {
+/// Kafka record headers from names and values given as text.
+fn record_headers(headers: &[(&str, Option<&[u8]>)]) -> Vec<RecordHeader> {
+    headers
+        .iter()
+        .map(|(name, value)| RecordHeader {
+            name: name.as_bytes().to_vec(),
+            value: value.map(<[u8]>::to_vec),
+        })
+        .collect()
+}
+
+fn incoming<'a>(payload: Option<&'a [u8]>, headers: &'a [RecordHeader]) -> Incoming<'a> {
     Incoming {
         payload,
         headers,
@@ -46,10 +54,10 @@ fn every_valid_sample_normalises() {
 fn a_post_with_a_key_is_retryable_and_carries_its_context() {
     let bytes = std::fs::read(samples_dir().join("v1/post-payment-with-key.json")).unwrap();
     let tp = b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
-    let headers = [
+    let headers = record_headers(&[
         ("traceparent", Some(&tp[..])),
         ("X-Request-Id", Some(&b"req-1"[..])),
-    ];
+    ]);
     let out = normalizer()
         .normalize(&incoming(Some(&bytes), &headers))
         .unwrap();
@@ -107,10 +115,10 @@ fn a_post_without_a_key_is_not_retryable_and_base64_bodies_decode() {
 #[test]
 fn a_malformed_traceparent_starts_a_new_trace_and_is_not_rejected() {
     let bytes = std::fs::read(samples_dir().join("v1/get-order.json")).unwrap();
-    let headers = [
+    let headers = record_headers(&[
         ("traceparent", Some(&b"00-zz-bad"[..])),
         ("tracestate", Some(&b"a=1"[..])),
-    ];
+    ]);
     let out = normalizer()
         .normalize(&incoming(Some(&bytes), &headers))
         .unwrap();
@@ -129,8 +137,9 @@ fn every_malformed_sample_gets_its_reason_and_every_reason_has_a_sample() {
         "the corpus must have at least 30 messages"
     );
     let tp = b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
-    let headers = [("traceparent", Some(&tp[..]))];
     for case in &corpus {
+        let mut headers = record_headers(&[("traceparent", Some(&tp[..]))]);
+        headers.extend(case.headers.iter().cloned());
         let rejection = n
             .normalize(&incoming(case.payload.as_deref(), &headers))
             .expect_err(&case.name);

@@ -181,6 +181,123 @@ pub fn end_offsets(brokers: &str, topic: &str, partitions: i32) -> Vec<i64> {
         .collect()
 }
 
+/// Counts a raw producer's deliveries.
+#[derive(Default)]
+pub struct Deliveries {
+    ok: std::sync::atomic::AtomicUsize,
+    failed: std::sync::Mutex<Vec<String>>,
+}
+
+impl rdkafka::ClientContext for Deliveries {}
+
+impl rdkafka::producer::ProducerContext for Deliveries {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, result: &rdkafka::message::DeliveryResult<'_>, _: ()) {
+        match result {
+            Ok(_) => {
+                self.ok.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            Err((e, _)) => self.failed.lock().unwrap().push(e.to_string()),
+        }
+    }
+}
+
+/// Produces one record whose header names are raw bytes — rdkafka's safe API only takes `&str`
+/// names, but Kafka's wire format allows any — through librdkafka's `rd_kafka_produceva`, and
+/// waits until the broker acknowledged it.
+pub fn produce_raw(
+    brokers: &str,
+    topic: &str,
+    key: &[u8],
+    payload: Option<&[u8]>,
+    headers: &[netscope_agent::ingest::record::RecordHeader],
+) {
+    use rdkafka::bindings as rd;
+    let producer: rdkafka::producer::BaseProducer<Deliveries> = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("acks", "all")
+        .set("message.max.bytes", "4194304")
+        .create_with_context(Deliveries::default())
+        .unwrap();
+    let topic = std::ffi::CString::new(topic).unwrap();
+    // SAFETY: a fresh header list; every name and value is copied in by librdkafka.
+    let hdrs = unsafe { rd::rd_kafka_headers_new(headers.len()) };
+    for h in headers {
+        let (value, len) = h.value.as_ref().map_or((std::ptr::null(), 0), |v| {
+            (v.as_ptr().cast(), v.len() as isize)
+        });
+        // SAFETY: `hdrs` is live; name and value are valid for their lengths.
+        let err = unsafe {
+            rd::rd_kafka_header_add(
+                hdrs,
+                h.name.as_ptr().cast(),
+                h.name.len() as isize,
+                value,
+                len,
+            )
+        };
+        assert_eq!(
+            err,
+            rdkafka::types::RDKafkaRespErr::RD_KAFKA_RESP_ERR_NO_ERROR
+        );
+    }
+    let vu = |vtype, u| rd::rd_kafka_vu_t { vtype, u };
+    let mem = |b: &[u8]| rd::rd_kafka_vu_s__bindgen_ty_1 {
+        mem: rd::rd_kafka_vu_s__bindgen_ty_1__bindgen_ty_1 {
+            ptr: b.as_ptr().cast_mut().cast(),
+            size: b.len(),
+        },
+    };
+    let mut vus = vec![
+        vu(
+            rd::rd_kafka_vtype_t::RD_KAFKA_VTYPE_TOPIC,
+            rd::rd_kafka_vu_s__bindgen_ty_1 {
+                cstr: topic.as_ptr(),
+            },
+        ),
+        vu(
+            rd::rd_kafka_vtype_t::RD_KAFKA_VTYPE_MSGFLAGS,
+            rd::rd_kafka_vu_s__bindgen_ty_1 {
+                i: rd::RD_KAFKA_MSG_F_COPY,
+            },
+        ),
+        vu(rd::rd_kafka_vtype_t::RD_KAFKA_VTYPE_KEY, mem(key)),
+        vu(
+            rd::rd_kafka_vtype_t::RD_KAFKA_VTYPE_HEADERS,
+            rd::rd_kafka_vu_s__bindgen_ty_1 { headers: hdrs },
+        ),
+    ];
+    if let Some(p) = payload {
+        vus.push(vu(rd::rd_kafka_vtype_t::RD_KAFKA_VTYPE_VALUE, mem(p)));
+    }
+    // SAFETY: a live producer and a vector of valid argument unions; on success librdkafka
+    // owns `hdrs`, on failure the caller still does.
+    let error =
+        unsafe { rd::rd_kafka_produceva(producer.client().native_ptr(), vus.as_ptr(), vus.len()) };
+    if !error.is_null() {
+        // SAFETY: the error and the header list are ours to free.
+        let message = unsafe {
+            let m = std::ffi::CStr::from_ptr(rd::rd_kafka_error_string(error))
+                .to_string_lossy()
+                .into_owned();
+            rd::rd_kafka_error_destroy(error);
+            rd::rd_kafka_headers_destroy(hdrs);
+            m
+        };
+        panic!("produceva: {message}");
+    }
+    use rdkafka::producer::Producer as _;
+    producer.flush(Duration::from_secs(30)).unwrap();
+    let ctx = producer.context();
+    assert_eq!(
+        ctx.ok.load(std::sync::atomic::Ordering::Relaxed),
+        1,
+        "delivery failed: {:?}",
+        ctx.failed.lock().unwrap()
+    );
+}
+
 pub fn header<'a>(m: &'a OwnedMessage, name: &str) -> Option<&'a [u8]> {
     use rdkafka::message::Headers as _;
     m.headers()?
