@@ -101,9 +101,19 @@ fn build_ebpf(args: &[String]) -> Result<(), String> {
 
 fn test() -> Result<(), String> {
     run("cargo", &["fmt", "--all", "--check"], &[])?;
+    // With the agent's fault points compiled in, as the tests build it (the code behind them
+    // is linted too; without the feature they are nothing).
     run(
         "cargo",
-        &["clippy", "--all-targets", "--", "-D", "warnings"],
+        &[
+            "clippy",
+            "--all-targets",
+            "--features",
+            FAILPOINTS,
+            "--",
+            "-D",
+            "warnings",
+        ],
         &[],
     )?;
     // Licences, duplicate versions (warned), sources; see deny.toml for why not advisories.
@@ -129,7 +139,11 @@ fn test() -> Result<(), String> {
     run("bash", &["scripts/ceph.sh", "start"], &[])?;
     run("bash", &["scripts/prometheus.sh", "start"], &[])?;
     run_tests(require)?;
-    run("cargo", &["build", "-p", "netscope-bench"], &[])?;
+    run(
+        "cargo",
+        &["build", "-p", "netscope-bench", "--features", FAILPOINTS],
+        &[],
+    )?;
     // The short soak: faults piled up on two agents, then the reconciliation (it stops and
     // starts the broker and RGW, so it runs after the tests that use them). Debug builds (the
     // tests' agent, the bench built just above) are enough at its rate.
@@ -164,6 +178,10 @@ fn test() -> Result<(), String> {
     }
     Ok(())
 }
+
+/// The agent's fault points (`netscope-agent/src/faults.rs`): the test suite is built with them,
+/// a release build never.
+const FAILPOINTS: &str = "netscope-agent/failpoints";
 
 /// Totals of libtest's `test result:` lines.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -300,7 +318,7 @@ fn lane(binaries: &[TestBinary], envs: &[(&str, &str)], runs: &std::sync::Mutex<
 fn run_tests(require_kernel: &str) -> Result<(), String> {
     use std::io::{BufRead as _, BufReader};
     let started = std::time::Instant::now();
-    let args = ["test", "--workspace", "--no-run"];
+    let args = ["test", "--workspace", "--no-run", "--features", FAILPOINTS];
     eprintln!("xtask: $ cargo {}", args.join(" "));
     let mut build = Command::new("cargo")
         .args(args)

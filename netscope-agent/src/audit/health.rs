@@ -4,7 +4,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use super::rgw::AuditStats;
+use super::stats::AuditStats;
 use crate::domain::{Check, CounterSource, HealthCheck, Sample};
 
 fn load(c: &AtomicU64) -> u64 {
@@ -64,6 +64,16 @@ impl CounterSource for AuditStats {
                 "Sealed segments waiting for upload",
                 load(&self.backlog_segments),
             ),
+            Sample::counter(
+                "audit_spool_write_errors",
+                "Spool writes (segment creations, group appends) that failed: a full or failing disk",
+                load(&self.spool_write_errors),
+            ),
+            Sample::gauge(
+                "audit_spool_failing",
+                "1 while the spool's last write failed (events wait, none is acknowledged)",
+                u64::from(self.spool_failing.load(Ordering::Relaxed)),
+            ),
             Sample::gauge(
                 "audit_rgw_up",
                 "1 when the last upload attempt reached RGW",
@@ -73,17 +83,25 @@ impl CounterSource for AuditStats {
     }
 }
 
-/// The spool within budget (required); RGW's reachability (reported).
+/// The spool writable and within budget (required); RGW's reachability (reported).
 impl HealthCheck for AuditStats {
     fn checks(&self) -> Vec<Check> {
         let (used, budget) = (load(&self.spool_bytes), load(&self.budget_bytes));
         let down = self.rgw_down.load(Ordering::Relaxed);
+        let failing = self.spool_failing.load(Ordering::Relaxed);
         vec![
             Check {
                 name: "audit_spool",
-                ok: used < budget,
+                ok: used < budget && !failing,
                 required: true,
-                detail: format!("{used} of {budget} bytes used"),
+                detail: if failing {
+                    format!(
+                        "writes fail (a full or failing disk; {} failed so far): events wait, retried; {used} of {budget} bytes used",
+                        load(&self.spool_write_errors)
+                    )
+                } else {
+                    format!("{used} of {budget} bytes used")
+                },
             },
             Check {
                 name: "audit_rgw",

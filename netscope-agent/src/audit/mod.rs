@@ -3,6 +3,7 @@
 //! for completeness ([`verify`]). A local NDJSON file ([`ndjson`]) is the sink of runs without
 //! Ceph.
 
+mod backlog;
 pub mod batch;
 mod health;
 pub mod ndjson;
@@ -10,6 +11,7 @@ pub mod rgw;
 pub mod s3;
 mod shipper;
 pub mod spool;
+pub mod stats;
 pub mod verify;
 mod writer;
 

@@ -17,91 +17,30 @@ use std::{
     path::PathBuf,
     sync::{
         Arc, Mutex, PoisonError,
-        atomic::{AtomicBool, AtomicU64, Ordering},
+        atomic::{AtomicBool, Ordering},
     },
     time::{Duration, Instant},
 };
 
-use serde::Serialize;
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{info, warn};
 
 use super::{
+    backlog::Backlog,
     hand_over,
     s3::{S3Error, S3Settings, S3Store},
-    shipper::{Backlog, Shipper},
+    shipper::Shipper,
     spool,
     writer::{SpoolRequest, Writer},
+};
+pub use super::{
+    spool::SpoolSettings,
+    stats::{AuditStats, AuditSummary},
 };
 use crate::domain::{
     AuditSink, OutcomeSink, SinkError,
     outcome::{BoxFuture, OutboundResult},
 };
-
-#[derive(Clone, Debug)]
-pub struct SpoolSettings {
-    /// The node's spool directory.
-    pub dir: PathBuf,
-    pub node: String,
-    /// Disk the spool may use; beyond it, `deliver` waits (backpressure).
-    pub budget_bytes: u64,
-    pub batch_events: u64,
-    pub batch_bytes: u64,
-    pub batch_age: Duration,
-    /// Events waiting for the writer at most.
-    pub queue: usize,
-}
-
-/// What the audit trail did, for the run summary, tests and the benchmark.
-#[derive(Debug, Default)]
-pub struct AuditStats {
-    pub spooled: AtomicU64,
-    pub shipped: AtomicU64,
-    pub puts: AtomicU64,
-    /// Uploads that found their object already there (a retry after a lost answer or a crash).
-    pub already_there: AtomicU64,
-    pub put_failures: AtomicU64,
-    pub quarantined: AtomicU64,
-    /// Times the writer waited for the spool's disk budget.
-    pub budget_waits: AtomicU64,
-    /// Bytes in the spool now (sealed and open segments).
-    pub spool_bytes: AtomicU64,
-    /// Sealed segments waiting for upload now.
-    pub backlog_segments: AtomicU64,
-    pub rgw_down: AtomicBool,
-    /// The spool's disk budget (set at start).
-    pub budget_bytes: AtomicU64,
-}
-
-#[derive(Debug, Serialize, PartialEq, Eq)]
-pub struct AuditSummary {
-    pub spooled: u64,
-    pub shipped: u64,
-    pub puts: u64,
-    pub already_there: u64,
-    pub put_failures: u64,
-    pub quarantined: u64,
-    pub budget_waits: u64,
-    pub spool_bytes: u64,
-    pub backlog_segments: u64,
-}
-
-impl AuditStats {
-    pub fn summary(&self) -> AuditSummary {
-        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        AuditSummary {
-            spooled: load(&self.spooled),
-            shipped: load(&self.shipped),
-            puts: load(&self.puts),
-            already_there: load(&self.already_there),
-            put_failures: load(&self.put_failures),
-            quarantined: load(&self.quarantined),
-            budget_waits: load(&self.budget_waits),
-            spool_bytes: load(&self.spool_bytes),
-            backlog_segments: load(&self.backlog_segments),
-        }
-    }
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum AuditError {
@@ -251,15 +190,6 @@ impl RgwAudit {
         }
         summary
     }
-}
-
-/// The spool no longer holds `bytes` (shipped, quarantined or discarded).
-pub(super) fn release(stats: &AuditStats, bytes: u64) {
-    let _ = stats
-        .spool_bytes
-        .try_update(Ordering::Relaxed, Ordering::Relaxed, |b| {
-            Some(b.saturating_sub(bytes))
-        });
 }
 
 impl OutcomeSink for RgwAudit {

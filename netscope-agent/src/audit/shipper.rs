@@ -4,61 +4,23 @@
 //! backoff while RGW is down, and drains for a bounded time at shutdown.
 
 use std::{
-    collections::VecDeque,
     io,
     path::PathBuf,
-    sync::{
-        Arc, Mutex, PoisonError,
-        atomic::{AtomicBool, Ordering},
-    },
+    sync::{Arc, atomic::Ordering},
     time::Instant,
 };
 
-use tokio::sync::{Notify, watch};
+use tokio::sync::watch;
 use tracing::{error, info, warn};
 
 use super::{
+    backlog::Backlog,
     batch::{batch_key, encode_lines},
-    rgw::{AuditStats, release},
     s3::{PutOutcome, S3Error, S3Store},
     spool::{self, Corruption, Sealed},
+    stats::AuditStats,
 };
 use crate::backoff::Backoff;
-
-/// Sealed segments, from the writer to the shipper.
-#[derive(Default)]
-pub(super) struct Backlog {
-    queue: Mutex<VecDeque<Sealed>>,
-    pub(super) added: Notify,
-    pub(super) writer_done: AtomicBool,
-}
-
-impl Backlog {
-    pub(super) fn push(&self, s: Sealed, stats: &AuditStats) {
-        self.queue
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .push_back(s);
-        stats.backlog_segments.fetch_add(1, Ordering::Relaxed);
-        self.added.notify_one();
-    }
-
-    fn front(&self) -> Option<Sealed> {
-        self.queue
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .front()
-            .cloned()
-    }
-
-    fn pop(&self, stats: &AuditStats) {
-        self.queue
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .pop_front();
-        stats.backlog_segments.fetch_sub(1, Ordering::Relaxed);
-    }
-}
 
 pub(super) struct Shipper {
     pub(super) store: S3Store,
@@ -195,7 +157,7 @@ impl Shipper {
     /// RGW holds the segment's events: the spool records that and deletes the segment.
     fn delete_shipped(&self, seg: &Sealed) -> io::Result<()> {
         spool::delete_shipped(&self.dir, seg)?;
-        release(&self.stats, seg.bytes);
+        self.stats.release(seg.bytes);
         Ok(())
     }
 
@@ -205,7 +167,7 @@ impl Shipper {
             error!(segment = %seg.path.display(), error = %e, "audit spool: cannot quarantine a corrupt segment; it is skipped in this run");
         }
         self.stats.quarantined.fetch_add(1, Ordering::Relaxed);
-        release(&self.stats, seg.bytes);
+        self.stats.release(seg.bytes);
         self.backlog.pop(&self.stats);
     }
 

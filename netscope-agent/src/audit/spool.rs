@@ -22,11 +22,27 @@
 
 use std::{
     fs::{self, File, OpenOptions},
-    io::{self, Read as _, Write as _},
+    io::{self, Read as _, Seek as _, SeekFrom, Write as _},
     path::{Path, PathBuf},
+    time::Duration,
 };
 
 use tracing::{error, warn};
+
+/// Where and how the spool writes. Validated with the rest of the configuration.
+#[derive(Clone, Debug)]
+pub struct SpoolSettings {
+    /// The node's spool directory.
+    pub dir: PathBuf,
+    pub node: String,
+    /// Disk the spool may use; beyond it, `deliver` waits (backpressure).
+    pub budget_bytes: u64,
+    pub batch_events: u64,
+    pub batch_bytes: u64,
+    pub batch_age: Duration,
+    /// Events waiting for the writer at most.
+    pub queue: usize,
+}
 
 const MAGIC: &[u8; 8] = b"NSSPOOL1";
 const FRAME_HEADER: usize = 24;
@@ -271,47 +287,62 @@ pub fn recover(dir: &Path) -> io::Result<Recovered> {
     }
     open.sort();
     for (first, path) in open {
-        let mut bytes = Vec::new();
-        File::open(&path)?.read_to_end(&mut bytes)?;
-        let parsed = parse(&bytes, first);
-        if let Some(why) = &parsed.error
-            && parsed.valid_len < bytes.len()
-        {
-            if parsed.valid_len == 0 {
-                out.quarantined
-                    .push(quarantine(dir, &path, &why.to_string())?);
-                continue;
-            }
-            // Keep the cut-off bytes: they may be more than an unacknowledged torn write.
-            let qdir = dir.join(QUARANTINE);
-            fs::create_dir_all(&qdir)?;
-            let tail = qdir.join(format!("{first:020}.tail-at-{}", parsed.valid_len));
-            fs::write(&tail, &bytes[parsed.valid_len..])?;
-            let f = OpenOptions::new().write(true).open(&path)?;
-            f.set_len(parsed.valid_len as u64)?;
-            f.sync_all()?;
-            warn!(segment = %path.display(), reason = %why, cut_bytes = bytes.len() - parsed.valid_len,
-                kept_in = %tail.display(), "audit spool: the open segment ended with an invalid tail (a crash mid-write): cut off");
-            out.quarantined.push(tail);
+        if let Some(sealed) = seal_open_file(dir, first, &path, &mut out.quarantined)? {
+            out.next = out.next.max(sealed.last + 1);
+            out.sealed.push(sealed);
         }
-        if parsed.frames.is_empty() {
-            fs::remove_file(&path)?;
-            continue;
-        }
-        let last = first + parsed.frames.len() as u64 - 1;
-        let sealed = sealed_path(dir, first, last);
-        fs::rename(&path, &sealed)?;
-        out.next = out.next.max(last + 1);
-        out.sealed.push(Sealed {
-            bytes: parsed.valid_len as u64,
-            path: sealed,
-            first,
-            last,
-        });
     }
     sync_dir(dir)?;
     out.sealed.sort_by_key(|s| s.first);
     Ok(out)
+}
+
+/// Seals an open segment file that no writer holds (after a crash): its valid frames are kept
+/// and sealed, an invalid tail is cut off into quarantine (listed in `quarantined`); a file
+/// without a valid frame is removed (or quarantined, when it holds bytes). `None` when nothing
+/// was left to seal.
+fn seal_open_file(
+    dir: &Path,
+    first: u64,
+    path: &Path,
+    quarantined: &mut Vec<PathBuf>,
+) -> io::Result<Option<Sealed>> {
+    let mut bytes = Vec::new();
+    File::open(path)?.read_to_end(&mut bytes)?;
+    let parsed = parse(&bytes, first);
+    if let Some(why) = &parsed.error
+        && parsed.valid_len < bytes.len()
+    {
+        if parsed.valid_len == 0 {
+            quarantined.push(quarantine(dir, path, &why.to_string())?);
+            return Ok(None);
+        }
+        // Keep the cut-off bytes: they may be more than an unacknowledged torn write.
+        let qdir = dir.join(QUARANTINE);
+        fs::create_dir_all(&qdir)?;
+        let tail = qdir.join(format!("{first:020}.tail-at-{}", parsed.valid_len));
+        fs::write(&tail, &bytes[parsed.valid_len..])?;
+        let f = OpenOptions::new().write(true).open(path)?;
+        f.set_len(parsed.valid_len as u64)?;
+        f.sync_all()?;
+        warn!(segment = %path.display(), reason = %why, cut_bytes = bytes.len() - parsed.valid_len,
+            kept_in = %tail.display(), "audit spool: the open segment ended with an invalid tail (a crash mid-write): cut off");
+        quarantined.push(tail);
+    }
+    if parsed.frames.is_empty() {
+        fs::remove_file(path)?;
+        return Ok(None);
+    }
+    let last = first + parsed.frames.len() as u64 - 1;
+    let sealed = sealed_path(dir, first, last);
+    fs::rename(path, &sealed)?;
+    sync_dir(dir)?;
+    Ok(Some(Sealed {
+        bytes: parsed.valid_len as u64,
+        path: sealed,
+        first,
+        last,
+    }))
 }
 
 /// The segment being written.
@@ -320,37 +351,66 @@ pub struct OpenSegment {
     pub path: PathBuf,
     pub first: u64,
     pub events: u64,
+    /// Bytes of acknowledged frames (and the magic).
     pub bytes: u64,
+    /// Past `bytes` the file holds what a failed append left: cut it before anything else.
+    torn: bool,
 }
 
 impl OpenSegment {
+    /// Creates `<first>.open` holding the magic, durably. A file of that name can only be
+    /// what a failed earlier attempt of this writer left (recovery seals every `.open` file at
+    /// start, and no event of it was acknowledged): it is set aside in quarantine, never
+    /// overwritten. A failed create removes what it made.
     pub fn create(dir: &Path, first: u64) -> io::Result<Self> {
         let path = open_path(dir, first);
-        let mut file = OpenOptions::new()
-            .create_new(true)
-            .write(true)
-            .open(&path)?;
-        file.write_all(MAGIC)?;
-        file.sync_all()?;
-        sync_dir(dir)?;
-        Ok(Self {
+        let file = match Self::create_new(&path) {
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                quarantine(
+                    dir,
+                    &path,
+                    "left by a failed write: no event of it was acknowledged",
+                )?;
+                Self::create_new(&path)?
+            }
+            other => other?,
+        };
+        let mut made = Self {
             file,
             path,
             first,
             events: 0,
             bytes: MAGIC.len() as u64,
-        })
+            torn: false,
+        };
+        let durable = write_frames(&mut made.file, MAGIC)
+            .and_then(|()| made.file.sync_all())
+            .and_then(|()| sync_dir(dir));
+        if let Err(e) = durable {
+            let _ = fs::remove_file(&made.path);
+            return Err(e);
+        }
+        Ok(made)
     }
 
-    /// Appends encoded frames and makes them durable. On error the segment is cut back to
-    /// what it held before, so that the same sequence numbers can be used again.
+    fn create_new(path: &Path) -> io::Result<File> {
+        OpenOptions::new().create_new(true).write(true).open(path)
+    }
+
+    /// Appends encoded frames and makes them durable. On error nothing of them counts and the
+    /// file is cut back to its acknowledged frames — now, or before the next append when the
+    /// cut itself failed — so that the same sequence numbers are used again, with no hole.
+    ///
+    /// Writing on after a failed `fdatasync` is safe here: every acknowledged frame was made
+    /// durable by an earlier `fdatasync` that succeeded, and the pages the failed one may have
+    /// dropped are exactly those cut off.
     pub fn append(&mut self, frames: &[u8], count: u64) -> io::Result<()> {
-        let written = self
-            .file
-            .write_all(frames)
-            .and_then(|()| self.file.sync_data());
+        if self.torn {
+            self.restore()?;
+        }
+        let written = write_frames(&mut self.file, frames).and_then(|()| sync(&self.file));
         if let Err(e) = written {
-            let _ = self.file.set_len(self.bytes);
+            let _ = self.restore();
             return Err(e);
         }
         self.bytes += frames.len() as u64;
@@ -358,9 +418,29 @@ impl OpenSegment {
         Ok(())
     }
 
+    /// Cuts the file back to its acknowledged frames, with the write position there too (a
+    /// position left past the cut would write the next frames after a hole of zeros).
+    fn restore(&mut self) -> io::Result<()> {
+        self.torn = true;
+        cut(&self.file, self.bytes)?;
+        self.file.seek(SeekFrom::Start(self.bytes))?;
+        sync(&self.file)?;
+        self.torn = false;
+        Ok(())
+    }
+
+    /// The file ends past its acknowledged frames (a failed append whose cut failed too).
+    pub fn torn(&self) -> bool {
+        self.torn
+    }
+
     /// Renames the segment to `<first>-<last>.seg`: it is complete and may be shipped.
-    /// Only a segment holding events is sealed (an empty one is [`Self::discard`]ed).
-    pub fn seal(self, dir: &Path) -> io::Result<Sealed> {
+    /// Only a segment holding events is sealed (an empty one is [`Self::discard`]ed). A torn one
+    /// is cut first; when that fails it stays open, for the recovery at the next start.
+    pub fn seal(mut self, dir: &Path) -> io::Result<Sealed> {
+        if self.torn {
+            self.restore()?;
+        }
         let last = self.first + self.events.max(1) - 1;
         let path = sealed_path(dir, self.first, last);
         drop(self.file);
@@ -379,6 +459,29 @@ impl OpenSegment {
         drop(self.file);
         fs::remove_file(&self.path)
     }
+}
+
+// The file operations a disk fault can fail, each a fault point for the tests.
+
+fn write_frames(file: &mut File, frames: &[u8]) -> io::Result<()> {
+    crate::fault_point!("audit-spool-write", |_| Err(io::Error::from_raw_os_error(
+        libc::ENOSPC
+    )));
+    file.write_all(frames)
+}
+
+fn sync(file: &File) -> io::Result<()> {
+    crate::fault_point!("audit-spool-sync", |_| Err(io::Error::from_raw_os_error(
+        libc::EIO
+    )));
+    file.sync_data()
+}
+
+fn cut(file: &File, len: u64) -> io::Result<()> {
+    crate::fault_point!("audit-spool-cut", |_| Err(io::Error::from_raw_os_error(
+        libc::EIO
+    )));
+    file.set_len(len)
 }
 
 #[cfg(test)]

@@ -106,3 +106,94 @@ fn an_open_segment_with_nothing_valid_is_quarantined_not_dropped() {
     assert_eq!(fs::read(&r.quarantined[0]).unwrap(), b"garbage!garbage!");
     let _ = fs::remove_dir_all(&dir);
 }
+
+/// Fault points are process-wide: these tests take turns (`FailScenario` holds a lock).
+#[cfg(feature = "failpoints")]
+mod disk_faults {
+    use super::*;
+
+    fn frames_in(path: &Path, first: u64) -> Parsed {
+        parse(&fs::read(path).unwrap(), first)
+    }
+
+    #[test]
+    fn a_failed_fdatasync_acknowledges_nothing_and_the_same_numbers_are_written_again_without_a_hole()
+     {
+        let scenario = fail::FailScenario::setup();
+        let dir = tempdir("fsync");
+        fs::create_dir_all(&dir).unwrap();
+        let mut seg = OpenSegment::create(&dir, 1).unwrap();
+        seg.append(&encoded(1..=2), 2).unwrap();
+        fail::cfg("audit-spool-sync", "1*return").unwrap();
+        let e = seg.append(&encoded(3..=4), 2).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::EIO));
+        assert_eq!(
+            (seg.events, seg.torn()),
+            (2, false),
+            "nothing counted, the file cut back"
+        );
+        seg.append(&encoded(3..=5), 3).unwrap();
+        let back = frames_in(&seg.path, 1);
+        assert_eq!(back.error, None, "no hole, no stale frame");
+        assert_eq!(back.frames, (1..=5).map(frame).collect::<Vec<_>>());
+        drop(scenario);
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn when_cutting_back_fails_too_the_cut_is_done_before_the_next_append_and_before_sealing() {
+        let scenario = fail::FailScenario::setup();
+        let dir = tempdir("cut");
+        fs::create_dir_all(&dir).unwrap();
+        let mut seg = OpenSegment::create(&dir, 1).unwrap();
+        seg.append(&encoded(1..=1), 1).unwrap();
+        fail::cfg("audit-spool-sync", "1*return").unwrap();
+        fail::cfg("audit-spool-cut", "2*return").unwrap();
+        seg.append(&encoded(2..=3), 2).unwrap_err();
+        assert!(seg.torn(), "the failed frames are still in the file");
+        // The next append cuts first; while that fails, nothing is written.
+        seg.append(&encoded(2..=2), 1).unwrap_err();
+        assert_eq!(frames_in(&seg.path, 1).frames.len(), 3, "nothing appended");
+        seg.append(&encoded(2..=2), 1).unwrap();
+        let back = frames_in(&seg.path, 1);
+        assert_eq!((back.frames, back.error), (vec![frame(1), frame(2)], None));
+
+        // A torn segment is cut before it is sealed: what is shipped is exactly its events.
+        fail::cfg("audit-spool-sync", "1*return").unwrap();
+        fail::cfg("audit-spool-cut", "1*return").unwrap();
+        seg.append(&encoded(3..=3), 1).unwrap_err();
+        assert!(seg.torn());
+        let sealed = seg.seal(&dir).unwrap();
+        assert_eq!((sealed.first, sealed.last), (1, 2));
+        let back = frames_in(&sealed.path, 1);
+        assert_eq!((back.frames.len(), back.error), (2, None));
+        drop(scenario);
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_segment_whose_creation_failed_leaves_no_file_that_blocks_the_next_attempt() {
+        let scenario = fail::FailScenario::setup();
+        let dir = tempdir("create");
+        fs::create_dir_all(&dir).unwrap();
+        fail::cfg("audit-spool-write", "1*return").unwrap();
+        let e = OpenSegment::create(&dir, 7).err().unwrap();
+        assert_eq!(e.raw_os_error(), Some(libc::ENOSPC));
+        assert!(
+            !open_path(&dir, 7).exists(),
+            "a failed create removes its file"
+        );
+        assert_eq!(
+            OpenSegment::create(&dir, 7).unwrap().bytes,
+            MAGIC.len() as u64
+        );
+
+        // What an older agent's failed create left is set aside, not overwritten or in the way.
+        fs::write(open_path(&dir, 8), b"NSSP").unwrap();
+        OpenSegment::create(&dir, 8).unwrap();
+        let quarantined: Vec<_> = fs::read_dir(dir.join(QUARANTINE)).unwrap().collect();
+        assert_eq!(quarantined.len(), 1);
+        drop(scenario);
+        let _ = fs::remove_dir_all(&dir);
+    }
+}

@@ -16,9 +16,9 @@ use tracing::{error, warn};
 
 use super::{
     Ack, WriteError,
-    rgw::{AuditStats, SpoolSettings, release},
-    shipper::Backlog,
-    spool::{Frame, OpenSegment},
+    backlog::Backlog,
+    spool::{Frame, OpenSegment, SpoolSettings},
+    stats::AuditStats,
 };
 use crate::{
     clock::now_unix_ms,
@@ -159,7 +159,11 @@ impl Writer {
         group: &[(Arc<OutboundResult>, Ack)],
     ) -> Result<(), WriteError> {
         let s = &self.settings;
-        let fail = |e: std::io::Error| WriteError::io(&s.dir, e);
+        let stats = &self.stats;
+        let fail = |e: std::io::Error| {
+            stats.spool_write_failed(&e);
+            WriteError::io(&s.dir, e)
+        };
         if open.is_none() {
             let seg = OpenSegment::create(&s.dir, self.next).map_err(fail)?;
             self.stats
@@ -185,6 +189,7 @@ impl Writer {
         }
         let n = group.len() as u64;
         seg.append(frames, n).map_err(fail)?;
+        self.stats.spool_write_succeeded();
         self.next += n;
         self.stats.spooled.fetch_add(n, Ordering::Relaxed);
         self.stats
@@ -197,7 +202,7 @@ impl Writer {
         let Some((seg, _)) = open else { return };
         let path = seg.path.clone();
         let sealed = if seg.events == 0 {
-            release(&self.stats, seg.bytes);
+            self.stats.release(seg.bytes);
             seg.discard().map(|()| None)
         } else {
             seg.seal(&self.settings.dir).map(Some)
