@@ -182,3 +182,59 @@ async fn two_agents_split_the_partitions_and_a_killed_ones_move_to_the_other_los
         assert_eq!(n["events"], json!(by_node), "{report}");
     }
 }
+
+/// A DaemonSet with more nodes than the requests topic has partitions: every agent is Ready
+/// (a member standing by is able to work), and the group still processes every message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn four_agents_on_three_partitions_are_all_ready_and_every_message_gets_its_result() {
+    let Some(brokers) = kafka_test("group-four-agents") else {
+        return;
+    };
+    const N: usize = 60;
+    let up = Upstream::start("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let base = format!("http://{}", up.addr);
+    let first = Setup::new("group4-0", brokers, up.addr.port()).await;
+    let nodes: Vec<Setup> = std::iter::once(first.clone())
+        .chain((1..4).map(|i| first.peer(&format!("group4-{i}"))))
+        .collect();
+    let agents: Vec<_> = nodes.iter().map(|s| s.start(&["--no-probe"])).collect();
+    let http = netscope_agent::outbound::client::build(Duration::from_secs(2)).unwrap();
+    let mut held = Vec::new();
+    for (i, s) in nodes.iter().enumerate() {
+        let body = s
+            .wait_ready(&http, 200, &format!("agent {i} ready"), |r| {
+                partitions_assigned(r).is_some()
+            })
+            .await;
+        held.push(partitions_assigned(&body).unwrap());
+    }
+    // Rebalances may still move partitions: wait until the group has settled on all three.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while held.iter().sum::<usize>() != 3 {
+        assert!(Instant::now() < deadline, "partitions held: {held:?}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        held.clear();
+        for s in &nodes {
+            let (status, body) = s.readyz(&http).await;
+            assert_eq!(status, 200, "every member stays ready: {body}");
+            held.push(partitions_assigned(&body).unwrap_or(0));
+        }
+    }
+    assert!(held.contains(&0), "one member stands by: {held:?}");
+
+    let messages: Vec<_> = (0..N)
+        .map(|i| {
+            let id = format!("q{i}");
+            (id.clone(), request(&base, "GET", "/orders/1", None, None))
+        })
+        .collect();
+    first.send(&messages).await;
+    let results = first.results(N);
+    let distinct: BTreeSet<String> = results.iter().map(request_id).collect();
+    assert_eq!(distinct.len(), N, "{}", first.log());
+    for (s, agent) in nodes.iter().zip(agents) {
+        s.stop(agent);
+    }
+}

@@ -126,6 +126,9 @@ impl CounterSource for IngestCounters {
 pub struct KafkaHealth {
     /// Partitions assigned to this member now.
     pub(super) assigned: AtomicUsize,
+    /// The member has joined its group and holds its (possibly empty) assignment: librdkafka's
+    /// group state `up` with join state `steady`, at the last statistics.
+    pub(super) in_group: AtomicBool,
     /// Brokers (not bootstrap entries) in state `UP` at the last statistics.
     pub(super) brokers_up: AtomicUsize,
     /// Brokers known at the last statistics.
@@ -140,19 +143,36 @@ impl KafkaHealth {
         });
         self.brokers_known.store(known, Ordering::Relaxed);
         self.brokers_up.store(up, Ordering::Relaxed);
+        let steady = stats
+            .cgrp
+            .as_ref()
+            .is_some_and(|g| g.state == "up" && g.join_state == "steady");
+        self.in_group.store(steady, Ordering::Relaxed);
     }
 }
 
+/// Ready means able to work: a member of the group with a broker up. Owning a partition is not
+/// required — with more agents than partitions some members stand by, and a DaemonSet rollout
+/// must not wait for them.
 impl HealthCheck for KafkaHealth {
     fn checks(&self) -> Vec<Check> {
         let assigned = self.assigned.load(Ordering::Relaxed);
         let up = self.brokers_up.load(Ordering::Relaxed);
         let known = self.brokers_known.load(Ordering::Relaxed);
+        let in_group = self.in_group.load(Ordering::Relaxed);
+        let group = match (in_group, assigned) {
+            (false, _) => "not (yet) a member of the consumer group".to_owned(),
+            (true, 0) => {
+                "in the consumer group, 0 partitions assigned (standing by: more members than partitions)"
+                    .to_owned()
+            }
+            (true, n) => format!("in the consumer group, {n} partitions assigned"),
+        };
         vec![Check {
             name: "kafka",
-            ok: assigned > 0 && up > 0,
+            ok: in_group && up > 0,
             required: true,
-            detail: format!("{assigned} partitions assigned; {up} of {known} brokers up"),
+            detail: format!("{group}; {up} of {known} brokers up"),
         }]
     }
 }

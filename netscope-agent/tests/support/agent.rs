@@ -289,8 +289,8 @@ pub fn request(
 /// The Kafka partitions a ready agent holds, from its `/readyz` body.
 pub fn partitions_assigned(readyz: &Value) -> Option<usize> {
     readyz["checks"].as_array()?.iter().find_map(|c| {
-        let (n, _) = c["detail"].as_str()?.split_once(" partitions assigned")?;
-        n.parse().ok()
+        let (before, _) = c["detail"].as_str()?.split_once(" partitions assigned")?;
+        before.rsplit(' ').next()?.parse().ok()
     })
 }
 
