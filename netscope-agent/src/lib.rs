@@ -20,3 +20,4 @@ pub mod outbound;
 pub mod pipeline;
 pub mod probe;
 pub mod recent;
+pub mod stall;

@@ -143,6 +143,7 @@ impl Server {
             calls: Some(calls),
             gateway: Some(gateway),
             health: vec![Arc::new(Fixed(ready))],
+            liveness: Vec::new(),
             status: StatusInfo {
                 kernel: "test".into(),
                 programs: vec!["ns_set_state"],

@@ -219,7 +219,14 @@ const ALONE: [&str; 1] = ["kernel"];
 
 /// Test binaries that attach kernel probes: one lane runs them one after the other, so that no
 /// other probe-heavy test doubles their per-event cost meanwhile.
-const PROBE_LANE: [&str; 5] = ["cli", "pipeline", "prometheus", "page", "container"];
+const PROBE_LANE: [&str; 6] = [
+    "cli",
+    "pipeline",
+    "prometheus",
+    "page",
+    "container",
+    "start_order",
+];
 
 /// One test binary as `cargo test --no-run` names it.
 struct TestBinary {

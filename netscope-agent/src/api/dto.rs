@@ -11,6 +11,8 @@ use crate::domain::{
 #[derive(Serialize)]
 pub struct Health {
     pub status: &'static str,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub checks: Vec<Check>,
 }
 
 #[derive(Serialize)]

@@ -60,7 +60,10 @@ pub struct ApiState {
     pub flows: Option<Arc<dyn FlowQuery>>,
     pub calls: Option<Arc<dyn CallQuery>>,
     pub gateway: Option<Arc<dyn OutboundGateway>>,
+    /// `/readyz`: able to do its work.
     pub health: Vec<Arc<dyn HealthCheck>>,
+    /// `/healthz`: not wedged (the process answering is the rest).
+    pub liveness: Vec<Arc<dyn HealthCheck>>,
     pub status: StatusInfo,
     pub live: Arc<LiveHub>,
     pub limiter: ClientLimiter,

@@ -23,9 +23,26 @@ use crate::domain::{CallFilter, FlowCursor, FlowFilter, FlowOutcomeFilter, outco
 pub const MAX_FLOWS: usize = 1000;
 pub const MAX_CALLS: usize = 1000;
 
-pub async fn healthz(RawQuery(q): RawQuery) -> Result<Json<Health>, ApiError> {
+/// Alive: the process answers and no liveness check fails (a wedged pipeline is 503, for the
+/// kubelet to restart it).
+pub async fn healthz(
+    State(state): State<Arc<ApiState>>,
+    RawQuery(q): RawQuery,
+) -> Result<Response, ApiError> {
     Params::parse(q.as_deref(), &[])?;
-    Ok(Json(Health { status: "ok" }))
+    let checks: Vec<_> = state.liveness.iter().flat_map(|h| h.checks()).collect();
+    if checks.iter().all(|c| c.ok) {
+        return Ok(Json(Health {
+            status: "ok",
+            checks,
+        })
+        .into_response());
+    }
+    let body = Json(Health {
+        status: "stalled",
+        checks,
+    });
+    Ok((StatusCode::SERVICE_UNAVAILABLE, body).into_response())
 }
 
 pub async fn readyz(

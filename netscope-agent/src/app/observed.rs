@@ -23,6 +23,8 @@ pub(super) struct Observed {
     metrics: MetricsBuilder,
     recorder: Arc<Recorder>,
     pub(super) health: Vec<Arc<dyn HealthCheck>>,
+    /// What `/healthz` checks besides the process answering.
+    pub(super) liveness: Vec<Arc<dyn HealthCheck>>,
 }
 
 impl Observed {
@@ -34,6 +36,7 @@ impl Observed {
             metrics,
             recorder,
             health: Vec::new(),
+            liveness: Vec::new(),
         }
     }
 
@@ -80,6 +83,7 @@ impl Observed {
             calls: Some(calls),
             gateway: Some(gateway),
             health: self.health,
+            liveness: self.liveness,
             live,
             programs,
             kernel_support,

@@ -163,6 +163,7 @@ impl ViewParts<'_> {
             calls: None,
             gateway: None,
             health: vec![Arc::new(health) as Arc<dyn HealthCheck>],
+            liveness: Vec::new(),
             live,
             programs: self.probe.attached(),
             kernel_support: Some(self.probe.report()),

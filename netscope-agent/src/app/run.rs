@@ -5,7 +5,7 @@
 
 use std::{
     io::Write as _,
-    sync::{Arc, atomic::Ordering},
+    sync::{Arc, PoisonError, atomic::Ordering},
     time::Duration,
 };
 
@@ -36,6 +36,7 @@ use crate::{
     outbound::HttpGateway,
     pipeline::{Executor, PipelineCounters},
     probe::{Probe, ProbeHealth, ProbeOptions, correlate::Correlator, ring},
+    stall::{Progress, StallWatch},
 };
 
 /// The demo upstream's address (the only target of the local default).
@@ -64,6 +65,9 @@ pub struct RunSummary {
 /// both build it this way.
 pub struct Pipeline {
     ingest: KafkaIngest,
+    /// The topics to create before consuming (`--create-topics`), with their partitions.
+    topics: Option<[(String, i32); 3]>,
+    brokers: String,
     executor: Arc<Executor>,
     bus: BroadcastBus,
     probe_task: Option<ProbeTask>,
@@ -86,9 +90,6 @@ impl Pipeline {
             Some(ps) => Some(attach_probe(ps, &bus, seen.recorder(), stop.clone())?),
             None => None,
         };
-        if s.create_topics {
-            ensure_topics(s).await?;
-        }
         let gateway: Arc<dyn OutboundGateway> = Arc::new(HttpGateway::new(
             s.policies.clone(),
             s.default_policy.clone(),
@@ -118,9 +119,20 @@ impl Pipeline {
             seen.source(rgw.stats());
             seen.health.push(rgw.stats());
         }
+        let stall = Arc::new(stall_watch(s, &ingest, &counters, seen.health.clone()));
+        seen.health.push(Arc::clone(&stall) as Arc<dyn HealthCheck>);
+        seen.liveness.push(stall);
         let (probe_task, view) = seen.view(s, &bus, gateway, probe, stop);
         Ok(Self {
             ingest,
+            topics: s.create_topics.then(|| {
+                [
+                    (s.requests_topic.clone(), 3),
+                    (s.results_topic.clone(), 3),
+                    (s.dlq_topic.clone(), 1),
+                ]
+            }),
+            brokers: s.brokers.clone(),
             executor,
             bus,
             probe_task,
@@ -146,8 +158,15 @@ impl Pipeline {
         Arc::clone(&self.counters)
     }
 
-    /// Runs until `stop` turns true: stops consuming, lets calls in flight finish, commits.
+    /// Runs until `stop` turns true: sets up the topics (retried until the broker answers),
+    /// then consumes; at the end stops consuming, lets calls in flight finish, commits.
     pub async fn run(self, stop: watch::Receiver<bool>) -> Result<RunSummary, AppError> {
+        if let Some(topics) = &self.topics {
+            let topics: Vec<(&str, i32)> = topics.iter().map(|(t, p)| (t.as_str(), *p)).collect();
+            let health = self.ingest.health();
+            // A clone: a stop seen while waiting must still stop ingest below.
+            topics::ensure_with_retry(&self.brokers, &topics, &health, &mut stop.clone()).await;
+        }
         let (jobs_tx, jobs_rx) = self.jobs;
         let execution = tokio::spawn(Arc::clone(&self.executor).run(jobs_rx, stop.clone()));
         self.ingest.run(jobs_tx, stop).await?;
@@ -180,14 +199,26 @@ impl Pipeline {
     }
 }
 
-/// The requests, results and dead-letter topics, created when missing.
-async fn ensure_topics(s: &RunSettings) -> Result<(), AppError> {
-    let topics = [
-        (s.requests_topic.as_str(), 3),
-        (s.results_topic.as_str(), 3),
-        (s.dlq_topic.as_str(), 1),
-    ];
-    Ok(topics::ensure(&s.brokers, &topics).await?)
+/// Liveness: records pending (handed out by ingest, not finished) against records finished
+/// (results delivered and dead letters), excused by what readiness reports.
+fn stall_watch(
+    s: &RunSettings,
+    ingest: &KafkaIngest,
+    counters: &Arc<PipelineCounters>,
+    readiness: Vec<Arc<dyn HealthCheck>>,
+) -> StallWatch {
+    let tracker = ingest.tracker();
+    let (finished, dead) = (Arc::clone(counters), ingest.counters());
+    let progress = Progress {
+        pending: Box::new(move || {
+            let t = tracker.lock().unwrap_or_else(PoisonError::into_inner);
+            t.in_flight() as u64
+        }),
+        done: Box::new(move || {
+            finished.finished.load(Ordering::Relaxed) + dead.dead_lettered.load(Ordering::Relaxed)
+        }),
+    };
+    StallWatch::new(s.stall, progress, readiness)
 }
 
 /// The consumer (joining the group) and the dead-letter producer.

@@ -24,6 +24,7 @@ pub struct View {
     pub calls: Option<Arc<dyn CallQuery>>,
     pub gateway: Option<Arc<dyn OutboundGateway>>,
     pub health: Vec<Arc<dyn HealthCheck>>,
+    pub liveness: Vec<Arc<dyn HealthCheck>>,
     pub live: Arc<LiveHub>,
     pub programs: Vec<&'static str>,
     pub kernel_support: Option<CheckReport>,
@@ -58,6 +59,7 @@ pub async fn start(
         calls: view.calls,
         gateway: view.gateway,
         health: view.health,
+        liveness: view.liveness,
         status: StatusInfo {
             kernel: crate::probe::check::kernel_release(),
             programs: view.programs,

@@ -60,6 +60,10 @@ pub struct RunArgs {
     /// Calls in flight across all targets at most (global bulkhead).
     #[arg(long, env = "NETSCOPE_MAX_IN_FLIGHT", default_value_t = 256)]
     pub max_in_flight: usize,
+    /// Liveness (`/healthz`) fails when records are pending and none has finished for this
+    /// long, unless `/readyz` names an outage that explains it.
+    #[arg(long, env = "NETSCOPE_STALL_SECS", default_value_t = 300)]
+    pub stall_secs: u64,
     /// Also serve the programmable demo upstream on 127.0.0.1:18080.
     #[arg(long)]
     pub demo_upstream: bool,
@@ -86,6 +90,8 @@ pub struct RunSettings {
     pub queue: usize,
     pub workers: usize,
     pub max_in_flight: usize,
+    /// No progress with work pending for this long is a wedged pipeline (`/healthz`).
+    pub stall: std::time::Duration,
     pub demo_upstream: bool,
     pub probe: Option<ProbeSettings>,
     pub api: super::ApiSettings,
@@ -140,6 +146,7 @@ impl RunArgs {
             queue: self.queue,
             workers: self.workers,
             max_in_flight: self.max_in_flight,
+            stall: std::time::Duration::from_secs(self.stall_secs),
             demo_upstream: self.demo_upstream,
             probe,
             api,
@@ -185,6 +192,9 @@ impl RunArgs {
             if !(1..=max).contains(&v) {
                 errors.push(format!("{name} {v} must be 1..={max}"));
             }
+        }
+        if !(10..=86_400).contains(&self.stall_secs) {
+            errors.push(format!("stall-secs {} must be 10..=86400", self.stall_secs));
         }
     }
 

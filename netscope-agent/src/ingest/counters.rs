@@ -129,6 +129,8 @@ pub struct KafkaHealth {
     /// The member has joined its group and holds its (possibly empty) assignment: librdkafka's
     /// group state `up` with join state `steady`, at the last statistics.
     pub(super) in_group: AtomicBool,
+    /// Why the topics are not set up yet (`--create-topics`), while that is retried.
+    topics: std::sync::Mutex<Option<String>>,
     /// Brokers (not bootstrap entries) in state `UP` at the last statistics.
     pub(super) brokers_up: AtomicUsize,
     /// Brokers known at the last statistics.
@@ -136,6 +138,14 @@ pub struct KafkaHealth {
 }
 
 impl KafkaHealth {
+    /// The topics are set up (`None`), or not yet, and why.
+    pub(super) fn topics_set_up(&self, pending: Option<String>) {
+        *self
+            .topics
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = pending;
+    }
+
     pub(super) fn statistics(&self, stats: &rdkafka::Statistics) {
         let brokers = stats.brokers.values().filter(|b| b.nodeid >= 0);
         let (known, up) = brokers.fold((0, 0), |(k, u), b| {
@@ -168,11 +178,22 @@ impl HealthCheck for KafkaHealth {
             }
             (true, n) => format!("in the consumer group, {n} partitions assigned"),
         };
+        let topics = self
+            .topics
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        let detail = match &topics {
+            Some(why) => {
+                format!("topics not set up yet ({why}); {group}; {up} of {known} brokers up")
+            }
+            None => format!("{group}; {up} of {known} brokers up"),
+        };
         vec![Check {
             name: "kafka",
-            ok: in_group && up > 0,
+            ok: in_group && up > 0 && topics.is_none(),
             required: true,
-            detail: format!("{group}; {up} of {known} brokers up"),
+            detail,
         }]
     }
 }

@@ -10,6 +10,11 @@ use rdkafka::{
     error::KafkaError,
     types::RDKafkaErrorCode,
 };
+use tokio::sync::watch;
+use tracing::warn;
+
+use super::counters::KafkaHealth;
+use crate::backoff::Backoff;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TopicError {
@@ -36,7 +41,9 @@ pub async fn ensure(brokers: &str, topics: &[(&str, i32)]) -> Result<(), TopicEr
         .iter()
         .map(|(name, partitions)| NewTopic::new(name, *partitions, TopicReplication::Fixed(1)))
         .collect();
-    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    let opts = AdminOptions::new()
+        .operation_timeout(Some(Duration::from_secs(10)))
+        .request_timeout(Some(Duration::from_secs(10)));
     for result in admin.create_topics(&new, &opts).await.map_err(client_err)? {
         match result {
             Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
@@ -44,4 +51,34 @@ pub async fn ensure(brokers: &str, topics: &[(&str, i32)]) -> Result<(), TopicEr
         }
     }
     Ok(())
+}
+
+/// [`ensure`], retried with backoff until it succeeds (or `stop`: `false`). Meanwhile the agent
+/// is up — server, probe — and `/readyz` says what it waits for: a broker that is down when the
+/// node starts is an outage to wait out, not a reason to crash-loop.
+pub async fn ensure_with_retry(
+    brokers: &str,
+    topics: &[(&str, i32)],
+    health: &KafkaHealth,
+    stop: &mut watch::Receiver<bool>,
+) -> bool {
+    let mut backoff = Backoff::redelivery();
+    health.topics_set_up(Some("creating them".to_owned()));
+    while !*stop.borrow() {
+        match ensure(brokers, topics).await {
+            Ok(()) => {
+                health.topics_set_up(None);
+                return true;
+            }
+            Err(e) => {
+                warn!(error = %e, "setting up the topics failed; retrying");
+                health.topics_set_up(Some(e.to_string()));
+            }
+        }
+        tokio::select! {
+            _ = stop.changed() => return false,
+            () = tokio::time::sleep(backoff.next_delay().max(Duration::from_millis(500))) => {}
+        }
+    }
+    false
 }

@@ -87,8 +87,28 @@ impl Setup {
         self.start_as(extra, None)
     }
 
+    /// The agent as root in group `gid` (so that nftables can single out its sockets by
+    /// `meta skgid` while it keeps root's privileges for its probe).
+    pub fn start_in_group(&self, extra: &[&str], gid: u32) -> Child {
+        use std::os::unix::process::CommandExt as _;
+        let mut cmd = self.command(extra);
+        cmd.gid(gid);
+        cmd.spawn().unwrap()
+    }
+
     /// The agent as `uid` (its files in a directory that uid may write).
     pub fn start_as(&self, extra: &[&str], uid: Option<u32>) -> Child {
+        let mut cmd = self.command(extra);
+        if let Some(uid) = uid {
+            use std::os::unix::{fs::PermissionsExt as _, process::CommandExt as _};
+            std::fs::set_permissions(&self.dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+            cmd.uid(uid).gid(uid);
+        }
+        cmd.spawn().unwrap()
+    }
+
+    /// `netscope-agent run` on this setup's topics and config, with `extra` arguments.
+    fn command(&self, extra: &[&str]) -> Command {
         let mut args = vec![
             "run",
             "--brokers",
@@ -101,29 +121,24 @@ impl Setup {
             &self.results,
             "--dlq-topic",
             &self.dlq,
-            "--create-topics",
-            "false",
         ];
+        if !extra.contains(&"--create-topics") {
+            args.extend(["--create-topics", "false"]);
+        }
         if !extra.contains(&"--listen") {
             args.extend(["--listen", "127.0.0.1:0"]);
         }
         args.extend_from_slice(extra);
         let audit = self.dir.join("audit.ndjson");
         let mut cmd = Command::new(BIN);
-        if let Some(uid) = uid {
-            use std::os::unix::{fs::PermissionsExt as _, process::CommandExt as _};
-            std::fs::set_permissions(&self.dir, std::fs::Permissions::from_mode(0o777)).unwrap();
-            cmd.uid(uid).gid(uid);
-        }
         cmd.args(&args)
             .arg("--config")
             .arg(&self.config)
             .arg("--audit-file")
             .arg(&audit)
             .stdout(Stdio::null())
-            .stderr(std::fs::File::create(self.dir.join("agent.log")).unwrap())
-            .spawn()
-            .unwrap()
+            .stderr(std::fs::File::create(self.dir.join("agent.log")).unwrap());
+        cmd
     }
 
     pub fn stop(&self, mut agent: Child) {

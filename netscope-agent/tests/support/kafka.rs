@@ -315,12 +315,23 @@ pub struct BrokerCut {
 
 impl BrokerCut {
     pub fn new(uid: u32, port: u16) -> Self {
-        let table = format!("netscope_cut_{}", std::process::id());
+        Self::matching(&format!("meta skuid {uid}"), port)
+    }
+
+    /// For the sockets of one group id (a root agent run in that group).
+    pub fn of_group(gid: u32, port: u16) -> Self {
+        Self::matching(&format!("meta skgid {gid}"), port)
+    }
+
+    fn matching(sockets: &str, port: u16) -> Self {
+        static SEQ: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let table = format!("netscope_cut_{}_{n}", std::process::id());
         super::nft_with(
             &[],
             &format!(
                 "table inet {table} {{\n chain out {{\n type filter hook output priority 0;\n \
-             meta skuid {uid} tcp dport {port} reject with tcp reset\n }}\n}}\n"
+             {sockets} tcp dport {port} reject with tcp reset\n }}\n}}\n"
             ),
         );
         Self { table }
