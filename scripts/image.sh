@@ -16,7 +16,10 @@ ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 CACHE="${NETSCOPE_CACHE:-${HOME}/.cache/netscope}/containers"
 # Debian 12 minbase plus ca-certificates (the S3 client and https targets need a trust store).
 BASE="localhost/netscope-base:bookworm"
-IMAGE="localhost/netscope-agent:latest"
+# Tagged with the workspace's version: deploy/daemonset.yaml names that tag (tests/manifest.rs
+# holds the two together), never `:latest`.
+VERSION="$(sed -n 's/^version = "\(.*\)"$/\1/p' "${ROOT}/Cargo.toml" | head -n 1)"
+IMAGE="localhost/netscope-agent:${VERSION}"
 
 say() { printf 'image: %s\n' "$*" >&2; }
 

@@ -112,6 +112,17 @@ if [ "$(id -u)" -eq 0 ]; then
     mount -t bpf bpf /sys/fs/bpf
   fi
 fi
+# --- kubernetes-validate: the Kubernetes OpenAPI schemas, offline (tests/manifest.rs) -------------
+KUBE_VALIDATE_VERSION="1.37.0"
+kv="${HOME}/.cache/netscope/kube-validate"
+if "${kv}/bin/kubernetes-validate" --version 2>/dev/null | grep -q "${KUBE_VALIDATE_VERSION}"; then
+  say "kubernetes-validate ${KUBE_VALIDATE_VERSION}: present"
+else
+  say "kubernetes-validate ${KUBE_VALIDATE_VERSION}: installing into ${kv} (PyPI)"
+  python3 -m venv "${kv}"
+  "${kv}/bin/pip" install -q "kubernetes-validate==${KUBE_VALIDATE_VERSION}"
+fi
+
 # --- Kafka (jars cached; started by xtask test / scripts/kafka.sh start) ----------------------------
 if ! command -v java >/dev/null 2>&1 || ! command -v mvn >/dev/null 2>&1; then
   if [ "$(id -u)" -eq 0 ]; then

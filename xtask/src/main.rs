@@ -29,7 +29,7 @@ tasks:
   kafka start|stop|status  the local Kafka broker (scripts/kafka.sh)
   ceph start|stop|status|rgw-stop|rgw-start  the local Ceph RGW (scripts/ceph.sh)
   image                 build (release) the agent's container image with podman
-                        (localhost/netscope-agent:latest; scripts/image.sh, no registry)
+                        (localhost/netscope-agent:VERSION; scripts/image.sh, no registry)
   soak [--messages N] [--minutes M]  two agents in one group under scheduled faults (upstream
                         5xx/resets/slow/refused, broker restart, RGW outage, SIGKILLs, a node
                         joining and leaving), then a reconciliation table and
@@ -350,6 +350,7 @@ fn run_tests(require_kernel: &str) -> Result<(), String> {
         ("NETSCOPE_REQUIRE_CEPH_TESTS", "1"),
         ("NETSCOPE_REQUIRE_PROMETHEUS_TESTS", "1"),
         ("NETSCOPE_REQUIRE_BROWSER_TESTS", "1"),
+        ("NETSCOPE_REQUIRE_SCHEMA_TESTS", "1"),
         ("NETSCOPE_REQUIRE_CONTAINER_TESTS", require_kernel),
         ("RUST_BACKTRACE", "1"),
     ];

@@ -67,6 +67,7 @@ pub struct Pipeline {
     ingest: KafkaIngest,
     /// The topics to create before consuming (`--create-topics`), with their partitions.
     topics: Option<[(String, i32); 3]>,
+    replicas: i32,
     brokers: String,
     executor: Arc<Executor>,
     bus: BroadcastBus,
@@ -132,6 +133,7 @@ impl Pipeline {
                     (s.dlq_topic.clone(), 1),
                 ]
             }),
+            replicas: s.topic_replication_factor,
             brokers: s.brokers.clone(),
             executor,
             bus,
@@ -165,7 +167,14 @@ impl Pipeline {
             let topics: Vec<(&str, i32)> = topics.iter().map(|(t, p)| (t.as_str(), *p)).collect();
             let health = self.ingest.health();
             // A clone: a stop seen while waiting must still stop ingest below.
-            topics::ensure_with_retry(&self.brokers, &topics, &health, &mut stop.clone()).await;
+            topics::ensure_with_retry(
+                &self.brokers,
+                &topics,
+                self.replicas,
+                &health,
+                &mut stop.clone(),
+            )
+            .await;
         }
         let (jobs_tx, jobs_rx) = self.jobs;
         let execution = tokio::spawn(Arc::clone(&self.executor).run(jobs_rx, stop.clone()));

@@ -36,6 +36,19 @@ pub struct S3Args {
         default_value = LOCAL_ACCESS_KEY
     )]
     pub access_key: String,
+    /// A file holding the access key (a mounted Secret), instead of `--audit-s3-access-key`.
+    #[arg(
+        long = "audit-s3-access-key-file",
+        env = "NETSCOPE_AUDIT_S3_ACCESS_KEY_FILE"
+    )]
+    pub access_key_file: Option<PathBuf>,
+    /// A file holding the secret key (a mounted Secret), instead of
+    /// NETSCOPE_AUDIT_S3_SECRET_KEY.
+    #[arg(
+        long = "audit-s3-secret-key-file",
+        env = "NETSCOPE_AUDIT_S3_SECRET_KEY_FILE"
+    )]
+    pub secret_key_file: Option<PathBuf>,
     /// The zonegroup that signs requests (`default` on a stock Ceph).
     #[arg(
         long = "audit-s3-region",
@@ -150,7 +163,12 @@ impl S3Args {
                 self.bucket
             ));
         }
-        if self.access_key.is_empty() {
+        let access_key = match &self.access_key_file {
+            Some(path) => key_file("audit-s3-access-key-file", path, errors),
+            None => Some(self.access_key.clone()),
+        }
+        .unwrap_or_default();
+        if access_key.is_empty() {
             errors.push("audit-s3-access-key is empty".to_owned());
         }
         if self.region.is_empty() {
@@ -159,13 +177,20 @@ impl S3Args {
         if let Some(e) = trust_store_problem() {
             errors.push(e);
         }
-        let secret = match std::env::var(SECRET_ENV) {
-            Ok(s) if !s.is_empty() => Some(s),
-            _ if self.access_key == LOCAL_ACCESS_KEY => Some(LOCAL_SECRET_KEY.to_owned()),
-            _ => {
+        let from_env = std::env::var(SECRET_ENV).ok().filter(|s| !s.is_empty());
+        let secret = match (&self.secret_key_file, from_env) {
+            (Some(_), Some(_)) => {
                 errors.push(format!(
-                    "{SECRET_ENV} is not set: the secret of access key `{}` is read from it",
-                    self.access_key
+                    "both {SECRET_ENV} and audit-s3-secret-key-file are set: set one"
+                ));
+                None
+            }
+            (Some(path), None) => key_file("audit-s3-secret-key-file", path, errors),
+            (None, Some(s)) => Some(s),
+            (None, None) if access_key == LOCAL_ACCESS_KEY => Some(LOCAL_SECRET_KEY.to_owned()),
+            (None, None) => {
+                errors.push(format!(
+                    "{SECRET_ENV} is not set, nor audit-s3-secret-key-file: the secret of access key `{access_key}` is read from one of them"
                 ));
                 None
             }
@@ -173,10 +198,26 @@ impl S3Args {
         (errors.len() == before).then(|| S3Settings {
             endpoint: self.endpoint.trim_end_matches('/').to_owned(),
             bucket: self.bucket.clone(),
-            access_key: self.access_key.clone(),
+            access_key,
             secret_key: secret.unwrap_or_default(),
             region: self.region.clone(),
         })
+    }
+}
+
+/// A key read from a file (a mounted Secret): its content without the trailing newline. An
+/// error names the file, never what it holds.
+fn key_file(what: &str, path: &std::path::Path, errors: &mut Vec<String>) -> Option<String> {
+    match std::fs::read_to_string(path) {
+        Ok(s) if !s.trim().is_empty() => Some(s.trim_end_matches(['\n', '\r']).to_owned()),
+        Ok(_) => {
+            errors.push(format!("{what} {}: empty", path.display()));
+            None
+        }
+        Err(e) => {
+            errors.push(format!("{what} {}: {e}", path.display()));
+            None
+        }
     }
 }
 
@@ -294,5 +335,47 @@ mod tests {
             assert!(joined.contains(needle), "{needle} missing from:\n{joined}");
         }
         assert_eq!(errors.len(), 7, "{joined}");
+    }
+
+    #[test]
+    fn keys_come_from_mounted_files_and_a_bad_file_is_named_without_its_content() {
+        let dir = std::env::temp_dir().join(format!("ns-keys-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (access, secret) = (dir.join("access-key"), dir.join("secret-key"));
+        std::fs::write(&access, "AKIA-FILE\n").unwrap();
+        std::fs::write(&secret, "s3cr3t-from-file\n").unwrap();
+        let argv = |a: &std::path::Path, s: &std::path::Path| {
+            [
+                "--audit-sink".to_owned(),
+                "rgw".to_owned(),
+                "--audit-s3-access-key-file".to_owned(),
+                a.display().to_string(),
+                "--audit-s3-secret-key-file".to_owned(),
+                s.display().to_string(),
+            ]
+        };
+        let args = argv(&access, &secret);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let Ok(AuditSettings::Rgw(s)) = validate(&args) else {
+            panic!("rgw settings expected");
+        };
+        assert_eq!(
+            (s.s3.access_key.as_str(), s.s3.secret_key.as_str()),
+            ("AKIA-FILE", "s3cr3t-from-file")
+        );
+        std::fs::write(&secret, "").unwrap();
+        let args = argv(&dir.join("missing"), &secret);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let errors = validate(&args).unwrap_err().join("\n");
+        assert!(
+            errors.contains("audit-s3-access-key-file") && errors.contains("missing"),
+            "{errors}"
+        );
+        assert!(
+            errors.contains("audit-s3-secret-key-file") && errors.contains("empty"),
+            "{errors}"
+        );
+        assert!(!errors.contains("AKIA-FILE"), "{errors}");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

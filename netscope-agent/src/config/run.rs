@@ -46,6 +46,10 @@ pub struct RunArgs {
     /// Create the three topics if they do not exist.
     #[arg(long, env = "NETSCOPE_CREATE_TOPICS", default_value_t = true, action = clap::ArgAction::Set)]
     pub create_topics: bool,
+    /// Replicas of each topic the agent creates (`--create-topics`): a production cluster
+    /// wants 3; the local broker has one.
+    #[arg(long, env = "NETSCOPE_TOPIC_REPLICATION_FACTOR", default_value_t = 1)]
+    pub topic_replication_factor: i32,
     /// This agent's name in audit events (default: the host name).
     #[arg(long, env = "NETSCOPE_NODE")]
     pub node: Option<String>,
@@ -85,6 +89,7 @@ pub struct RunSettings {
     pub results_topic: String,
     pub dlq_topic: String,
     pub create_topics: bool,
+    pub topic_replication_factor: i32,
     pub audit: AuditSettings,
     pub node: String,
     pub queue: usize,
@@ -141,6 +146,7 @@ impl RunArgs {
             results_topic: self.results_topic.clone(),
             dlq_topic: self.dlq_topic.clone(),
             create_topics: self.create_topics,
+            topic_replication_factor: self.topic_replication_factor,
             audit,
             node,
             queue: self.queue,
@@ -192,6 +198,12 @@ impl RunArgs {
             if !(1..=max).contains(&v) {
                 errors.push(format!("{name} {v} must be 1..={max}"));
             }
+        }
+        if !(1..=16).contains(&self.topic_replication_factor) {
+            errors.push(format!(
+                "topic-replication-factor {} must be 1..=16",
+                self.topic_replication_factor
+            ));
         }
         if !(10..=86_400).contains(&self.stall_secs) {
             errors.push(format!("stall-secs {} must be 10..=86400", self.stall_secs));

@@ -1,5 +1,6 @@
 //! Creating the pipeline's topics when they do not exist (`run --create-topics`, the default for
-//! local runs): one replica each, as a single local broker has.
+//! local runs), with `--topic-replication-factor` replicas each (1, as a single local broker
+//! has, by default; a DaemonSet leaves topic creation to the cluster's operator).
 
 use std::time::Duration;
 
@@ -27,8 +28,13 @@ pub enum TopicError {
     },
 }
 
-/// Creates each `(topic, partitions)` that does not exist yet; one that exists is fine.
-pub async fn ensure(brokers: &str, topics: &[(&str, i32)]) -> Result<(), TopicError> {
+/// Creates each `(topic, partitions)` that does not exist yet, with `replicas` replicas; one
+/// that exists is fine.
+pub async fn ensure(
+    brokers: &str,
+    topics: &[(&str, i32)],
+    replicas: i32,
+) -> Result<(), TopicError> {
     let client_err = |source| TopicError::Client {
         brokers: brokers.to_owned(),
         source,
@@ -39,7 +45,9 @@ pub async fn ensure(brokers: &str, topics: &[(&str, i32)]) -> Result<(), TopicEr
         .map_err(client_err)?;
     let new: Vec<NewTopic<'_>> = topics
         .iter()
-        .map(|(name, partitions)| NewTopic::new(name, *partitions, TopicReplication::Fixed(1)))
+        .map(|(name, partitions)| {
+            NewTopic::new(name, *partitions, TopicReplication::Fixed(replicas))
+        })
         .collect();
     let opts = AdminOptions::new()
         .operation_timeout(Some(Duration::from_secs(10)))
@@ -59,13 +67,14 @@ pub async fn ensure(brokers: &str, topics: &[(&str, i32)]) -> Result<(), TopicEr
 pub async fn ensure_with_retry(
     brokers: &str,
     topics: &[(&str, i32)],
+    replicas: i32,
     health: &KafkaHealth,
     stop: &mut watch::Receiver<bool>,
 ) -> bool {
     let mut backoff = Backoff::redelivery();
     health.topics_set_up(Some("creating them".to_owned()));
     while !*stop.borrow() {
-        match ensure(brokers, topics).await {
+        match ensure(brokers, topics, replicas).await {
             Ok(()) => {
                 health.topics_set_up(None);
                 return true;

@@ -12,7 +12,7 @@ use std::{
 
 use k8s_openapi::api::{
     apps::v1::DaemonSet,
-    core::v1::{ConfigMap, Container, PodSpec, Volume, VolumeMount},
+    core::v1::{ConfigMap, Container, Namespace, PodSpec, ServiceAccount, Volume, VolumeMount},
 };
 use serde::{Deserialize as _, de::DeserializeOwned};
 
@@ -21,6 +21,8 @@ pub const PATH: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/daemonset
 pub const SECCOMP_ROOT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/seccomp");
 
 pub struct Manifest {
+    pub namespace: Namespace,
+    pub service_account: ServiceAccount,
     pub config: ConfigMap,
     pub daemonset: DaemonSet,
 }
@@ -62,16 +64,21 @@ fn first_difference(
 impl Manifest {
     pub fn load() -> Self {
         let text = std::fs::read_to_string(PATH).unwrap();
-        let (mut config, mut daemonset) = (None, None);
+        let (mut namespace, mut service_account, mut config, mut daemonset) =
+            (None, None, None, None);
         for doc in serde_yaml::Deserializer::from_str(&text) {
             let doc = serde_yaml::Value::deserialize(doc).unwrap();
             match doc["kind"].as_str() {
+                Some("Namespace") => namespace = Some(strict(&doc, "Namespace")),
+                Some("ServiceAccount") => service_account = Some(strict(&doc, "ServiceAccount")),
                 Some("ConfigMap") => config = Some(strict(&doc, "ConfigMap")),
                 Some("DaemonSet") => daemonset = Some(strict(&doc, "DaemonSet")),
                 other => panic!("{PATH}: unexpected document kind {other:?}"),
             }
         }
         Self {
+            namespace: namespace.expect("a Namespace"),
+            service_account: service_account.expect("a ServiceAccount"),
             config: config.expect("a ConfigMap"),
             daemonset: daemonset.expect("a DaemonSet"),
         }

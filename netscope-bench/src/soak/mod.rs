@@ -311,6 +311,7 @@ impl Ground {
                 (&names.results, kafka::RESULT_PARTITIONS),
                 (&names.dlq, 1),
             ],
+            1,
         ))
         .map_err(|e| e.to_string())?;
         let targets = rt.block_on(Targets::start())?;
