@@ -33,3 +33,15 @@ pub fn from_env() -> Option<Box<dyn std::any::Any>> {
         None
     }
 }
+
+/// Ends the process at once — as an OOM kill or a crash in a dependency would — when the point
+/// `name` is armed with the payload `what` (`FAILPOINTS='name=return(what)'`).
+pub fn abort_if(name: &str, what: &str) {
+    #[cfg(feature = "failpoints")]
+    if fail::eval(name, |payload| payload.as_deref() == Some(what)) == Some(true) {
+        eprintln!("fault point {name}: aborting on {what}");
+        std::process::abort();
+    }
+    #[cfg(not(feature = "failpoints"))]
+    let _ = (name, what);
+}

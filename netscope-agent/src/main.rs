@@ -103,6 +103,8 @@ fn main() -> ExitCode {
     }
     let cli = Cli::parse();
     observability::init();
+    // Test builds only (feature `failpoints`): the fault points FAILPOINTS arms.
+    let _faults = netscope_agent::faults::from_env();
     let rt = match runtime(matches!(cli.command, Command::Probe(_))) {
         Ok(rt) => rt,
         Err(e) => return fail(&e, 1),

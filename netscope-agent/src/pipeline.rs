@@ -102,6 +102,8 @@ impl Executor {
         mut shutdown: watch::Receiver<bool>,
     ) {
         let slots = Arc::new(Semaphore::new(self.workers.max(1)));
+        // Records the agent died with run one at a time (see `ingest::inflight`).
+        let suspects = Arc::new(tokio::sync::Mutex::new(()));
         let deliveries = Arc::new(Semaphore::new(4 * self.workers.max(1)));
         let mut running = JoinSet::new();
         loop {
@@ -124,6 +126,7 @@ impl Executor {
             let me = Arc::clone(&self);
             let stop = shutdown.clone();
             let deliveries = Arc::clone(&deliveries);
+            let suspects = Arc::clone(&suspects);
             // One span per call, from execution to delivery: every log line of the call
             // carries its trace and request ids.
             let ctx = &job.call.ctx;
@@ -131,6 +134,10 @@ impl Executor {
                 target = %ctx.target, route = %ctx.route);
             running.spawn(
                 async move {
+                    let alone = match job.suspect {
+                        true => Some(suspects.lock().await),
+                        false => None,
+                    };
                     let result = me.execute(&job).await;
                     // The worker slot is given back only once the result has a place in the
                     // delivery stage: when sinks stall, workers stop taking jobs, the queue
@@ -140,6 +147,8 @@ impl Executor {
                     };
                     drop(permit);
                     me.deliver(job, result, stop).await;
+                    // A suspect runs alone through its delivery too: a death there may be its.
+                    drop(alone);
                 }
                 .instrument(span),
             );
@@ -160,6 +169,8 @@ impl Executor {
 
     /// Runs the call.
     async fn execute(&self, job: &Job) -> Arc<OutboundResult> {
+        self.source.executing(&job.record);
+        crate::faults::abort_if("abort-executing", &job.call.ctx.request_id);
         let result = Arc::new(self.gateway.execute(job.call.clone()).await);
         self.counters.executed.fetch_add(1, Ordering::Relaxed);
         self.recorder.call_finished(&result);

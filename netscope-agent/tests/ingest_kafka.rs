@@ -11,6 +11,7 @@ use netscope_agent::{
         targets::{Target, Targets},
     },
     ingest::{
+        inflight::InFlightJournal,
         kafka::{
             DLQ_REASON, DLQ_SOURCE, DLQ_TRUNCATED, DLQ_TRUNCATED_BYTES, KafkaIngest, KafkaSettings,
         },
@@ -72,7 +73,8 @@ fn start(brokers: &str, group: &str, topic: &str, dlq: &str, capacity: usize) ->
         topics: vec![topic.to_owned()],
         dlq_topic: dlq.to_owned(),
     };
-    let ingest = KafkaIngest::connect(settings, normalizer()).unwrap();
+    let journal = std::sync::Arc::new(InFlightJournal::disabled());
+    let ingest = KafkaIngest::connect(settings, normalizer(), journal).unwrap();
     let (tx, jobs) = mpsc::channel(capacity);
     let (stop, stop_rx) = watch::channel(false);
     let tracker = ingest.tracker();

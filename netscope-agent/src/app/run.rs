@@ -28,6 +28,7 @@ use crate::{
     },
     flows::FlowPipeline,
     ingest::{
+        inflight::InFlightJournal,
         kafka::{KafkaIngest, KafkaSettings},
         results::KafkaResults,
         schema::Normalizer,
@@ -107,7 +108,7 @@ impl Pipeline {
             gateway: Arc::clone(&gateway),
             sinks: vec![results, audit],
             bus: Arc::new(bus.clone()),
-            source: ingest.tracker(),
+            source: ingest.source_log(),
             recorder: seen.recorder(),
             workers: s.workers,
             grace: Duration::from_secs(10),
@@ -181,6 +182,7 @@ impl Pipeline {
         self.ingest.run(jobs_tx, stop).await?;
         let _ = execution.await;
         self.ingest.commit_now();
+        self.ingest.stopped_cleanly();
         // Every committed record's event is spooled; ship what RGW takes in the grace time.
         let audit = match &self.rgw_audit {
             Some(rgw) => Some(rgw.close(Duration::from_secs(10)).await),
@@ -230,8 +232,14 @@ fn stall_watch(
     StallWatch::new(s.stall, progress, readiness)
 }
 
-/// The consumer (joining the group) and the dead-letter producer.
+/// The consumer (joining the group) and the dead-letter producer, with the in-flight journal on
+/// the spool's disk.
 fn connect_ingest(s: &RunSettings) -> Result<KafkaIngest, AppError> {
+    let path = s.audit.state_dir().join(format!("{}.inflight", s.node));
+    let journal = InFlightJournal::open(&path).map_err(|source| AppError::Io {
+        what: format!("in-flight journal {}", path.display()),
+        source,
+    })?;
     Ok(KafkaIngest::connect(
         KafkaSettings {
             brokers: s.brokers.clone(),
@@ -240,6 +248,7 @@ fn connect_ingest(s: &RunSettings) -> Result<KafkaIngest, AppError> {
             dlq_topic: s.dlq_topic.clone(),
         },
         Normalizer::new(s.targets.clone(), s.limits.clone()),
+        Arc::new(journal),
     )?)
 }
 

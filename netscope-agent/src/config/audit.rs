@@ -120,6 +120,19 @@ pub enum AuditSettings {
     Rgw(Box<RgwAuditSettings>),
 }
 
+impl AuditSettings {
+    /// Where the agent keeps its own state (the in-flight journal): on the spool's disk — the
+    /// spool directory's parent for RGW, the audit file's directory otherwise.
+    pub fn state_dir(&self) -> PathBuf {
+        let dir = match self {
+            Self::File(path) => path.parent(),
+            Self::Rgw(r) => r.spool.dir.parent(),
+        };
+        dir.filter(|d| !d.as_os_str().is_empty())
+            .map_or_else(|| PathBuf::from("."), std::path::Path::to_path_buf)
+    }
+}
+
 /// S3 bucket naming rules (3–63 of a-z 0-9 . -, starting and ending alphanumeric).
 fn valid_bucket(b: &str) -> bool {
     (3..=63).contains(&b.len())

@@ -67,6 +67,9 @@ pub(super) struct PolicyFile {
     max_in_flight: Option<usize>,
     rate_per_sec: Option<u32>,
     burst: Option<u32>,
+    /// Run a call again after the agent died while it was executing, even when it is not
+    /// idempotent (default false: such a call is dead-lettered as `maybe_executed`).
+    replay_unsafe: Option<bool>,
 }
 
 #[derive(Deserialize, Default)]
@@ -107,6 +110,7 @@ impl PolicyFile {
             half_open_probes => c.half_open_probes, |v| v;
             max_in_flight => p.max_in_flight, |v| v;
             burst => p.burst, |v| v;
+            replay_unsafe => p.replay_unsafe, |v| v;
         }
         if self.rate_per_sec.is_some() {
             p.rate_per_sec = self.rate_per_sec;
@@ -178,12 +182,14 @@ pub(super) fn targets(
         }
         let policy = t.policy.apply(default_policy);
         errors.extend(policy.problems(&ctx));
+        let replay_unsafe = policy.replay_unsafe;
         policies.push((TargetName(t.name.clone()), policy));
         targets.push(Target {
             name: TargetName(t.name.clone()),
             hosts: hosts(&ctx, &t.hosts, errors),
             ports: t.ports.clone(),
             routes: routes(&ctx, &t.routes, errors),
+            replay_unsafe,
         });
     }
     if targets.is_empty() {

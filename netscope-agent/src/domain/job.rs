@@ -17,4 +17,7 @@ pub struct Job {
     pub call: CallRequest,
     pub record: RecordRef,
     pub received_unix_ms: u64,
+    /// Its record was in flight when the agent last died: it runs alone among such records,
+    /// so that a second death names the one record that caused it.
+    pub suspect: bool,
 }

@@ -80,6 +80,8 @@ pub trait OutcomeSink: Send + Sync {
 /// The log calls come from (Kafka): told when a record's outcome is durable everywhere, so
 /// that its offset may be committed once every record before it is too.
 pub trait SourceLog: Send + Sync {
+    /// The record's call is about to run: from here on its side effects may happen.
+    fn executing(&self, _record: &RecordRef) {}
     fn finished(&self, record: &RecordRef);
 }
 

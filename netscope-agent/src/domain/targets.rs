@@ -28,6 +28,9 @@ pub struct Target {
     pub ports: Vec<u16>,
     /// Tried in order; a path matching none gets the route `default`.
     pub routes: Vec<RouteRule>,
+    /// A call that was executing when the agent died runs again even when it is not
+    /// idempotent (the target deduplicates by itself, or a repeat is harmless).
+    pub replay_unsafe: bool,
 }
 
 /// The allow-list. Built from validated configuration.
@@ -118,6 +121,7 @@ impl Target {
             })],
             ports: vec![18080],
             routes: vec![route("orders"), route("payments")],
+            replay_unsafe: false,
         }
     }
 }
@@ -137,6 +141,7 @@ mod tests {
                 ],
                 ports: vec![443],
                 routes: vec![],
+                replay_unsafe: false,
             },
         ])
     }

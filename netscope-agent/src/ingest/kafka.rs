@@ -26,9 +26,10 @@ use tracing::{Instrument as _, info, warn};
 use super::{
     counters::bump,
     dead_letter,
+    inflight::{InFlightJournal, Stage},
     offsets::OffsetTracker,
     record::ConsumedRecord,
-    schema::{Incoming, Normalizer},
+    schema::{Incoming, Normalizer, RejectReason, Rejection},
     trace_context::TraceParentStatus,
 };
 pub use super::{
@@ -38,7 +39,10 @@ pub use super::{
         DLQ_TRUNCATED_BYTES, dlq_producer,
     },
 };
-use crate::{clock::now_unix_ms, domain::Job};
+use crate::{
+    clock::now_unix_ms,
+    domain::{Job, RecordRef, SourceLog},
+};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct KafkaSettings {
@@ -98,6 +102,7 @@ fn commit_list(commits: &[(String, i32, i64)]) -> TopicPartitionList {
 /// be consumed again by the next owner (at-least-once), and late outcomes change nothing here.
 pub struct TrackingContext {
     tracker: SharedTracker,
+    journal: Arc<InFlightJournal>,
     health: Arc<KafkaHealth>,
 }
 
@@ -119,6 +124,7 @@ impl ConsumerContext for TrackingContext {
             }
             for p in revoked.elements() {
                 tracker.forget(p.topic(), p.partition());
+                self.journal.forget(p.topic(), p.partition());
             }
         }
     }
@@ -138,14 +144,19 @@ pub struct KafkaIngest {
     normalizer: Normalizer,
     settings: KafkaSettings,
     tracker: SharedTracker,
+    journal: Arc<InFlightJournal>,
     counters: Arc<IngestCounters>,
     health: Arc<KafkaHealth>,
 }
 
 impl KafkaIngest {
     /// Creates the consumer (joining `group_id`, subscribed to the topics) and the dead-letter
-    /// producer.
-    pub fn connect(settings: KafkaSettings, normalizer: Normalizer) -> Result<Self, IngestError> {
+    /// producer. `journal` remembers the records in flight across a death of the process.
+    pub fn connect(
+        settings: KafkaSettings,
+        normalizer: Normalizer,
+        journal: Arc<InFlightJournal>,
+    ) -> Result<Self, IngestError> {
         let client_err = |source| IngestError::Client {
             brokers: settings.brokers.clone(),
             source,
@@ -167,6 +178,7 @@ impl KafkaIngest {
             .set("statistics.interval.ms", "1000")
             .create_with_context(TrackingContext {
                 tracker: Arc::clone(&tracker),
+                journal: Arc::clone(&journal),
                 health: Arc::clone(&health),
             })
             .map_err(client_err)?;
@@ -184,6 +196,7 @@ impl KafkaIngest {
             normalizer,
             settings,
             tracker,
+            journal,
             counters: Arc::default(),
             health,
         })
@@ -191,6 +204,14 @@ impl KafkaIngest {
 
     pub fn tracker(&self) -> SharedTracker {
         Arc::clone(&self.tracker)
+    }
+
+    /// Where the executor says a record runs and is finished: the offsets, and the journal.
+    pub fn source_log(&self) -> Arc<dyn SourceLog> {
+        Arc::new(RecordLog {
+            tracker: Arc::clone(&self.tracker),
+            journal: Arc::clone(&self.journal),
+        })
     }
 
     pub fn counters(&self) -> Arc<IngestCounters> {
@@ -213,6 +234,11 @@ impl KafkaIngest {
         } else {
             bump(&self.counters.commits);
         }
+    }
+
+    /// The run ends without dying: what is still in flight was not what killed it.
+    pub fn stopped_cleanly(&self) {
+        self.journal.close_clean();
     }
 
     /// Commits, synchronously, every offset that is safe now.
@@ -352,7 +378,9 @@ impl KafkaIngest {
     /// (durably) and finished here.
     async fn handle(&self, m: &ConsumedRecord, shutdown: &watch::Receiver<bool>) -> Option<Job> {
         let record = m.record_ref();
+        let suspect = self.journal.suspect(&record);
         lock(&self.tracker).started(&record);
+        self.journal.handling(&record);
         bump(&self.counters.consumed);
         let received_unix_ms = now_unix_ms();
         let incoming = Incoming {
@@ -360,7 +388,26 @@ impl KafkaIngest {
             headers: &m.headers,
             received_unix_ms,
         };
-        match self.normalizer.normalize(&incoming) {
+        let normalized = match suspect {
+            // Two deaths in a row with this record in flight: it is not run a third time.
+            Some(s) if s.deaths >= 2 => Err(self.normalizer.refuse(
+                &incoming,
+                RejectReason::Poison,
+                format!("in flight at {} consecutive deaths of the agent", s.deaths),
+            )),
+            _ => self.normalizer.normalize(&incoming),
+        }
+        .and_then(|n| match suspect {
+            Some(s)
+                if s.stage == Stage::Executing
+                    && !n.call.request.retryable(&n.call.ctx)
+                    && !self.normalizer.replay_unsafe(&n.call.ctx.target) =>
+            {
+                Err(maybe_executed(&n.call.ctx, n.call.request.method))
+            }
+            _ => Ok(n),
+        });
+        match normalized {
             Ok(n) => {
                 bump(&self.counters.accepted);
                 if n.traceparent == TraceParentStatus::Invalid {
@@ -369,10 +416,12 @@ impl KafkaIngest {
                 if n.request_id_generated {
                     bump(&self.counters.request_id_generated);
                 }
+                self.journal.queued(&record);
                 Some(Job {
                     call: n.call,
                     record,
                     received_unix_ms,
+                    suspect: suspect.is_some(),
                 })
             }
             Err(rejection) => {
@@ -394,6 +443,7 @@ impl KafkaIngest {
                     if dead_letter::write(&to, m, &rejection, shutdown).await {
                         bump(&self.counters.dead_lettered);
                         lock(&self.tracker).finished(&record);
+                        self.journal.finished(&record);
                     }
                 }
                 .instrument(span)
@@ -401,5 +451,44 @@ impl KafkaIngest {
                 None
             }
         }
+    }
+}
+
+/// A call that was executing when the agent died and must not run blindly again.
+fn maybe_executed(
+    ctx: &crate::domain::RequestContext,
+    method: crate::domain::HttpMethod,
+) -> Rejection {
+    Rejection {
+        reason: RejectReason::MaybeExecuted,
+        detail: format!(
+            "{method:?} without an idempotency key was executing when the agent died: it may have reached {}; not run again (replay_unsafe = true on the target allows it)",
+            ctx.target
+        ),
+        trace: super::trace_context::TraceContext {
+            trace_id: ctx.trace_id,
+            parent_span_id: ctx.parent_span_id,
+            flags: ctx.trace_flags,
+            tracestate: ctx.tracestate.clone(),
+            status: TraceParentStatus::Valid,
+        },
+        request_id: ctx.request_id.clone(),
+    }
+}
+
+/// The executor's view of the source: offsets to commit, and the in-flight journal.
+struct RecordLog {
+    tracker: SharedTracker,
+    journal: Arc<InFlightJournal>,
+}
+
+impl SourceLog for RecordLog {
+    fn executing(&self, record: &RecordRef) {
+        self.journal.executing(record);
+    }
+
+    fn finished(&self, record: &RecordRef) {
+        lock(&self.tracker).finished(record);
+        self.journal.finished(record);
     }
 }

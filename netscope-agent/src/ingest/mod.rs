@@ -4,6 +4,7 @@
 
 pub mod counters;
 mod dead_letter;
+pub mod inflight;
 pub mod kafka;
 pub mod offsets;
 pub mod record;

@@ -61,6 +61,12 @@ pub enum RejectReason {
     InvalidRecordHeader,
     /// The Kafka record carries more headers, or more header bytes, than the limits allow.
     RecordHeadersTooLarge,
+    /// In flight at two consecutive deaths of the agent: it is what kills it (see
+    /// `ingest::inflight`).
+    Poison,
+    /// Executing when the agent died, and not safe to run again (a POST or PATCH without an
+    /// idempotency key, its target not `replay_unsafe`): it may have reached its target.
+    MaybeExecuted,
 }
 
 impl RejectReason {
@@ -71,6 +77,12 @@ impl RejectReason {
     /// Its place in `0..RejectReason::COUNT` (for per-reason counters).
     pub fn index(self) -> usize {
         self as usize
+    }
+
+    /// Whether the record's own bytes decide it (the malformed corpus has a sample of each);
+    /// the others come from what happened to the record before.
+    pub fn about_content(self) -> bool {
+        !matches!(self, Self::Poison | Self::MaybeExecuted)
     }
 }
 
@@ -191,6 +203,28 @@ fn fail<T>(reason: RejectReason, detail: impl Into<String>) -> Result<T, Fail> {
 impl Normalizer {
     pub fn new(targets: Targets, limits: Limits) -> Self {
         Self { targets, limits }
+    }
+
+    /// A rejection of `msg` for what happened to it before (not its content), with the trace
+    /// and request ids its headers give.
+    pub fn refuse(&self, msg: &Incoming<'_>, reason: RejectReason, detail: String) -> Rejection {
+        let trace =
+            trace_context::trace_context(msg.header("traceparent"), msg.header("tracestate"));
+        let (request_id, _) = trace_context::request_id(msg.header("x-request-id"));
+        Rejection {
+            reason,
+            detail,
+            trace,
+            request_id,
+        }
+    }
+
+    /// Whether `target`'s calls may run again after a death mid-call even when not idempotent.
+    pub fn replay_unsafe(&self, target: &crate::domain::TargetName) -> bool {
+        self.targets
+            .0
+            .iter()
+            .any(|t| &t.name == target && t.replay_unsafe)
     }
 
     /// Validates and normalises one record. Never panics, whatever the bytes.

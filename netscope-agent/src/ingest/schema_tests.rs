@@ -156,7 +156,7 @@ fn every_malformed_sample_gets_its_reason_and_every_reason_has_a_sample() {
             "4bf92f3577b34da6a3ce929d0e0e4736"
         );
     }
-    for reason in <RejectReason as strum::IntoEnumIterator>::iter() {
+    for reason in <RejectReason as strum::IntoEnumIterator>::iter().filter(|r| r.about_content()) {
         assert!(
             corpus.iter().any(|c| c.reason == reason.code()),
             "no sample in the corpus for `{}`",

@@ -44,6 +44,9 @@ pub struct TargetPolicy {
     /// Token bucket: sustained calls per second and burst; `None` for no limit.
     pub rate_per_sec: Option<u32>,
     pub burst: u32,
+    /// A call that was executing when the agent died runs again after the restart even when
+    /// it is not idempotent; otherwise it is dead-lettered as `maybe_executed`.
+    pub replay_unsafe: bool,
 }
 
 impl Default for TargetPolicy {
@@ -56,6 +59,7 @@ impl Default for TargetPolicy {
             max_in_flight: 64,
             rate_per_sec: None,
             burst: 1,
+            replay_unsafe: false,
         }
     }
 }

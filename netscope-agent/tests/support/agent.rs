@@ -87,6 +87,25 @@ impl Setup {
         self.start_as(extra, None)
     }
 
+    /// The agent with extra environment variables (e.g. `FAILPOINTS`).
+    pub fn start_with_env(&self, extra: &[&str], env: &[(&str, &str)]) -> Child {
+        let mut cmd = self.command(extra);
+        cmd.envs(env.iter().copied());
+        cmd.spawn().unwrap()
+    }
+
+    /// Waits for the agent to end by itself; its exit status.
+    pub fn wait_exit(&self, agent: &mut Child, limit: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = agent.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "still running: {}", self.log());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     /// The agent as root in group `gid` (so that nftables can single out its sockets by
     /// `meta skgid` while it keeps root's privileges for its probe).
     pub fn start_in_group(&self, extra: &[&str], gid: u32) -> Child {

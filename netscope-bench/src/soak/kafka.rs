@@ -172,6 +172,8 @@ pub async fn produce(
 pub struct Seen {
     pub request_id: String,
     pub timestamp_unix_ms: u64,
+    /// A dead letter's reason code (`x-netscope-dlq-reason`).
+    pub reason: Option<String>,
 }
 
 /// What the reader has seen so far, per topic kind.
@@ -213,17 +215,22 @@ pub fn follow(
             };
             let timestamp_unix_ms = m.timestamp().to_millis().unwrap_or(0).max(0) as u64;
             let is_result = m.topic() == results;
-            let id = if is_result {
-                m.payload()
-                    .and_then(|p| serde_json::from_slice::<serde_json::Value>(p).ok())
-                    .and_then(|v| v["ctx"]["request_id"].as_str().map(str::to_owned))
-            } else {
+            let header = |name: &str| {
                 m.headers().and_then(|h| {
                     h.iter()
-                        .find(|h| h.key == "x-request-id")
+                        .find(|h| h.key == name)
                         .and_then(|h| h.value)
                         .map(|v| String::from_utf8_lossy(v).into_owned())
                 })
+            };
+            let (id, reason) = if is_result {
+                let id = m
+                    .payload()
+                    .and_then(|p| serde_json::from_slice::<serde_json::Value>(p).ok())
+                    .and_then(|v| v["ctx"]["request_id"].as_str().map(str::to_owned));
+                (id, None)
+            } else {
+                (header("x-request-id"), header("x-netscope-dlq-reason"))
             };
             let mut c = collected.lock().unwrap_or_else(PoisonError::into_inner);
             c.next
@@ -233,6 +240,7 @@ pub fn follow(
                     let seen = Seen {
                         request_id,
                         timestamp_unix_ms,
+                        reason,
                     };
                     if is_result {
                         c.results.push(seen);

@@ -183,7 +183,37 @@ pub fn reconcile(e: &Evidence) -> Report {
     }
 }
 
-/// Produced = dead letters + distinct request ids with a result.
+/// A call dead-lettered as `maybe_executed`: a POST without a key, its record uncommitted when a
+/// node was killed before the dead letter was written (the agent that died had started it).
+fn maybe_executed_after_a_kill(e: &Evidence, i: usize) -> bool {
+    let id = request_id(i);
+    let (Kind::Call { method, keyed, .. }, Some(placed)) = (kind(i), e.placed.get(i)) else {
+        return false;
+    };
+    let Some(letter) = e
+        .dlq
+        .iter()
+        .find(|d| d.request_id == id && d.reason.as_deref() == Some("maybe_executed"))
+    else {
+        return false;
+    };
+    !keyed
+        && matches!(method, "POST" | "PATCH")
+        && e.events.iter().any(|ev| {
+            matches!(ev.action, Action::Kill(_))
+                && ev.at_unix_ms <= letter.timestamp_unix_ms
+                && ev.committed.as_ref().is_some_and(|c| {
+                    c.get(placed.partition as usize)
+                        .copied()
+                        .flatten()
+                        .unwrap_or(0)
+                        <= placed.offset
+                })
+        })
+}
+
+/// Produced = dead letters + distinct request ids with a result. A call is in the dead-letter
+/// topic only as `maybe_executed` after a kill (then it may have a result from before it too).
 fn accounting(e: &Evidence) -> Check {
     let produced = e.placed.len();
     let dead: BTreeSet<&str> = e.dlq.iter().map(|d| d.request_id.as_str()).collect();
@@ -197,6 +227,7 @@ fn accounting(e: &Evidence) -> Check {
             (_, false, false) => missing.push(id),
             (Kind::Malformed, true, false) => {}
             (Kind::Call { .. }, false, true) => {}
+            (Kind::Call { .. }, true, _) if maybe_executed_after_a_kill(e, i) => {}
             _ => misrouted.push(id),
         }
     }
@@ -642,6 +673,58 @@ mod tests {
             what: format!("kill at {at}"),
             committed: Some(vec![Some(committed), Some(0)]),
         }
+    }
+
+    #[test]
+    fn a_call_is_dead_lettered_only_as_maybe_executed_a_post_without_a_key_after_a_kill() {
+        // The first POST without a key of the mix, and the first GET.
+        let post = (0..1000)
+            .find(|&i| {
+                kind(i)
+                    == Kind::Call {
+                        method: "POST",
+                        target: 0,
+                        keyed: false,
+                    }
+            })
+            .or_else(|| {
+                (0..1000).find(|&i| {
+                    matches!(
+                        kind(i),
+                        Kind::Call {
+                            method: "POST",
+                            keyed: false,
+                            ..
+                        }
+                    )
+                })
+            })
+            .unwrap();
+        let get = (0..1000)
+            .find(|&i| matches!(kind(i), Kind::Call { method: "GET", .. }))
+            .unwrap();
+        let mut e = evidence(vec![kill_at(100_000, 0)]);
+        e.placed = vec![
+            Placed {
+                partition: 0,
+                offset: 0
+            };
+            post.max(get) + 1
+        ];
+        let letter = |i: usize, at: u64| Seen {
+            request_id: request_id(i),
+            timestamp_unix_ms: at,
+            reason: Some("maybe_executed".into()),
+        };
+        e.dlq = vec![letter(post, 150_000)];
+        assert!(maybe_executed_after_a_kill(&e, post));
+        e.dlq = vec![letter(post, 50_000)];
+        assert!(!maybe_executed_after_a_kill(&e, post), "before any kill");
+        e.dlq = vec![letter(get, 150_000)];
+        assert!(
+            !maybe_executed_after_a_kill(&e, get),
+            "a GET is run again, never dead-lettered"
+        );
     }
 
     #[test]
