@@ -64,6 +64,10 @@ pub struct RunArgs {
     /// Calls in flight across all targets at most (global bulkhead).
     #[arg(long, env = "NETSCOPE_MAX_IN_FLIGHT", default_value_t = 256)]
     pub max_in_flight: usize,
+    /// A record older than this (by its Kafka timestamp) is dead-lettered as `expired`
+    /// instead of run; 0: no limit.
+    #[arg(long, env = "NETSCOPE_MAX_RECORD_AGE_SECS", default_value_t = 900)]
+    pub max_record_age_secs: u64,
     /// Liveness (`/healthz`) fails when records are pending and none has finished for this
     /// long, unless `/readyz` names an outage that explains it.
     #[arg(long, env = "NETSCOPE_STALL_SECS", default_value_t = 300)]
@@ -115,7 +119,9 @@ impl RunArgs {
         errors.extend(default_policy.problems("defaults"));
         let (targets, policies) =
             super::targets_file::targets(&file.targets, &default_policy, &mut errors);
-        let limits = file.limits.validate(&mut errors);
+        let mut limits = file.limits.validate(&mut errors);
+        limits.max_record_age_ms =
+            (self.max_record_age_secs > 0).then(|| self.max_record_age_secs.saturating_mul(1000));
         self.check_topics(&mut errors);
         self.check_sizes(&mut errors);
         let node = self.node(&mut errors);
@@ -203,6 +209,12 @@ impl RunArgs {
             errors.push(format!(
                 "topic-replication-factor {} must be 1..=16",
                 self.topic_replication_factor
+            ));
+        }
+        if self.max_record_age_secs > 7 * 86_400 {
+            errors.push(format!(
+                "max-record-age-secs {} must be 0 (no limit) ..= 604800",
+                self.max_record_age_secs
             ));
         }
         if !(10..=86_400).contains(&self.stall_secs) {

@@ -387,6 +387,7 @@ impl KafkaIngest {
             payload: m.payload.as_deref(),
             headers: &m.headers,
             received_unix_ms,
+            record_unix_ms: m.timestamp_ms.and_then(|t| u64::try_from(t).ok()),
         };
         let normalized = match suspect {
             // Two deaths in a row with this record in flight: it is not run a third time.

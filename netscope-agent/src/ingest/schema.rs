@@ -64,6 +64,8 @@ pub enum RejectReason {
     /// In flight at two consecutive deaths of the agent: it is what kills it (see
     /// `ingest::inflight`).
     Poison,
+    /// Older than `--max-record-age-secs` by its Kafka timestamp: whoever asked has given up.
+    Expired,
     /// Executing when the agent died, and not safe to run again (a POST or PATCH without an
     /// idempotency key, its target not `replay_unsafe`): it may have reached its target.
     MaybeExecuted,
@@ -82,7 +84,7 @@ impl RejectReason {
     /// Whether the record's own bytes decide it (the malformed corpus has a sample of each);
     /// the others come from what happened to the record before.
     pub fn about_content(self) -> bool {
-        !matches!(self, Self::Poison | Self::MaybeExecuted)
+        !matches!(self, Self::Poison | Self::MaybeExecuted | Self::Expired)
     }
 }
 
@@ -110,6 +112,9 @@ pub struct Limits {
     pub max_record_headers: usize,
     /// …and this many bytes of names and values together.
     pub max_record_header_bytes: usize,
+    /// A record older than this (by its Kafka timestamp) is dead-lettered as `expired`, not
+    /// run; `None`: no limit.
+    pub max_record_age_ms: Option<u64>,
 }
 
 impl Default for Limits {
@@ -124,6 +129,7 @@ impl Default for Limits {
             max_timeout_ms: 300_000,
             max_record_headers: 64,
             max_record_header_bytes: 64 << 10,
+            max_record_age_ms: Some(15 * 60 * 1000),
         }
     }
 }
@@ -170,9 +176,18 @@ pub struct Incoming<'a> {
     /// Kafka headers, names and values as bytes, as sent.
     pub headers: &'a [RecordHeader],
     pub received_unix_ms: u64,
+    /// The record's Kafka timestamp (create or log-append time), when it has one.
+    pub record_unix_ms: Option<u64>,
 }
 
 impl Incoming<'_> {
+    /// When the call's time started: the record's timestamp, or when it was received if it has
+    /// none (or one from the future: a producer's clock ahead of ours).
+    fn since_unix_ms(&self) -> u64 {
+        self.record_unix_ms
+            .map_or(self.received_unix_ms, |t| t.min(self.received_unix_ms))
+    }
+
     fn header(&self, name: &str) -> Option<&[u8]> {
         self.headers
             .iter()
@@ -256,6 +271,7 @@ impl Normalizer {
         request_id: &str,
     ) -> Result<CallRequest, Fail> {
         self.record_headers(msg.headers)?;
+        self.age(msg)?;
         let v1 = self.decode(msg.payload)?;
         let method = HttpMethod::parse(&v1.method).ok_or((
             RejectReason::InvalidMethod,
@@ -269,8 +285,9 @@ impl Normalizer {
         let route = fields::route(target, v1.route.as_deref(), &url)?;
         let headers = self.headers(v1.headers)?;
         let body = self.body(v1.body, v1.body_base64)?;
+        // The deadline counts from the record's timestamp: time spent in Kafka is spent.
         let deadline_unix_ms =
-            self.deadline(v1.timeout_ms, v1.deadline_unix_ms, msg.received_unix_ms)?;
+            self.deadline(v1.timeout_ms, v1.deadline_unix_ms, msg.since_unix_ms())?;
         let idempotency_key = fields::idempotency_key(v1.idempotency_key)?;
         let internal_ip = fields::source_ip(v1.source_ip)?;
         let ctx = RequestContext {
@@ -349,6 +366,18 @@ impl Normalizer {
             };
             fail(reason, e.to_string())
         })
+    }
+
+    /// The record is not older than the age limit.
+    fn age(&self, msg: &Incoming<'_>) -> Result<(), Fail> {
+        let age = msg.received_unix_ms.saturating_sub(msg.since_unix_ms());
+        match self.limits.max_record_age_ms {
+            Some(max) if age > max => fail(
+                RejectReason::Expired,
+                format!("the record is {} s old, limit {} s", age / 1000, max / 1000),
+            ),
+            _ => Ok(()),
+        }
     }
 
     /// The Kafka record's own headers: within the count and byte limits, every name UTF-8.

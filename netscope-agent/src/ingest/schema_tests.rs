@@ -36,6 +36,7 @@ fn incoming<'a>(payload: Option<&'a [u8]>, headers: &'a [RecordHeader]) -> Incom
         payload,
         headers,
         received_unix_ms: NOW,
+        record_unix_ms: None,
     }
 }
 
@@ -197,4 +198,34 @@ fn the_v1_field_list_is_exactly_what_the_schema_decodes() {
     // serde refuses unknown fields: a listed name the struct lacks would fail here.
     let bytes = every_field.to_string();
     assert!(normalizer().decode(Some(bytes.as_bytes())).is_ok());
+}
+
+#[test]
+fn a_record_past_the_age_limit_expires_and_a_deadline_counts_from_the_records_timestamp() {
+    let bytes = std::fs::read(samples_dir().join("v1/post-payment-with-key.json")).unwrap();
+    let at = |record_unix_ms| Incoming {
+        payload: Some(&bytes),
+        headers: &[],
+        received_unix_ms: NOW,
+        record_unix_ms,
+    };
+    let n = normalizer();
+    let old = n
+        .normalize(&at(Some(NOW - 15 * 60 * 1000 - 1)))
+        .unwrap_err();
+    assert_eq!(old.reason, RejectReason::Expired, "{}", old.detail);
+    // The sample asks for 3 s: two of them were spent in Kafka.
+    let out = n.normalize(&at(Some(NOW - 2000))).unwrap();
+    assert_eq!(out.call.request.deadline_unix_ms, NOW + 1000);
+    // A producer clock ahead of ours does not extend the deadline.
+    let out = n.normalize(&at(Some(NOW + 60_000))).unwrap();
+    assert_eq!(out.call.request.deadline_unix_ms, NOW + 3000);
+    let unlimited = Normalizer::new(
+        demo_targets(),
+        Limits {
+            max_record_age_ms: None,
+            ..Limits::default()
+        },
+    );
+    assert!(unlimited.normalize(&at(Some(0))).is_ok());
 }
