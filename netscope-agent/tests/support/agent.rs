@@ -303,6 +303,8 @@ impl Setup {
     }
 }
 
+/// A request message; its deadline is a minute from the record's timestamp (time spent in
+/// Kafka counts: a test that kills and restarts the agent must leave room for that).
 pub fn request(
     base: &str,
     method: &str,
@@ -310,7 +312,7 @@ pub fn request(
     key: Option<&str>,
     body: Option<&str>,
 ) -> Vec<u8> {
-    let mut m = json!({"schema_version": 1, "method": method, "url": format!("{base}{path}"), "timeout_ms": 10000});
+    let mut m = json!({"schema_version": 1, "method": method, "url": format!("{base}{path}"), "timeout_ms": 60000});
     if let Some(k) = key {
         m["idempotency_key"] = json!(k);
     }
