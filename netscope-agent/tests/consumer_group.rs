@@ -14,29 +14,16 @@ use std::{
 use netscope_agent::demo::upstream::Upstream;
 use serde_json::json;
 use support::{
-    agent::{Setup, audit_verify, partitions_assigned, request, request_id},
+    agent::{Setup, audit_verify, partitions_assigned, request, request_id, rgw_node_args},
     ceph::{ceph_test, stored_events},
     kafka::{self, kafka_test},
 };
 
 /// The audit trail of a node: RGW through a spool of its own, batches closed every 200 ms.
 fn node_args<'a>(node: &'a str, bucket: &'a str, spool: &'a str) -> Vec<&'a str> {
-    vec![
-        "--no-probe",
-        "--workers",
-        "4",
-        "--node",
-        node,
-        "--audit-sink",
-        "rgw",
-        "--audit-s3-bucket",
-        bucket,
-        "--audit-create-bucket",
-        "--audit-spool-dir",
-        spool,
-        "--audit-batch-age-ms",
-        "200",
-    ]
+    let mut args = rgw_node_args(node, bucket, spool);
+    args.extend(["--workers", "4", "--audit-batch-age-ms", "200"]);
+    args
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

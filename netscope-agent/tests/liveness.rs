@@ -24,14 +24,7 @@ async fn a_dead_letter_topic_that_refuses_every_write_wedges_the_pipeline_and_he
     let agent = s.start(&["--no-probe", "--stall-secs", "10"]);
     let http = netscope_agent::outbound::client::build(Duration::from_secs(2)).unwrap();
     s.wait_ready(&http, 200, "ready", |_| true).await;
-    let healthz = || async {
-        let r = http
-            .get(format!("http://{}/healthz", s.api_addr()))
-            .send()
-            .await
-            .unwrap();
-        (r.status().as_u16(), r.text().await.unwrap())
-    };
+    let healthz = || s.get(&http, "/healthz");
     assert_eq!(healthz().await.0, 200, "alive before anything is pending");
     s.send(&[("poison-dlq".to_owned(), b"{not json".to_vec())])
         .await;

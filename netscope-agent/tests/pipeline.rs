@@ -12,7 +12,7 @@ use std::{
 use netscope_agent::{demo::upstream::Upstream, domain::audit::AuditEvent};
 use serde_json::{Value, json};
 use support::{
-    agent::{Setup, audit_verify, request, request_id},
+    agent::{Setup, audit_verify, request, request_id, rgw_node_args},
     ceph::{ceph_test, stored_events},
     kafka::{self, kafka_test},
 };
@@ -253,19 +253,10 @@ async fn a_sigkill_mid_batch_loses_no_audit_event_and_stores_none_twice() {
     let from = netscope_agent::clock::now_unix_ms() - 60_000;
     let spool = s.dir.join("spool");
     let spool_arg = spool.to_str().unwrap();
-    let args = [
-        "--no-probe",
+    let mut args = rgw_node_args("akill", &s3.bucket, spool_arg);
+    args.extend([
         "--workers",
         "4",
-        "--node",
-        "akill",
-        "--audit-sink",
-        "rgw",
-        "--audit-s3-bucket",
-        &s3.bucket,
-        "--audit-create-bucket",
-        "--audit-spool-dir",
-        spool_arg,
         // No batch closes before the kill (more events than the N calls, a 10-minute age):
         // the kill always finds the first run's events in an open segment, whatever the
         // timing. After the restart that segment is recovered, sealed and shipped.
@@ -273,7 +264,7 @@ async fn a_sigkill_mid_batch_loses_no_audit_event_and_stores_none_twice() {
         "1000",
         "--audit-batch-age-ms",
         "600000",
-    ];
+    ]);
     let results = s.killed_midway(N, &args, || {
         let open: Vec<u64> = std::fs::read_dir(spool.join("akill"))
             .unwrap()
@@ -319,12 +310,7 @@ fn per_request_bytes_equal_what_the_upstream_received_and_sent() {
     let Some(_kernel) = support::kernel_test("pipeline-bytes") else {
         return;
     };
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-        .block_on(bytes_equal(brokers));
+    support::runtime().block_on(bytes_equal(brokers));
 }
 
 async fn bytes_equal(brokers: String) {

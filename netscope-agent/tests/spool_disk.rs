@@ -15,7 +15,7 @@ use std::{
 use netscope_agent::demo::upstream::Upstream;
 use serde_json::json;
 use support::{
-    agent::{Setup, audit_verify, request, request_id},
+    agent::{Setup, audit_verify, request, request_id, rgw_node_args},
     ceph::{ceph_test, stored_events},
     kafka::{self, kafka_test},
     run,
@@ -107,20 +107,8 @@ async fn a_spool_disk_that_fills_mid_run_acknowledges_nothing_undurable_and_reco
     let spool = s.dir.join("spool");
     let disk = SmallDisk::mount(&spool, "4m");
     let from = netscope_agent::clock::now_unix_ms() - 60_000;
-    let args = [
-        "--no-probe",
-        "--node",
-        "diskfull",
-        "--audit-sink",
-        "rgw",
-        "--audit-s3-bucket",
-        &s3.bucket,
-        "--audit-create-bucket",
-        "--audit-spool-dir",
-        spool.to_str().unwrap(),
-        "--audit-batch-events",
-        "20",
-    ];
+    let mut args = rgw_node_args("diskfull", &s3.bucket, spool.to_str().unwrap());
+    args.extend(["--audit-batch-events", "20"]);
     let batch = |range: std::ops::Range<usize>| -> Vec<(String, Vec<u8>)> {
         range
             .map(|i| {
@@ -155,14 +143,7 @@ async fn a_spool_disk_that_fills_mid_run_acknowledges_nothing_undurable_and_reco
         })
         .await;
     assert!(body.to_string().contains("audit_spool"), "{body}");
-    let metrics = http
-        .get(format!("http://{}/metrics", s.api_addr()))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let (_, metrics) = s.get(&http, "/metrics").await;
     assert_eq!(
         netscope_agent::metrics::sample_sum(&metrics, "netscope_audit_spool_failing", &[]),
         1.0,

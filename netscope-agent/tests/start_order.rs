@@ -26,12 +26,7 @@ fn an_agent_started_without_its_broker_is_alive_probing_not_ready_and_works_once
     let Some(_kernel) = support::kernel_test("start-without-broker") else {
         return;
     };
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-        .block_on(start_without_broker(brokers));
+    support::runtime().block_on(start_without_broker(brokers));
 }
 
 async fn start_without_broker(brokers: String) {
@@ -65,26 +60,16 @@ async fn start_without_broker(brokers: String) {
             .contains("topics not set up yet"),
         "{body}"
     );
-    let api = s.api_addr();
-    let alive = http
-        .get(format!("http://{api}/healthz"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(alive.status(), 200, "alive while waiting for the broker");
+    let (alive, _) = s.get(&http, "/healthz").await;
+    assert_eq!(alive, 200, "alive while waiting for the broker");
 
     // The probe runs meanwhile: a connection made now shows up among the flows.
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let _ = std::net::TcpStream::connect(up.addr).unwrap();
-        let text = http
-            .get(format!("http://{api}/api/v1/flows?port={}", up.addr.port()))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let (_, text) = s
+            .get(&http, &format!("/api/v1/flows?port={}", up.addr.port()))
+            .await;
         let page: serde_json::Value = serde_json::from_str(&text).unwrap();
         if page["flows"].as_array().is_some_and(|f| !f.is_empty()) {
             break;
@@ -125,8 +110,5 @@ async fn start_without_broker(brokers: String) {
 
 /// The agent started by this test still answers on the address it logged at start.
 async fn agent_running(s: &Setup, http: &reqwest::Client) -> bool {
-    http.get(format!("http://{}/healthz", s.api_addr()))
-        .send()
-        .await
-        .is_ok_and(|r| r.status() == 200)
+    s.get(http, "/healthz").await.0 == 200
 }

@@ -206,6 +206,16 @@ impl Setup {
         }
     }
 
+    /// GET `path` on the agent's server: status and body text.
+    pub async fn get(&self, http: &reqwest::Client, path: &str) -> (u16, String) {
+        let r = http
+            .get(format!("http://{}{path}", self.api_addr()))
+            .send()
+            .await
+            .unwrap();
+        (r.status().as_u16(), r.text().await.unwrap())
+    }
+
     /// Waits (60 s at most) until `/readyz` answers `want` and `accept` takes its body.
     pub async fn wait_ready(
         &self,
@@ -301,6 +311,23 @@ impl Setup {
         }
         placed
     }
+}
+
+/// The arguments of a node whose audit trail goes to `bucket` in RGW through its spool under
+/// `spool` (no probe).
+pub fn rgw_node_args<'a>(node: &'a str, bucket: &'a str, spool: &'a str) -> Vec<&'a str> {
+    vec![
+        "--no-probe",
+        "--node",
+        node,
+        "--audit-sink",
+        "rgw",
+        "--audit-s3-bucket",
+        bucket,
+        "--audit-create-bucket",
+        "--audit-spool-dir",
+        spool,
+    ]
 }
 
 /// A request message; its deadline is a minute from the record's timestamp (time spent in

@@ -86,6 +86,16 @@ pub fn kernel_test(name: &str) -> Option<TestLock> {
     Some(TestLock::exclusive("kernel"))
 }
 
+/// A runtime of a plain test's own (a test that holds a lock must not hold it across an await
+/// of the test harness's runtime).
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
 /// Runs `cmd args…` to the end; panics with its stderr unless it succeeds; returns its stdout.
 pub fn run(cmd: &str, args: &[&str]) -> String {
     let out = Command::new(cmd).args(args).output().unwrap_or_else(|e| {
