@@ -45,3 +45,20 @@ pub fn abort_if(name: &str, what: &str) {
     #[cfg(not(feature = "failpoints"))]
     let _ = (name, what);
 }
+
+/// For tests whose code passes fault points: taken by every test of such a module, armed or
+/// not, so that a point one test arms never fires in another running beside it.
+#[cfg(test)]
+pub fn serial() -> impl Drop {
+    #[cfg(feature = "failpoints")]
+    {
+        fail::FailScenario::setup()
+    }
+    #[cfg(not(feature = "failpoints"))]
+    {
+        static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        SERIAL
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}

@@ -114,22 +114,32 @@ fn writer(
                 break;
             }
         }
-        let result = result
-            .and_then(|()| out.flush())
-            .and_then(|()| out.get_ref().sync_data());
+        let result = result.and_then(|()| durable(&mut out));
         if result.is_err() {
-            // Nothing of this batch counts: cut it off and reuse its numbers.
+            // Nothing of this batch counts: cut it off and reuse its numbers. What the buffer
+            // still holds of it is dropped, not written: flushed later, it would put the
+            // batch's old numbers in front of the next batch.
             next = start_seq;
-            let _ = out.flush();
+            let (file, _unwritten) = out.into_parts();
             if let Ok(len) = start_len {
-                let _ = out.get_ref().set_len(len);
+                let _ = file.set_len(len);
             }
+            out = BufWriter::with_capacity(1 << 20, file);
         }
         let result = result.map_err(|e| WriteError::io(path, e));
         for (_, ack) in batch {
             let _ = ack.send(result.clone());
         }
     }
+}
+
+/// Writes out what the buffer holds and makes it durable.
+fn durable(out: &mut BufWriter<File>) -> io::Result<()> {
+    crate::fault_point!("audit-ndjson-flush", |_| Err(io::Error::from_raw_os_error(
+        libc::ENOSPC
+    )));
+    out.flush()?;
+    out.get_ref().sync_data()
 }
 
 impl OutcomeSink for NdjsonAudit {
@@ -162,6 +172,7 @@ mod tests {
 
     #[tokio::test]
     async fn numbering_is_gap_free_across_restarts_and_torn_lines_are_cut() {
+        let _faults = crate::faults::serial();
         let dir = std::env::temp_dir().join(format!("ns-audit-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let path = dir.join("audit.ndjson");
@@ -191,6 +202,29 @@ mod tests {
         let other = NdjsonAudit::open(&path, "node-b").unwrap();
         other.deliver(result("b0")).await.unwrap();
         assert_eq!(events(&path).pop().unwrap().event_id, "node-b-1");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[cfg(feature = "failpoints")]
+    #[tokio::test]
+    async fn a_failed_batch_leaves_nothing_behind_for_the_next_one() {
+        let scenario = crate::faults::serial();
+        let dir = std::env::temp_dir().join(format!("ns-audit-fail-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let path = dir.join("audit.ndjson");
+        let audit = NdjsonAudit::open(&path, "node-a").unwrap();
+        audit.deliver(result("r0")).await.unwrap();
+        // Two flushes fail (a disk still full): r1's batch and r2's.
+        fail::cfg("audit-ndjson-flush", "2*return").unwrap();
+        assert!(audit.deliver(result("r1")).await.is_err());
+        assert!(audit.deliver(result("r2")).await.is_err());
+        audit.deliver(result("r3")).await.unwrap();
+        let seen: Vec<(u64, String)> = events(&path)
+            .into_iter()
+            .map(|e| (e.sequence, e.context.request_id))
+            .collect();
+        assert_eq!(seen, vec![(1, "r0".to_owned()), (2, "r3".to_owned())]);
+        drop(scenario);
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

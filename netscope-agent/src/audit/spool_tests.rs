@@ -24,6 +24,7 @@ fn tempdir(name: &str) -> PathBuf {
 
 #[test]
 fn frames_round_trip_and_every_corruption_is_named() {
+    let _faults = crate::faults::serial();
     let mut bytes = MAGIC.to_vec();
     bytes.extend(encoded(5..=7));
     let p = parse(&bytes, 5);
@@ -55,6 +56,7 @@ fn frames_round_trip_and_every_corruption_is_named() {
 
 #[test]
 fn recovery_seals_the_open_segment_cuts_a_torn_tail_and_continues_the_numbering() {
+    let _faults = crate::faults::serial();
     let dir = tempdir("recover");
     fs::create_dir_all(&dir).unwrap();
     // Nothing at all: numbering starts at 1.
@@ -97,6 +99,7 @@ fn recovery_seals_the_open_segment_cuts_a_torn_tail_and_continues_the_numbering(
 
 #[test]
 fn an_open_segment_with_nothing_valid_is_quarantined_not_dropped() {
+    let _faults = crate::faults::serial();
     let dir = tempdir("garbage");
     fs::create_dir_all(&dir).unwrap();
     fs::write(open_path(&dir, 9), b"garbage!garbage!").unwrap();
@@ -119,7 +122,7 @@ mod disk_faults {
     #[test]
     fn a_failed_fdatasync_acknowledges_nothing_and_the_same_numbers_are_written_again_without_a_hole()
      {
-        let scenario = fail::FailScenario::setup();
+        let scenario = crate::faults::serial();
         let dir = tempdir("fsync");
         fs::create_dir_all(&dir).unwrap();
         let mut seg = OpenSegment::create(&dir, 1).unwrap();
@@ -142,7 +145,7 @@ mod disk_faults {
 
     #[test]
     fn when_cutting_back_fails_too_the_cut_is_done_before_the_next_append_and_before_sealing() {
-        let scenario = fail::FailScenario::setup();
+        let scenario = crate::faults::serial();
         let dir = tempdir("cut");
         fs::create_dir_all(&dir).unwrap();
         let mut seg = OpenSegment::create(&dir, 1).unwrap();
@@ -173,7 +176,7 @@ mod disk_faults {
 
     #[test]
     fn a_segment_whose_creation_failed_leaves_no_file_that_blocks_the_next_attempt() {
-        let scenario = fail::FailScenario::setup();
+        let scenario = crate::faults::serial();
         let dir = tempdir("create");
         fs::create_dir_all(&dir).unwrap();
         fail::cfg("audit-spool-write", "1*return").unwrap();
