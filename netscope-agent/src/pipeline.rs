@@ -134,9 +134,10 @@ impl Executor {
                 target = %ctx.target, route = %ctx.route);
             running.spawn(
                 async move {
-                    let alone = match job.suspect {
-                        true => Some(suspects.lock().await),
-                        false => None,
+                    let alone = if job.suspect {
+                        Some(suspects.lock().await)
+                    } else {
+                        None
                     };
                     let result = me.execute(&job).await;
                     // The worker slot is given back only once the result has a place in the

@@ -77,17 +77,11 @@ fn in_flight_at_end(text: &str) -> Option<HashMap<Key, Stage>> {
             continue;
         };
         let k = (topic.to_owned(), partition, offset);
-        match op {
-            "s" => {
-                state.insert(k, Stage::Handling);
+        match (op, Stage::of_code(op)) {
+            (_, Some(stage)) => {
+                state.insert(k, stage);
             }
-            "q" => {
-                state.insert(k, Stage::Queued);
-            }
-            "x" => {
-                state.insert(k, Stage::Executing);
-            }
-            "f" => {
+            ("f", None) => {
                 state.remove(&k);
             }
             _ => {}
@@ -120,10 +114,7 @@ fn parse_suspects(text: &str) -> HashMap<Key, Suspect> {
             let [deaths, stage, topic, p, o] = f.as_slice() else {
                 return None;
             };
-            let stage = match *stage {
-                "x" => Stage::Executing,
-                _ => Stage::Handling,
-            };
+            let stage = Stage::of_code(stage)?;
             Some((
                 ((*topic).to_owned(), p.parse().ok()?, o.parse().ok()?),
                 Suspect {
@@ -135,12 +126,26 @@ fn parse_suspects(text: &str) -> HashMap<Key, Suspect> {
         .collect()
 }
 
-fn stage_code(stage: Stage) -> &'static str {
-    match stage {
-        Stage::Handling => "s",
-        Stage::Queued => "q",
-        Stage::Executing => "x",
+impl Stage {
+    /// Its letter in the journal and the suspects file.
+    fn code(self) -> &'static str {
+        match self {
+            Self::Handling => "s",
+            Self::Queued => "q",
+            Self::Executing => "x",
+        }
     }
+
+    fn of_code(code: &str) -> Option<Self> {
+        [Self::Handling, Self::Queued, Self::Executing]
+            .into_iter()
+            .find(|s| s.code() == code)
+    }
+}
+
+/// One journal line: `<code> <topic> <partition> <offset>`.
+fn line(code: &str, (topic, partition, offset): &Key) -> String {
+    format!("{code} {topic} {partition} {offset}\n")
 }
 
 struct Open {
@@ -240,8 +245,7 @@ impl InFlightJournal {
             .collect();
         for k in gone {
             o.now.remove(&k);
-            let line = format!("f {} {} {}\n", k.0, k.1, k.2);
-            self.append(o, &line);
+            self.append(o, &line("f", &k));
         }
     }
 
@@ -257,18 +261,19 @@ impl InFlightJournal {
         let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
         let Some(o) = open.as_mut() else { return };
         let k = key(r);
-        let code = match stage {
+        let text = match stage {
             Some(s) => {
+                let text = line(s.code(), &k);
                 o.now.insert(k, s);
-                stage_code(s)
+                text
             }
             None => {
+                let text = line("f", &k);
                 o.now.remove(&k);
-                "f"
+                text
             }
         };
-        let line = format!("{code} {} {} {}\n", r.topic, r.partition, r.offset);
-        self.append(o, &line);
+        self.append(o, &text);
         if o.bytes > COMPACT_BYTES {
             self.compact(o);
         }
@@ -286,11 +291,7 @@ impl InFlightJournal {
     /// Rewrites the journal with only what is in flight now.
     fn compact(&self, o: &mut Open) {
         let Some(path) = &self.path else { return };
-        let text: String = o
-            .now
-            .iter()
-            .map(|((t, p, off), s)| format!("{} {t} {p} {off}\n", stage_code(*s)))
-            .collect();
+        let text: String = o.now.iter().map(|(k, s)| line(s.code(), k)).collect();
         let reopened =
             write_atomically(path, &text).and_then(|()| OpenOptions::new().append(true).open(path));
         match reopened {
@@ -313,7 +314,7 @@ fn suspects_path(journal: &Path) -> PathBuf {
 fn render_suspects(suspects: &HashMap<Key, Suspect>) -> String {
     suspects
         .iter()
-        .map(|((t, p, o), s)| format!("{} {} {t} {p} {o}\n", s.deaths, stage_code(s.stage)))
+        .map(|(k, s)| format!("{} {}", s.deaths, line(s.stage.code(), k)))
         .collect()
 }
 

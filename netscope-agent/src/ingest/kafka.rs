@@ -29,7 +29,7 @@ use super::{
     inflight::{InFlightJournal, Stage},
     offsets::OffsetTracker,
     record::ConsumedRecord,
-    schema::{Incoming, Normalizer, RejectReason, Rejection},
+    schema::{Incoming, Normalizer, RejectReason},
     trace_context::TraceParentStatus,
 };
 pub use super::{
@@ -404,7 +404,14 @@ impl KafkaIngest {
                     && !n.call.request.retryable(&n.call.ctx)
                     && !self.normalizer.replay_unsafe(&n.call.ctx.target) =>
             {
-                Err(maybe_executed(&n.call.ctx, n.call.request.method))
+                Err(self.normalizer.refuse(
+                    &incoming,
+                    RejectReason::MaybeExecuted,
+                    format!(
+                        "{:?} without an idempotency key was executing when the agent died: it may have reached {}; not run again (replay_unsafe = true on the target allows it)",
+                        n.call.request.method, n.call.ctx.target
+                    ),
+                ))
             }
             _ => Ok(n),
         });
@@ -452,28 +459,6 @@ impl KafkaIngest {
                 None
             }
         }
-    }
-}
-
-/// A call that was executing when the agent died and must not run blindly again.
-fn maybe_executed(
-    ctx: &crate::domain::RequestContext,
-    method: crate::domain::HttpMethod,
-) -> Rejection {
-    Rejection {
-        reason: RejectReason::MaybeExecuted,
-        detail: format!(
-            "{method:?} without an idempotency key was executing when the agent died: it may have reached {}; not run again (replay_unsafe = true on the target allows it)",
-            ctx.target
-        ),
-        trace: super::trace_context::TraceContext {
-            trace_id: ctx.trace_id,
-            parent_span_id: ctx.parent_span_id,
-            flags: ctx.trace_flags,
-            tracestate: ctx.tracestate.clone(),
-            status: TraceParentStatus::Valid,
-        },
-        request_id: ctx.request_id.clone(),
     }
 }
 

@@ -83,14 +83,6 @@ impl ConsumedRecord {
         format!("{}/{}/{}", self.topic, self.partition, self.offset)
     }
 
-    /// The value of the first header whose (UTF-8) name matches `name`, ASCII case-insensitively.
-    pub fn header(&self, name: &str) -> Option<&[u8]> {
-        self.headers
-            .iter()
-            .find(|h| h.name.eq_ignore_ascii_case(name.as_bytes()))
-            .and_then(|h| h.value.as_deref())
-    }
-
     /// Bytes of every header's name and value.
     pub fn header_bytes(&self) -> usize {
         self.headers.iter().map(RecordHeader::len).sum()
@@ -154,7 +146,7 @@ mod tests {
     }
 
     #[test]
-    fn header_lookup_ignores_ascii_case_and_skips_names_that_are_not_utf8() {
+    fn header_bytes_count_names_and_values_and_source_names_the_record() {
         let record = ConsumedRecord {
             topic: "t".into(),
             partition: 0,
@@ -173,8 +165,6 @@ mod tests {
                 },
             ],
         };
-        assert_eq!(record.header("traceparent"), Some(&b"good"[..]));
-        assert_eq!(record.header("x-request-id"), None);
         assert_eq!(record.header_bytes(), 12 + 3 + 11 + 4);
         assert_eq!(record.source(), "t/0/1");
     }

@@ -188,6 +188,15 @@ impl Incoming<'_> {
             .map_or(self.received_unix_ms, |t| t.min(self.received_unix_ms))
     }
 
+    /// The trace and request id the record's headers give (a new trace, a generated id, where
+    /// they give none), and whether the id was generated.
+    fn identity(&self) -> (TraceContext, String, bool) {
+        let trace =
+            trace_context::trace_context(self.header("traceparent"), self.header("tracestate"));
+        let (request_id, generated) = trace_context::request_id(self.header("x-request-id"));
+        (trace, request_id, generated)
+    }
+
     fn header(&self, name: &str) -> Option<&[u8]> {
         self.headers
             .iter()
@@ -223,9 +232,7 @@ impl Normalizer {
     /// A rejection of `msg` for what happened to it before (not its content), with the trace
     /// and request ids its headers give.
     pub fn refuse(&self, msg: &Incoming<'_>, reason: RejectReason, detail: String) -> Rejection {
-        let trace =
-            trace_context::trace_context(msg.header("traceparent"), msg.header("tracestate"));
-        let (request_id, _) = trace_context::request_id(msg.header("x-request-id"));
+        let (trace, request_id, _) = msg.identity();
         Rejection {
             reason,
             detail,
@@ -244,10 +251,7 @@ impl Normalizer {
 
     /// Validates and normalises one record. Never panics, whatever the bytes.
     pub fn normalize(&self, msg: &Incoming<'_>) -> Result<Normalized, Rejection> {
-        let trace =
-            trace_context::trace_context(msg.header("traceparent"), msg.header("tracestate"));
-        let (request_id, request_id_generated) =
-            trace_context::request_id(msg.header("x-request-id"));
+        let (trace, request_id, request_id_generated) = msg.identity();
         match self.call(msg, &trace, &request_id) {
             Ok(call) => Ok(Normalized {
                 call,

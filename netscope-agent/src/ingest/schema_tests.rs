@@ -229,3 +229,20 @@ fn a_record_past_the_age_limit_expires_and_a_deadline_counts_from_the_records_ti
     );
     assert!(unlimited.normalize(&at(Some(0))).is_ok());
 }
+
+#[test]
+fn header_lookup_ignores_ascii_case_and_skips_names_that_are_not_utf8() {
+    let headers = vec![
+        RecordHeader {
+            name: b"\xfftraceparent".to_vec(),
+            value: Some(b"bad".to_vec()),
+        },
+        RecordHeader {
+            name: b"TraceParent".to_vec(),
+            value: Some(b"good".to_vec()),
+        },
+    ];
+    let msg = incoming(None, &headers);
+    assert_eq!(msg.header("traceparent"), Some(&b"good"[..]));
+    assert_eq!(msg.header("x-request-id"), None);
+}
